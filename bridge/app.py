@@ -1,0 +1,181 @@
+"""build_app: the aiohttp application, its routes and its lifetimes.
+
+URL layout (README "URLs"):
+
+- ``/servers/NAME/http`` and ``/servers/NAME/mcp``: Streamable HTTP per server;
+- ``/http`` and ``/mcp``: the same, when exactly one server is configured;
+- ``/healthz``: 200 while the process serves.
+
+``/sse``, ``/messages/``, ``/servers/NAME/sse`` and ``/servers/NAME/messages/``
+are reserved for the legacy front door.
+
+Errors never reach a client as a traceback: :func:`observe` turns every
+:class:`BridgeError` into its HTTP status with a JSON-RPC error body, anything
+unexpected into a logged 500 with a generic body, and writes one log line per
+request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from bridge import errors, jsonrpc, tasks
+from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
+from bridge.hub import HubConfig, SessionHub
+from bridge.log import short
+from bridge.session import SessionLimits
+from bridge.sessions.memory import MemorySessionStore
+from bridge.sessions.store import SessionStore
+from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+from bridge.upstreams.base import Upstream, UpstreamTimeouts
+from bridge.upstreams.sse import SseUpstream
+from bridge.upstreams.stdio import StdioUpstream
+
+log = structlog.get_logger("bridge.access")
+
+HUB: Final = web.AppKey("hub", SessionHub)
+HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
+#: Session records expire this long after last use (the durable stores make it a setting).
+RECORD_TTL: Final = 7 * 24 * 3600.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(request: web.Request, status: int, code: int, text: str) -> web.Response:
+    body = jsonrpc.error_response(request.get("rpc_id"), code, text)
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map errors to responses and log one canonical line per request."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except errors.BridgeError as exc:
+        status = exc.http_status
+        return _error_response(request, status, exc.jsonrpc_code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status = exc.status
+        response = _error_response(request, status, errors.INVALID_REQUEST, exc.reason)
+        if allow := exc.headers.get("Allow"):
+            response.headers["Allow"] = allow
+        return response
+    except asyncio.CancelledError:
+        status = 499  # client closed the connection (nginx's convention)
+        raise
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            session_id=short(request.get("session_id")),
+            rpc_method=request.get("rpc_method"),
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "sessions": len(request.app[HUB])})
+
+
+def _timeouts(settings: Settings) -> UpstreamTimeouts:
+    return UpstreamTimeouts(
+        connect=settings.upstream_connect_timeout,
+        read=settings.upstream_read_timeout,
+        send=settings.upstream_send_timeout,
+        shutdown_grace=settings.stdio_shutdown_grace,
+        max_message_bytes=settings.max_message_bytes,
+    )
+
+
+def make_upstream(
+    spec: ServerSpec, client: aiohttp.ClientSession, timeouts: UpstreamTimeouts
+) -> Upstream:
+    if isinstance(spec, StdioServer):
+        return StdioUpstream(spec, timeouts)
+    assert isinstance(spec, SseServer)
+    return SseUpstream(spec, client, timeouts)
+
+
+async def build_app(
+    settings: Settings,
+    servers: Sequence[ServerSpec],
+    *,
+    store: SessionStore | None = None,
+) -> web.Application:
+    """The gateway application for ``servers``; ``store`` defaults to memory.
+
+    A coroutine because the upstream HTTP client must be made on the running
+    loop; ``web.run_app`` accepts it as is.
+    """
+    app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
+    session_store = store if store is not None else MemorySessionStore()
+    # The HTTP client and hub exist before startup so that routes can bind to
+    # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
+    client = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
+    )
+    timeouts = _timeouts(settings)
+    upstreams = {spec.name: make_upstream(spec, client, timeouts) for spec in servers}
+    limits = SessionLimits(
+        stream_queue_size=settings.stream_queue_size,
+        standalone_buffer_size=settings.standalone_buffer_size,
+        close_timeout=settings.stdio_shutdown_grace * 3 + 1,
+        ttl=RECORD_TTL,
+    )
+    hub = SessionHub(
+        upstreams,
+        session_store,
+        HubConfig(settings.session_idle_timeout, settings.shutdown_timeout, limits),
+    )
+    app[HUB] = hub
+    app[HTTP_CLIENT] = client
+
+    front = StreamableHttpFrontDoor(
+        hub,
+        FrontDoorConfig(
+            max_body_bytes=settings.max_body_bytes,
+            keepalive_interval=settings.sse_keepalive_interval,
+            send_timeout=settings.sse_send_timeout,
+        ),
+        default_server=servers[0].name if len(servers) == 1 else None,
+    )
+    routes = [web.get("/healthz", healthz)]
+    for suffix in ("http", "mcp"):
+        routes += front.routes(f"/servers/{{server}}/{suffix}")
+        if len(servers) == 1:
+            routes += front.routes(f"/{suffix}")
+    app.add_routes(routes)
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
+        yield
+        await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
+        await hub.aclose()
+        await client.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Long-lived SSE handlers would hold shutdown for its whole timeout.
+        hub.close_streams()
+
+    app.cleanup_ctx.append(lifetime)
+    app.on_shutdown.append(on_shutdown)
+    return app

@@ -1,0 +1,145 @@
+"""The gateway's one error tree, split by whose fault it is.
+
+::
+
+    BridgeError
+    ├── ClientProtocolError            the downstream client broke a rule      4xx
+    │   ├── NotAcceptable              Accept lacks a type we must send         406
+    │   ├── UnsupportedMediaType       Content-Type is not application/json    415
+    │   ├── PayloadTooLarge            body over ``max_body_bytes``             413
+    │   ├── ParseError                 body is not JSON                         400 -32700
+    │   ├── InvalidRequest             not a JSON-RPC message / bad batch       400 -32600
+    │   ├── MissingSession             no Mcp-Session-Id on a non-initialize    400
+    │   ├── UnsupportedProtocolVersion bad MCP-Protocol-Version                 400
+    │   ├── SessionNotFound            unknown, ended or foreign session        404 -32001
+    │   ├── UnknownServer              no server by that name                   404
+    │   └── StreamConflict             a second standalone GET stream           409
+    ├── UpstreamError                  the upstream MCP server failed us       5xx
+    │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
+    │   ├── UpstreamProtocolError      upstream spoke nonsense                  502 -32031
+    │   └── UpstreamTimeout            upstream took longer than allowed        504 -32032
+    └── BridgeBug                      our fault                                500 -32603
+
+Each class carries ``http_status`` (used while no response has started) and
+``jsonrpc_code`` (used in the JSON-RPC error body, or in an error response on
+an SSE stream that has already started; STYLE rule 12).
+
+The gateway-specific codes -32030..-32033 sit in JSON-RPC's implementation
+defined server-error range (-32000..-32099), away from -32001/-32002 that SDKs
+already use and from -32020..-32022 that MCP 2026-07-28 reserves.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+# JSON-RPC 2.0 standard codes.
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+# Code the TypeScript SDK uses for an unknown session (spec-notes §1.17).
+SESSION_NOT_FOUND: Final = -32001
+# Gateway codes, documented in README.md ("Errors").
+UPSTREAM_UNAVAILABLE: Final = -32030
+UPSTREAM_PROTOCOL_ERROR: Final = -32031
+UPSTREAM_TIMEOUT: Final = -32032
+SESSION_TERMINATED: Final = -32033
+
+
+class BridgeError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    http_status: ClassVar[int] = 500
+    jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ClientProtocolError(BridgeError):
+    """The downstream client sent something the transport rules forbid."""
+
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST
+
+
+class NotAcceptable(ClientProtocolError):
+    """spec 2025-11-25 transports §Sending Messages 2: Accept must list both types."""
+
+    http_status = 406
+
+
+class UnsupportedMediaType(ClientProtocolError):
+    http_status = 415
+
+
+class PayloadTooLarge(ClientProtocolError):
+    http_status = 413
+
+
+class ParseError(ClientProtocolError):
+    jsonrpc_code = PARSE_ERROR
+
+
+class InvalidRequest(ClientProtocolError):
+    pass
+
+
+class MissingSession(ClientProtocolError):
+    """spec 2025-11-25 transports §Session Management 2 (SHOULD 400)."""
+
+
+class UnsupportedProtocolVersion(ClientProtocolError):
+    """spec 2025-06-18 transports §Protocol Version Header (MUST 400)."""
+
+
+class SessionNotFound(ClientProtocolError):
+    """spec 2025-11-25 transports §Session Management 3 (MUST 404)."""
+
+    http_status = 404
+    jsonrpc_code = SESSION_NOT_FOUND
+
+
+class UnknownServer(ClientProtocolError):
+    http_status = 404
+    jsonrpc_code = METHOD_NOT_FOUND
+
+
+class StreamConflict(ClientProtocolError):
+    http_status = 409
+
+
+class UpstreamError(BridgeError):
+    """The upstream MCP server could not do its part."""
+
+    http_status = 502
+    jsonrpc_code = UPSTREAM_PROTOCOL_ERROR
+
+
+class UpstreamUnavailable(UpstreamError, ConnectionError):
+    http_status = 503
+    jsonrpc_code = UPSTREAM_UNAVAILABLE
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    http_status = 504
+    jsonrpc_code = UPSTREAM_TIMEOUT
+
+
+class BridgeBug(BridgeError):
+    """Raised where an invariant of ours broke; never the client's fault."""
+
+
+class ConfigError(Exception):
+    """A configuration file or option is wrong; ``str()`` names file, server and field.
+
+    Not a :class:`BridgeError`: it never reaches a client, it ends the process
+    with exit status 2 before any port is bound.
+    """

@@ -1,0 +1,1 @@
+"""Front doors: the transports downstream clients connect with."""

@@ -1,0 +1,197 @@
+"""The Streamable HTTP front door: POST, GET and DELETE on one endpoint.
+
+Implements spec 2025-03-26 / 2025-06-18 / 2025-11-25 transports §Streamable
+HTTP (spec-notes §1). Each handler checks headers in the order the errors
+are listed in :mod:`bridge.errors`, hands messages to the session, and then
+only relays a :class:`bridge.session.Stream` as SSE.
+
+Requests are always answered with an SSE stream: legacy SSE and stdio
+upstreams give no hint of whether progress, logging or a server-to-client
+request will precede a response, so a JSON reply cannot be proven safe.
+Not yet here: event ids, priming events and ``Last-Event-ID`` resume (they
+need the durable event store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+from bridge import jsonrpc
+from bridge.errors import (
+    InvalidRequest,
+    MissingSession,
+    NotAcceptable,
+    PayloadTooLarge,
+    SessionNotFound,
+    UnknownServer,
+    UnsupportedMediaType,
+    UnsupportedProtocolVersion,
+)
+from bridge.hub import SessionHub
+from bridge.jsonrpc import Kind, Message
+from bridge.session import Session, Stream
+
+log = structlog.get_logger("bridge.frontend")
+
+SESSION_HEADER: Final = "Mcp-Session-Id"
+VERSION_HEADER: Final = "MCP-Protocol-Version"
+JSON: Final = "application/json"
+EVENT_STREAM: Final = "text/event-stream"
+_VISIBLE_ASCII = frozenset(range(0x21, 0x7F))
+
+
+@dataclass(frozen=True, slots=True)
+class FrontDoorConfig:
+    """Seconds and bytes; see :class:`bridge.settings.Settings`."""
+
+    max_body_bytes: int
+    keepalive_interval: float
+    send_timeout: float
+
+
+def accepts(header: str, media_type: str) -> bool:
+    """Whether an Accept header admits ``media_type`` (wildcards and q=0 honoured)."""
+    main = media_type.split("/")[0]
+    for item in header.split(","):
+        kind, *params = (part.strip() for part in item.split(";"))
+        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
+            continue
+        if kind.lower() in (media_type, f"{main}/*", "*/*"):
+            return True
+    return False
+
+
+class StreamableHttpFrontDoor:
+    def __init__(self, hub: SessionHub, config: FrontDoorConfig, default_server: str | None):
+        self._hub = hub
+        self._config = config
+        self._default = default_server
+
+    def routes(self, path: str) -> list[web.RouteDef]:
+        return [
+            web.post(path, self.post),
+            web.get(path, self.get),
+            web.delete(path, self.delete),
+        ]
+
+    # -- handlers ----------------------------------------------------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        server = self._server(request)
+        accept = request.headers.get("Accept", "")
+        if not (accepts(accept, JSON) and accepts(accept, EVENT_STREAM)):
+            raise NotAcceptable(f"Accept must list both {JSON} and {EVENT_STREAM}")
+        if request.content_type != JSON:
+            raise UnsupportedMediaType(f"Content-Type must be {JSON}")
+        messages, batch = self._parse(await self._read_body(request))
+        request["rpc_method"] = jsonrpc.method(messages[0][0])
+        request["rpc_id"] = messages[0][0].get("id") if not batch else None
+        if any(m.get("method") == "initialize" for m, _ in messages):
+            if batch:
+                raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
+            session, stream = await self._hub.initialize(server, messages[0][0])
+            request["session_id"] = session.id
+            return await self._relay(request, session, stream)
+        session = self._session(request, server)
+        if batch and session.record.protocol_version != jsonrpc.PROTOCOL_VERSION_2025_03_26:
+            raise InvalidRequest(
+                f"JSON-RPC batches are not allowed in protocol version "
+                f"{session.record.protocol_version} (only 2025-03-26)"
+            )
+        requests = [m for m, k in messages if k is Kind.REQUEST]
+        for message, kind in messages:
+            if kind is not Kind.REQUEST:
+                await session.post_other(message, kind)
+        if not requests:
+            return web.Response(status=202)
+        return await self._relay(request, session, await session.post_requests(requests))
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        server = self._server(request)
+        if not accepts(request.headers.get("Accept", ""), EVENT_STREAM):
+            raise NotAcceptable(f"Accept must list {EVENT_STREAM}")
+        session = self._session(request, server)
+        return await self._relay(request, session, session.open_standalone())
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        server = self._server(request)
+        session = self._session(request, server)
+        await self._hub.end(session.id, server, "client sent DELETE")
+        return web.Response(status=200)
+
+    # -- checks ------------------------------------------------------------
+
+    def _server(self, request: web.Request) -> str:
+        name = request.match_info.get("server", self._default)
+        if name is None or name not in self._hub.upstreams:
+            raise UnknownServer(f"no MCP server named {name!r} here")
+        return name
+
+    def _session(self, request: web.Request, server: str) -> Session:
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
+        request["session_id"] = session_id
+        if not set(session_id.encode("ascii", "replace")) <= _VISIBLE_ASCII:
+            raise SessionNotFound("session not found")
+        session = self._hub.get(session_id, server)
+        self._check_version(request, session)
+        return session
+
+    def _check_version(self, request: web.Request, session: Session) -> None:
+        """spec 2025-06-18 transports §Protocol Version Header: bad or unsupported -> 400."""
+        version = request.headers.get(VERSION_HEADER)
+        if version is None:
+            return  # absent: the session's negotiated version (or 2025-03-26) applies
+        if version not in jsonrpc.SUPPORTED_VERSIONS and version != session.record.protocol_version:
+            raise UnsupportedProtocolVersion(
+                f"unsupported {VERSION_HEADER} {version[:40]!r}; "
+                f"supported: {', '.join(jsonrpc.SUPPORTED_VERSIONS)}"
+            )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"request body over {limit} bytes") from None
+
+    @staticmethod
+    def _parse(body: bytes) -> tuple[list[tuple[Message, Kind]], bool]:
+        value = jsonrpc.decode(body)
+        if isinstance(value, list):
+            if not value:
+                raise InvalidRequest("empty JSON-RPC batch")
+            return [jsonrpc.parse_message(item) for item in value], True
+        return [jsonrpc.parse_message(value)], False
+
+    # -- streaming ---------------------------------------------------------
+
+    async def _relay(
+        self, request: web.Request, session: Session, stream: Stream
+    ) -> web.StreamResponse:
+        """Relay ``stream`` as SSE until it closes or the client goes away."""
+        response = EventSourceResponse(
+            headers={SESSION_HEADER: session.id},
+            allow_all_methods=True,
+            ping_interval=self._config.keepalive_interval,
+            send_timeout=self._config.send_timeout,
+        )
+        response.headers["Cache-Control"] = "no-cache, no-transform"
+        try:
+            await response.prepare(request)
+            async with response:
+                while (message := await stream.get()) is not None:
+                    await response.send(jsonrpc.encode(message), event="message")
+        except (ConnectionResetError, TimeoutError) as exc:
+            log.info("stream_client_gone", error=exc.__class__.__name__)
+        finally:
+            session.detach(stream)
+        return response

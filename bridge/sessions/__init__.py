@@ -1,0 +1,1 @@
+"""Session records and the stores that keep them."""

@@ -1,0 +1,226 @@
+"""Settings and server specs: the only place that reads the environment.
+
+:class:`Settings` comes from, in order of precedence, command-line flags,
+``BRIDGE_*`` environment variables and defaults (pydantic-settings). Servers
+come from an ``mcpServers`` file (the format Claude Desktop and Cursor use,
+JSON or YAML) or from one ``--stdio`` / ``--sse`` flag, and are validated once
+into the :data:`ServerSpec` union by :func:`load_servers`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+Seconds = Annotated[float, Field(gt=0)]
+Bytes = Annotated[int, Field(gt=0)]
+
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Times are in seconds, sizes in bytes."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        cli_kebab_case=True,
+        cli_prog_name="mcp-bridge",
+        extra="ignore",
+    )
+
+    config: Path | None = Field(None, description="mcpServers file (JSON or YAML)")
+    stdio: str | None = Field(None, description="one stdio upstream: 'COMMAND ARGS...'")
+    sse: str | None = Field(None, description="one legacy HTTP+SSE upstream URL")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = Field(
+        "auto", description="auto: console on a TTY, JSON lines otherwise"
+    )
+
+    max_body_bytes: Bytes = Field(4 * 1024 * 1024, description="POST body limit (413 above)")
+    max_message_bytes: Bytes = Field(
+        16 * 1024 * 1024, description="largest message accepted from an upstream"
+    )
+    session_idle_timeout: Seconds = Field(
+        1800.0, description="end a session with no request and no open stream for this long"
+    )
+    sse_keepalive_interval: Seconds = Field(15.0, description="SSE comment keepalive period")
+    sse_send_timeout: Seconds = Field(
+        60.0, description="abort a downstream stream whose client reads nothing for this long"
+    )
+    stream_queue_size: Bytes = Field(
+        256, description="messages buffered per downstream stream before the upstream waits"
+    )
+    standalone_buffer_size: Bytes = Field(
+        1024, description="messages kept for a standalone GET stream not yet open"
+    )
+    upstream_connect_timeout: Seconds = Field(
+        10.0, description="connect, spawn, and wait for the legacy 'endpoint' event"
+    )
+    upstream_read_timeout: Seconds = Field(
+        300.0, description="legacy SSE upstream: longest silence before the stream is dead"
+    )
+    upstream_send_timeout: Seconds = Field(
+        30.0, description="one message to an upstream: a legacy POST or a stdio write"
+    )
+    initialize_timeout: Seconds = Field(30.0, description="upstream answer to initialize")
+    stdio_shutdown_grace: Seconds = Field(
+        2.0, description="stdio: wait after closing stdin, and again after SIGTERM"
+    )
+    shutdown_timeout: Seconds = Field(10.0, description="graceful shutdown budget")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = ""
+
+
+class StdioServer(_Spec):
+    """An upstream run as a child process speaking newline-delimited JSON-RPC."""
+
+    command: str = Field(min_length=1)
+    type: Literal["stdio"] | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class SseServer(_Spec):
+    """A legacy HTTP+SSE upstream (spec 2024-11-05)."""
+
+    url: AnyHttpUrl
+    type: Literal["sse"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+ServerSpec = StdioServer | SseServer
+
+
+def expand_vars(value: Any, environ: dict[str, str]) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, recursively.
+
+    Raises:
+        KeyError: a variable with no default is unset (the name is the key).
+    """
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ and (environ[name] or default is None):
+                return environ[name]
+            if default is not None:
+                return default
+            raise KeyError(name)
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_vars(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_vars(v, environ) for v in value]
+    return value
+
+
+def _server_kind(entry: dict[str, Any]) -> type[ServerSpec]:
+    kind = entry.get("type")
+    if kind in ("streamable-http", "http", "streamableHttp"):
+        raise ValueError("type: Streamable HTTP upstreams are not supported yet")
+    if "command" in entry:
+        if "url" in entry:
+            raise ValueError("command/url: give one of them, not both")
+        return StdioServer
+    if "url" in entry:
+        if kind in ("sse", None):
+            path = urlsplit(str(entry["url"])).path.rstrip("/")
+            if kind == "sse" or path.endswith("/sse"):
+                return SseServer
+            raise ValueError(
+                "url: only legacy HTTP+SSE URLs are supported yet: "
+                'end the path in /sse or set "type": "sse"'
+            )
+        raise ValueError(f"type: unknown server type {kind!r} (expected 'sse')")
+    raise ValueError('command/url: a server needs "command" (stdio) or "url" (HTTP)')
+
+
+def _parse_server(source: str, name: str, entry: Any, environ: dict[str, str]) -> ServerSpec:
+    where = f"{source}: server {name!r}"
+    if not SERVER_NAME.match(name):
+        raise ConfigError(f"{where}: the name must match {SERVER_NAME.pattern}")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected an object")
+    try:
+        entry = expand_vars(entry, environ)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: environment variable {exc.args[0]} is not set") from None
+    try:
+        kind = _server_kind(entry)
+    except ValueError as exc:
+        field, _, text = str(exc).partition(": ")
+        raise ConfigError(f"{where}: field {field!r}: {text}") from None
+    try:
+        return kind.model_validate({**entry, "name": name})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "?"
+        raise ConfigError(f"{where}: field {field!r}: {err['msg']}") from None
+
+
+def parse_servers(source: str, document: Any, environ: dict[str, str]) -> list[ServerSpec]:
+    """Validate a decoded ``{"mcpServers": {...}}`` document.
+
+    Raises:
+        ConfigError: naming ``source``, the server and the field.
+    """
+    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
+        raise ConfigError(f'{source}: expected an object with an "mcpServers" object')
+    servers = document["mcpServers"]
+    if not servers:
+        raise ConfigError(f"{source}: mcpServers is empty")
+    return [_parse_server(source, name, entry, environ) for name, entry in servers.items()]
+
+
+def load_servers(settings: Settings, environ: dict[str, str] | None = None) -> list[ServerSpec]:
+    """The servers named by ``--config``, ``--stdio`` or ``--sse``.
+
+    Raises:
+        ConfigError: no source, several sources, unreadable file, or a bad entry.
+    """
+    env = dict(os.environ) if environ is None else environ
+    given = [s for s in (settings.config, settings.stdio, settings.sse) if s]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --config (BRIDGE_CONFIG), --stdio or --sse")
+    if settings.stdio:
+        argv = shlex.split(settings.stdio)
+        if not argv:
+            raise ConfigError("--stdio: empty command")
+        entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
+        return parse_servers("--stdio", {"mcpServers": {"default": entry}}, env)
+    if settings.sse:
+        return parse_servers(
+            "--sse", {"mcpServers": {"default": {"url": settings.sse, "type": "sse"}}}, env
+        )
+    assert settings.config is not None
+    path = settings.config
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    is_json = path.suffix == ".json"
+    try:
+        document = json.loads(text) if is_json else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {exc}") from None
+    return parse_servers(str(path), document, env)

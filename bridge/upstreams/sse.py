@@ -1,0 +1,149 @@
+"""Legacy HTTP+SSE upstream (spec 2024-11-05 transports §HTTP with SSE).
+
+Contract (spec-notes §2):
+
+- ``connect`` GETs the SSE URL and waits, within ``upstream_connect_timeout``,
+  for the ``endpoint`` event; its data is resolved against the SSE URL and
+  must stay on the same origin (an upstream must not redirect our POSTs, and
+  the credentials in ``headers``, elsewhere).
+- Messages are POSTed there; any 2xx is success (both SDKs answer 202).
+- Every server message, responses included, arrives as a ``message`` event.
+- The stream has no total timeout; ``upstream_read_timeout`` bounds silence.
+- URLs may carry credentials in their query, so only the server name is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import structlog
+
+from bridge import jsonrpc
+from bridge.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from bridge.jsonrpc import Message
+from bridge.settings import SseServer
+from bridge.sse import Decoder, Event
+from bridge.upstreams.base import UpstreamTimeouts, decode_frames
+
+log = structlog.get_logger("bridge.upstream.sse")
+
+CHUNK_BYTES = 64 * 1024
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+class SseUpstream:
+    def __init__(
+        self, spec: SseServer, client: aiohttp.ClientSession, timeouts: UpstreamTimeouts
+    ) -> None:
+        self.name = spec.name
+        self._url = str(spec.url)
+        self._headers = dict(spec.headers)
+        self._client = client
+        self._timeouts = timeouts
+
+    async def connect(self) -> SseConnection:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.read
+        )
+        headers = {**self._headers, "Accept": "text/event-stream"}
+        try:
+            async with asyncio.timeout(self._timeouts.connect):
+                response = await self._client.get(self._url, headers=headers, timeout=timeout)
+                try:
+                    return await self._handshake(response)
+                except BaseException:
+                    response.close()
+                    raise
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"server {self.name!r}: no endpoint event in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"server {self.name!r}: {exc.__class__.__name__}") from exc
+
+    async def _handshake(self, response: aiohttp.ClientResponse) -> SseConnection:
+        if response.status != 200:
+            raise UpstreamUnavailable(f"server {self.name!r}: GET answered HTTP {response.status}")
+        decoder = Decoder(self._timeouts.max_message_bytes)
+        early: list[Event] = []
+        async for chunk in response.content.iter_any():
+            for event in decoder.feed(chunk):
+                if event.event != "endpoint":
+                    early.append(event)
+                    continue
+                endpoint = urljoin(self._url, event.data.strip())
+                if _origin(endpoint) != _origin(self._url):
+                    raise UpstreamProtocolError(
+                        f"server {self.name!r}: endpoint event points to another origin"
+                    )
+                log.debug("upstream_endpoint", server=self.name)
+                return SseConnection(self, response, decoder, endpoint, early)
+        raise UpstreamProtocolError(f"server {self.name!r}: stream ended before endpoint event")
+
+    async def post(self, endpoint: str, message: Message) -> None:
+        headers = {**self._headers, "Content-Type": "application/json"}
+        body = jsonrpc.encode(message).encode()
+        try:
+            async with (
+                asyncio.timeout(self._timeouts.send),
+                self._client.post(endpoint, data=body, headers=headers) as response,
+            ):
+                await response.read()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"server {self.name!r}: POST timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"server {self.name!r}: {exc.__class__.__name__}") from exc
+        if response.status in (404, 410):
+            raise UpstreamUnavailable(f"server {self.name!r}: upstream session is gone")
+        if not 200 <= response.status < 300:
+            raise UpstreamProtocolError(f"server {self.name!r}: POST answered {response.status}")
+
+
+class SseConnection:
+    def __init__(
+        self,
+        upstream: SseUpstream,
+        response: aiohttp.ClientResponse,
+        decoder: Decoder,
+        endpoint: str,
+        early: list[Event],
+    ) -> None:
+        self._upstream = upstream
+        self._response = response
+        self._decoder = decoder
+        self._endpoint = endpoint
+        self._early = early
+
+    async def send(self, message: Message) -> None:
+        if self._response.closed:
+            raise UpstreamUnavailable(f"server {self._upstream.name!r}: SSE stream closed")
+        await self._upstream.post(self._endpoint, message)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        events, self._early = self._early, []
+        for message in self._messages(events):
+            yield message
+        try:
+            async for chunk in self._response.content.iter_any():
+                for message in self._messages(self._decoder.feed(chunk)):
+                    yield message
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamUnavailable(
+                f"server {self._upstream.name!r}: SSE stream broke ({exc.__class__.__name__})"
+            ) from exc
+
+    def _messages(self, events: list[Event]) -> list[Message]:
+        return [
+            message
+            for event in events
+            if event.event == "message"
+            for message in decode_frames(event.data, self._upstream.name)
+        ]
+
+    async def aclose(self) -> None:
+        self._response.close()
