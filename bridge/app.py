@@ -27,6 +27,8 @@ import structlog
 from aiohttp import web
 
 from bridge import errors, jsonrpc, tasks
+from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.guard import Guard
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
@@ -49,7 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error_response(request: web.Request, status: int, code: int, text: str) -> web.Response:
-    body = jsonrpc.error_response(request.get("rpc_id"), code, text)
+    body = jsonrpc.error_response(request.get(RPC_ID), code, text)
     return web.json_response(body, status=status)
 
 
@@ -86,8 +88,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             path=request.path,
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            session_id=short(request.get("session_id")),
-            rpc_method=request.get("rpc_method"),
+            session_id=short(request.get(SESSION_ID)),
+            rpc_method=request.get(RPC_METHOD),
         )
 
 
@@ -156,6 +158,7 @@ async def build_app(
             keepalive_interval=settings.sse_keepalive_interval,
             send_timeout=settings.sse_send_timeout,
         ),
+        Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
         default_server=servers[0].name if len(servers) == 1 else None,
     )
     routes = [web.get("/healthz", healthz)]

@@ -1,7 +1,9 @@
-"""``mcp-bridge``: argv -> Settings -> logging -> servers -> run the app. No logic."""
+"""``mcp-bridge``: argv -> Settings -> logging -> servers -> serve. No protocol logic."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -12,9 +14,10 @@ from pydantic import ValidationError
 from bridge import log as bridge_log
 from bridge.app import build_app
 from bridge.errors import ConfigError
-from bridge.settings import Settings, load_servers
+from bridge.settings import ServerSpec, Settings, load_servers
 
 EXIT_CONFIG = 2
+log = structlog.get_logger("bridge")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,21 +35,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mcp-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     bridge_log.configure(settings.log_level, settings.log_format)
-    log = structlog.get_logger("bridge")
-    log.info(
-        "starting",
-        host=settings.host,
-        port=settings.port,
-        servers=[f"{s.name} ({type(s).__name__})" for s in servers],
-    )
-    web.run_app(
-        build_app(settings, servers),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout,
-        handler_cancellation=True,
-        access_log=None,
-        print=None,
-    )
-    log.info("stopped")
+    try:
+        asyncio.run(serve(settings, servers))
+    except OSError as exc:  # e.g. the port is taken
+        log.error("cannot_listen", host=settings.host, port=settings.port, error=str(exc))
+        return 1
     return 0
+
+
+async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down in aiohttp's documented order.
+
+    Logs ``listening`` with the bound port once the socket accepts (``--port 0``
+    picks a free one), and ``stopped`` when every session has been closed.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = await build_app(settings, servers)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        ports = [addr[1] for addr in runner.addresses]
+        log.info(
+            "listening",
+            host=settings.host,
+            port=ports[0] if ports else settings.port,
+            servers=[f"{s.name} ({type(s).__name__})" for s in servers],
+        )
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")

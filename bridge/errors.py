@@ -13,6 +13,8 @@
     │   ├── UnsupportedProtocolVersion bad MCP-Protocol-Version                 400
     │   ├── SessionNotFound            unknown, ended or foreign session        404 -32001
     │   ├── UnknownServer              no server by that name                   404
+    │   ├── ForbiddenOrigin            Origin not allowed (spec §Security)      403
+    │   ├── MisdirectedHost            Host not allowed (DNS rebinding)         421
     │   └── StreamConflict             a second standalone GET stream           409
     ├── UpstreamError                  the upstream MCP server failed us       5xx
     │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
@@ -106,6 +108,18 @@ class SessionNotFound(ClientProtocolError):
 class UnknownServer(ClientProtocolError):
     http_status = 404
     jsonrpc_code = METHOD_NOT_FOUND
+
+
+class ForbiddenOrigin(ClientProtocolError):
+    """spec 2025-11-25 transports §Security Warning: invalid Origin -> 403."""
+
+    http_status = 403
+
+
+class MisdirectedHost(ClientProtocolError):
+    """A Host header this gateway does not serve (DNS rebinding; the py SDK answers 421)."""
+
+    http_status = 421
 
 
 class StreamConflict(ClientProtocolError):

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
 
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names clients may use; empty: loopback names when bound to loopback",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="extra browser Origins (scheme://host[:port]) allowed besides same-host ones",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto: console on a TTY, JSON lines otherwise"

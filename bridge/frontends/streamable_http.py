@@ -32,6 +32,8 @@ from bridge.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
+from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
 from bridge.session import Session, Stream
@@ -67,9 +69,16 @@ def accepts(header: str, media_type: str) -> bool:
 
 
 class StreamableHttpFrontDoor:
-    def __init__(self, hub: SessionHub, config: FrontDoorConfig, default_server: str | None):
+    def __init__(
+        self,
+        hub: SessionHub,
+        config: FrontDoorConfig,
+        guard: Guard,
+        default_server: str | None,
+    ) -> None:
         self._hub = hub
         self._config = config
+        self._guard = guard
         self._default = default_server
 
     def routes(self, path: str) -> list[web.RouteDef]:
@@ -89,13 +98,16 @@ class StreamableHttpFrontDoor:
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"Content-Type must be {JSON}")
         messages, batch = self._parse(await self._read_body(request))
-        request["rpc_method"] = jsonrpc.method(messages[0][0])
-        request["rpc_id"] = messages[0][0].get("id") if not batch else None
+        first = messages[0][0]
+        if (method := jsonrpc.method(first)) is not None:
+            request[RPC_METHOD] = method
+        if not batch and jsonrpc.is_request_id(first.get("id")):
+            request[RPC_ID] = first["id"]
         if any(m.get("method") == "initialize" for m, _ in messages):
             if batch:
                 raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
             session, stream = await self._hub.initialize(server, messages[0][0])
-            request["session_id"] = session.id
+            request[SESSION_ID] = session.id
             return await self._relay(request, session, stream)
         session = self._session(request, server)
         if batch and session.record.protocol_version != jsonrpc.PROTOCOL_VERSION_2025_03_26:
@@ -127,6 +139,7 @@ class StreamableHttpFrontDoor:
     # -- checks ------------------------------------------------------------
 
     def _server(self, request: web.Request) -> str:
+        self._guard.check(request)
         name = request.match_info.get("server", self._default)
         if name is None or name not in self._hub.upstreams:
             raise UnknownServer(f"no MCP server named {name!r} here")
@@ -136,7 +149,7 @@ class StreamableHttpFrontDoor:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
-        request["session_id"] = session_id
+        request[SESSION_ID] = session_id
         if not set(session_id.encode("ascii", "replace")) <= _VISIBLE_ASCII:
             raise SessionNotFound("session not found")
         session = self._hub.get(session_id, server)

@@ -1,0 +1,13 @@
+"""Typed per-request facts the front doors record for the request log line."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from bridge.jsonrpc import RequestId
+
+RPC_METHOD: Final = web.RequestKey("rpc_method", str)
+RPC_ID: Final[web.RequestKey[RequestId]] = web.RequestKey("rpc_id")
+SESSION_ID: Final = web.RequestKey("session_id", str)

@@ -1,0 +1,201 @@
+"""Shared fixtures: real subprocesses, real sockets on 127.0.0.1, bounded waits.
+
+Processes are started through :class:`Proc`, which collects their output and
+lets a test wait for a line (a server's "listening" message) with a bound,
+instead of sleeping. Every process a test starts is killed, with its whole
+process group, when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from bridge.app import build_app
+from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+
+REPO = Path(__file__).resolve().parents[1]
+NPM_BIN = REPO / "tests" / "npm" / "node_modules" / ".bin"
+NODE22_BIN = REPO / "tests" / "npm" / "node_modules" / "node" / "bin"
+FIXTURE_SERVER = REPO / "tests" / "fixtures" / "conformance_server.py"
+EVERYTHING = NPM_BIN / "mcp-server-everything"
+START_TIMEOUT = 30.0  # seconds for a server process to say it listens
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Proc:
+    """A subprocess in its own process group whose output lines are collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+        self._readers = [
+            asyncio.ensure_future(self._read(stream))
+            for stream in (process.stdout, process.stderr)
+            if stream is not None
+        ]
+
+    @classmethod
+    async def start(
+        cls, *argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
+        process = await asyncio.create_subprocess_exec(
+            *map(str, argv),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+        return cls(process, Path(str(argv[0])).name)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.lines.append(line.decode(errors="replace").rstrip())
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        """The first output line matching ``pattern``; fails after ``timeout`` seconds."""
+        regex = re.compile(pattern)
+        seen = 0
+        async with asyncio.timeout(timeout):
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                if self.process.returncode is not None and all(r.done() for r in self._readers):
+                    raise AssertionError(f"{self.name} exited: " + "\n".join(self.lines[-20:]))
+                self._changed.clear()
+                await self._changed.wait()
+
+    def json_events(self, event: str) -> list[dict[str, Any]]:
+        """The gateway's JSON log lines whose ``event`` is ``event``."""
+        found = []
+        for line in self.lines:
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("event") == event:
+                        found.append(record)
+        return found
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the process, wait (bounded), then SIGKILL its whole group."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.process.wait()
+            except TimeoutError:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        return self.process.returncode
+
+
+ProcFactory = Callable[..., Awaitable[Proc]]
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[ProcFactory]:
+    """Start processes with ``await procs(*argv, env=..., cwd=...)``; all die at teardown."""
+    started: list[Proc] = []
+
+    async def start(*argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        proc = await Proc.start(*argv, env=env, cwd=cwd)
+        started.append(proc)
+        return proc
+
+    yield start
+    await asyncio.gather(*(p.stop(signal.SIGKILL, 5.0) for p in started))
+
+
+async def start_gateway(procs: ProcFactory, *args: str, env: dict[str, str] | None = None) -> tuple[Proc, str]:
+    """Run ``mcp-bridge ARGS --port 0``; return it and its base URL once it listens."""
+    proc = await procs(
+        sys.executable, "-m", "bridge", *args, "--port", "0", "--log-format", "json",
+        env={"PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    match = await proc.wait_for(r'"event": "listening"')
+    port = json.loads(match.string)["port"]
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def start_fixture_sse(procs: ProcFactory) -> str:
+    """The conformance fixture (FastMCP) as a legacy HTTP+SSE server; its /sse URL."""
+    port = free_port()
+    proc = await procs(sys.executable, FIXTURE_SERVER, "--transport", "sse", "--port", str(port))
+    await proc.wait_for("Uvicorn running on")
+    return f"http://127.0.0.1:{port}/sse"
+
+
+async def start_everything_sse(procs: ProcFactory) -> str:
+    """@modelcontextprotocol/server-everything in legacy SSE mode; its /sse URL."""
+    port = free_port()
+    proc = await procs(EVERYTHING, "sse", env={"PORT": str(port)})
+    await proc.wait_for(f"running on port {port}")
+    return f"http://127.0.0.1:{port}/sse"
+
+
+def fixture_stdio(name: str = "fixture") -> StdioServer:
+    return StdioServer(name=name, command=sys.executable, args=(str(FIXTURE_SERVER),))
+
+
+def example_stdio(name: str = "example") -> StdioServer:
+    return StdioServer(name=name, command=sys.executable, args=("-m", "bridge.examples.server"))
+
+
+def everything_stdio(name: str = "everything") -> StdioServer:
+    return StdioServer(name=name, command=str(EVERYTHING), args=("stdio",))
+
+
+def sse_spec(url: str, name: str = "legacy") -> SseServer:
+    return SseServer(name=name, url=url, type="sse")  # type: ignore[arg-type]
+
+
+GatewayFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def gateway(aiohttp_server: AiohttpServer) -> GatewayFactory:
+    """An in-process gateway on a real socket: ``await gateway([specs], **settings)`` -> base URL."""
+
+    async def make(servers: list[ServerSpec], **overrides: Any) -> str:
+        settings = Settings(**overrides)
+        app: web.Application = await build_app(settings, servers)
+        server = await aiohttp_server(app)
+        return f"http://127.0.0.1:{server.port}"
+
+    return make

@@ -1,0 +1,174 @@
+"""The official SDK client through the gateway to real MCP servers (issue #2 "Tests").
+
+Client: ``mcp`` ``streamable_http_client`` + ``ClientSession`` on the Streamable
+HTTP front door. Upstreams: a FastMCP server over legacy SSE and over stdio,
+and ``@modelcontextprotocol/server-everything`` from npm over stdio and over
+legacy SSE. Each runs the same scenario: initialize, tools/list, tools/call,
+a progress-reporting tool (progress before the result), a sampling round
+trip (server -> client request), resources/read, prompts/get, ping, DELETE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.context import RequestContext
+
+from tests.conftest import (
+    GatewayFactory,
+    ProcFactory,
+    everything_stdio,
+    fixture_stdio,
+    sse_spec,
+    start_everything_sse,
+    start_fixture_sse,
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What to call on one kind of upstream server, and what it must answer."""
+
+    tool: tuple[str, dict[str, Any], str]
+    progress_tool: tuple[str, dict[str, Any]]
+    sampling_tool: tuple[str, dict[str, Any]]
+    resource: tuple[str, str]
+    prompt: tuple[str, dict[str, str], str]
+
+
+FASTMCP = Profile(
+    tool=("test_simple_text", {}, "This is a simple text response for testing."),
+    progress_tool=("test_tool_with_progress", {}),
+    sampling_tool=("test_sampling", {"prompt": "say hi"}),
+    resource=("test://static-text", "This is the content of the static text resource."),
+    prompt=("test_prompt_with_arguments", {"arg1": "a1", "arg2": "b2"}, "arg1='a1'"),
+)
+EVERYTHING = Profile(
+    tool=("echo", {"message": "hello"}, "Echo: hello"),
+    progress_tool=("trigger-long-running-operation", {"duration": 0.3, "steps": 3}),
+    sampling_tool=("trigger-sampling-request", {"prompt": "say hi", "maxTokens": 10}),
+    resource=("demo://resource/static/document/architecture.md", "#"),
+    prompt=("args-prompt", {"city": "Lisbon"}, "Lisbon"),
+)
+SAMPLED = "sampled through the gateway"
+
+
+async def _sampling(
+    context: RequestContext[ClientSession, Any], params: types.CreateMessageRequestParams
+) -> types.CreateMessageResult:
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=SAMPLED), model="test"
+    )
+
+
+def _text(result: types.CallToolResult) -> str:
+    assert not result.isError, result
+    return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
+
+
+async def run_scenario(url: str, profile: Profile) -> None:
+    async with streamable_http_client(url) as (read, write, get_session_id):
+        async with ClientSession(read, write, sampling_callback=_sampling) as session:
+            init = await session.initialize()
+            assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
+            session_id = get_session_id()
+            assert session_id
+
+            tools = await session.list_tools()
+            names = {t.name for t in tools.tools}
+            assert {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} <= names
+
+            name, args, expected = profile.tool
+            assert expected in _text(await session.call_tool(name, args))
+
+            order: list[str] = []
+            progress: list[float] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                order.append("progress")
+                progress.append(value)
+
+            name, args = profile.progress_tool
+            result = await session.call_tool(name, args, progress_callback=on_progress)
+            order.append("result")
+            _text(result)
+            assert len(progress) >= 3 and progress == sorted(progress)
+            assert order[-1] == "result" and order.count("progress") == len(progress)
+
+            name, args = profile.sampling_tool
+            assert SAMPLED in _text(await session.call_tool(name, args))
+
+            uri, needle = profile.resource
+            contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
+            assert any(needle in getattr(c, "text", "") for c in contents)
+
+            name, pargs, needle = profile.prompt
+            prompt = await session.get_prompt(name, pargs)
+            texts = [m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)]
+            assert any(needle in t for t in texts)
+
+            assert isinstance(await session.send_ping(), types.EmptyResult)
+    # Leaving streamable_http_client sends DELETE; the session must be gone now.
+    assert await _status_after_delete(url, session_id) == 404
+
+
+async def _status_after_delete(url: str, session_id: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Accept": "application/json, text/event-stream", "Mcp-Session-Id": session_id},
+        )
+        return response.status
+
+
+Setup = Callable[[ProcFactory], Awaitable[Any]]
+
+
+async def _fastmcp_sse(procs: ProcFactory) -> Any:
+    return sse_spec(await start_fixture_sse(procs))
+
+
+async def _fastmcp_stdio(procs: ProcFactory) -> Any:
+    return fixture_stdio()
+
+
+async def _everything_stdio(procs: ProcFactory) -> Any:
+    return everything_stdio()
+
+
+async def _everything_sse(procs: ProcFactory) -> Any:
+    return sse_spec(await start_everything_sse(procs))
+
+
+@pytest.mark.parametrize(
+    ("setup", "profile"),
+    [
+        pytest.param(_fastmcp_sse, FASTMCP, id="fastmcp-legacy-sse"),
+        pytest.param(_fastmcp_stdio, FASTMCP, id="fastmcp-stdio"),
+        pytest.param(_everything_stdio, EVERYTHING, id="everything-stdio"),
+        pytest.param(_everything_sse, EVERYTHING, id="everything-legacy-sse"),
+    ],
+)
+async def test_sdk_client_scenario(
+    setup: Setup, profile: Profile, procs: ProcFactory, gateway: GatewayFactory
+) -> None:
+    spec = await setup(procs)
+    base = await gateway([spec])
+    await run_scenario(f"{base}/http", profile)
+
+
+async def test_named_server_urls_and_mcp_alias(procs: ProcFactory, gateway: GatewayFactory) -> None:
+    """With two servers each answers at /servers/NAME/http and /servers/NAME/mcp."""
+    base = await gateway([fixture_stdio("one"), everything_stdio("two")])
+    await run_scenario(f"{base}/servers/one/mcp", FASTMCP)
+    await run_scenario(f"{base}/servers/two/http", EVERYTHING)
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{base}/http", json={})
+        assert response.status == 404  # no single-server alias with two servers
