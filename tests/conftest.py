@@ -106,6 +106,13 @@ class Proc:
                         found.append(record)
         return found
 
+    async def exited(self, timeout: float) -> int:
+        """Wait (bounded) for the process to exit by itself and its output to end."""
+        async with asyncio.timeout(timeout):
+            await self.process.wait()
+            await asyncio.gather(*self._readers)
+        return self.process.returncode
+
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the process, wait (bounded), then SIGKILL its whole group."""
         if self.process.returncode is None:
