@@ -128,7 +128,10 @@ class Router:
         if message.get("method") != CANCELLED:
             return message, []
         params = jsonrpc.params(message)
-        up_id = self._up_id_by_client_id.get(params.get("requestId"))  # type: ignore[arg-type]
+        request_id = params.get("requestId")
+        if not jsonrpc.is_request_id(request_id):  # unhashable, or a bool that equals 1
+            return None, []
+        up_id = self._up_id_by_client_id.get(request_id)  # type: ignore[arg-type]
         if up_id is None:
             return None, []
         pending = self._pending[up_id]
@@ -141,14 +144,20 @@ class Router:
     # -- upstream -> client ------------------------------------------------
 
     def upstream_message(self, message: Message, kind: jsonrpc.Kind) -> Delivery | None:
-        """Where an upstream message goes, rewritten; None drops it (late response)."""
+        """Where an upstream message goes, rewritten; None drops it.
+
+        Dropped: a late response, and a cancel for a request we never sent down.
+        """
         if kind is jsonrpc.Kind.RESPONSE:
             return self._upstream_response(message)
         if kind is jsonrpc.Kind.REQUEST:
             self._next_down += 1
             self._server_requests[self._next_down] = message["id"]
             return Delivery(self._unrelated_stream(), jsonrpc.with_id(message, self._next_down))
-        return Delivery(self._notification_stream(message), self._rewrite_cancel(message))
+        rewritten = self._rewrite_cancel(message)
+        if rewritten is None:
+            return None
+        return Delivery(self._notification_stream(message), rewritten)
 
     def fail(self, up_id: int, code: int, text: str) -> Delivery:
         """An error response for one pending request (e.g. it could not be sent)."""
@@ -190,9 +199,10 @@ class Router:
     def _notification_stream(self, message: Message) -> StreamKey:
         if message.get("method") == PROGRESS:
             token = jsonrpc.params(message).get("progressToken")
-            stream = self._stream_by_token.get(token)  # type: ignore[arg-type]
-            if stream is not None:
-                return stream
+            if jsonrpc.is_request_id(token):  # unhashable, or a bool that equals 1
+                stream = self._stream_by_token.get(token)  # type: ignore[arg-type]
+                if stream is not None:
+                    return stream
         return self._unrelated_stream()
 
     def _unrelated_stream(self) -> StreamKey:
@@ -203,12 +213,15 @@ class Router:
             return GET
         return max(live)
 
-    def _rewrite_cancel(self, message: Message) -> Message:
+    def _rewrite_cancel(self, message: Message) -> Message | None:
+        """A cancel with our downstream id; None for an id we do not know (rule 3)."""
         if message.get("method") != CANCELLED:
             return message
         params = jsonrpc.params(message)
         up_id = params.get("requestId")
+        if not jsonrpc.is_request_id(up_id):
+            return None
         for down_id, known in self._server_requests.items():
             if known == up_id:
                 return {**message, "params": {**params, "requestId": down_id}}
-        return message
+        return None

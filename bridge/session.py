@@ -143,6 +143,12 @@ class Session:
             )
         await asyncio.shield(self._close_task)
 
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished: streams closed, upstream released."""
+        await self.ended.wait()
+        assert self._close_task is not None
+        await asyncio.shield(self._close_task)
+
     async def _close(self, reason: str, code: int) -> None:
         self.end_reason = reason
         self.ended.set()
@@ -233,7 +239,7 @@ class Session:
     # -- upstream -> client ------------------------------------------------
 
     async def _read_upstream(self) -> None:
-        reason = "upstream server closed the connection"
+        reason = f"server {self.record.server!r}: upstream closed the connection"
         try:
             async for message in self._conn.messages():
                 try:

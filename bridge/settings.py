@@ -170,10 +170,15 @@ def _parse_server(source: str, name: str, entry: Any, environ: dict[str, str]) -
         raise ConfigError(f"{where}: the name must match {SERVER_NAME.pattern}")
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected an object")
-    try:
-        entry = expand_vars(entry, environ)
-    except KeyError as exc:
-        raise ConfigError(f"{where}: environment variable {exc.args[0]} is not set") from None
+    expanded = {}
+    for field, value in entry.items():
+        try:
+            expanded[field] = expand_vars(value, environ)
+        except KeyError as exc:
+            raise ConfigError(
+                f"{where}: field {field!r}: environment variable {exc.args[0]} is not set"
+            ) from None
+    entry = expanded
     try:
         kind = _server_kind(entry)
     except ValueError as exc:

@@ -42,6 +42,8 @@ class Decoder:
         self._last_was_cr = False
 
     def feed(self, chunk: bytes) -> list[Event]:
+        if not chunk:
+            return []  # keep _last_was_cr: the LF of a CRLF may still come
         if self._last_was_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]  # the LF of a CRLF split across chunks
         self._last_was_cr = chunk.endswith(b"\r")
@@ -71,7 +73,7 @@ class Decoder:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():  # WHATWG: ASCII digits
             self._retry = int(value)
         return None
 

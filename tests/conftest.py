@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from bridge.app import build_app
+from bridge.app import HUB, build_app
+from bridge.hub import SessionHub
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,11 +82,11 @@ class Proc:
             self._changed.set()
         self._changed.set()
 
-    async def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
-        """The first output line matching ``pattern``; fails after ``timeout`` seconds."""
+    async def wait_for(self, pattern: str, within: float = START_TIMEOUT) -> re.Match[str]:
+        """The first output line matching ``pattern``; fails after ``within`` seconds."""
         regex = re.compile(pattern)
         seen = 0
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 for line in self.lines[seen:]:
                     if match := regex.search(line):
@@ -106,20 +108,20 @@ class Proc:
                         found.append(record)
         return found
 
-    async def exited(self, timeout: float) -> int:
+    async def exited(self, within: float) -> int:
         """Wait (bounded) for the process to exit by itself and its output to end."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             await self.process.wait()
             await asyncio.gather(*self._readers)
         return self.process.returncode
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, grace: float = 15.0) -> int:
         """Signal the process, wait (bounded), then SIGKILL its whole group."""
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(sig)
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(grace):
                     await self.process.wait()
             except TimeoutError:
                 pass
@@ -140,7 +142,9 @@ async def procs() -> AsyncIterator[ProcFactory]:
     """Start processes with ``await procs(*argv, env=..., cwd=...)``; all die at teardown."""
     started: list[Proc] = []
 
-    async def start(*argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+    async def start(
+        *argv: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         proc = await Proc.start(*argv, env=env, cwd=cwd)
         started.append(proc)
         return proc
@@ -149,10 +153,19 @@ async def procs() -> AsyncIterator[ProcFactory]:
     await asyncio.gather(*(p.stop(signal.SIGKILL, 5.0) for p in started))
 
 
-async def start_gateway(procs: ProcFactory, *args: str, env: dict[str, str] | None = None) -> tuple[Proc, str]:
+async def start_gateway(
+    procs: ProcFactory, *args: str, env: dict[str, str] | None = None
+) -> tuple[Proc, str]:
     """Run ``mcp-bridge ARGS --port 0``; return it and its base URL once it listens."""
     proc = await procs(
-        sys.executable, "-m", "bridge", *args, "--port", "0", "--log-format", "json",
+        sys.executable,
+        "-m",
+        "bridge",
+        *args,
+        "--port",
+        "0",
+        "--log-format",
+        "json",
         env={"PYTHONUNBUFFERED": "1", **(env or {})},
     )
     match = await proc.wait_for(r'"event": "listening"')
@@ -192,17 +205,23 @@ def sse_spec(url: str, name: str = "legacy") -> SseServer:
     return SseServer(name=name, url=url, type="sse")  # type: ignore[arg-type]
 
 
-GatewayFactory = Callable[..., Awaitable[str]]
+@dataclass(frozen=True)
+class RunningGateway:
+    url: str  # base URL, no path
+    hub: SessionHub
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
 
 
 @pytest.fixture
 async def gateway(aiohttp_server: AiohttpServer) -> GatewayFactory:
-    """An in-process gateway on a real socket: ``await gateway([specs], **settings)`` -> base URL."""
+    """An in-process gateway on a real socket: ``await gateway([specs], **settings)``."""
 
-    async def make(servers: list[ServerSpec], **overrides: Any) -> str:
+    async def make(servers: list[ServerSpec], **overrides: Any) -> RunningGateway:
         settings = Settings(**overrides)
         app: web.Application = await build_app(settings, servers)
         server = await aiohttp_server(app)
-        return f"http://127.0.0.1:{server.port}"
+        return RunningGateway(f"http://127.0.0.1:{server.port}", app[HUB])
 
     return make

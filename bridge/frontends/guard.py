@@ -31,8 +31,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _hostname(authority: str) -> str | None:
-    return urlsplit(f"//{authority}").hostname
+def _hostname(url: str) -> str | None:
+    """The host of a URL or ``//authority``; None if absent or malformed."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +53,13 @@ class Guard:
 
     def check(self, request: web.Request) -> None:
         """Raise MisdirectedHost (421) or ForbiddenOrigin (403) for a foreign request."""
-        host = _hostname(request.headers.get("Host", ""))
+        host = _hostname("//" + request.headers.get("Host", ""))
         if self.hosts is not None and (host is None or host.lower() not in self.hosts):
             raise MisdirectedHost("Host header not allowed")
         origin = request.headers.get("Origin")
         if origin is None or origin.rstrip("/").lower() in self.origins:
             return
-        origin_host = urlsplit(origin).hostname
+        origin_host = _hostname(origin)
         allowed = self.hosts if self.hosts is not None else {host}
         if origin_host is None or origin_host not in allowed:
             raise ForbiddenOrigin("Origin not allowed")

@@ -57,15 +57,31 @@ class FrontDoorConfig:
 
 
 def accepts(header: str, media_type: str) -> bool:
-    """Whether an Accept header admits ``media_type`` (wildcards and q=0 honoured)."""
+    """Whether an Accept header admits ``media_type`` (RFC 9110 §12.5.1).
+
+    The most specific matching range decides (``type/sub`` over ``type/*``
+    over ``*/*``); it admits unless its ``q`` is 0.
+    """
     main = media_type.split("/")[0]
+    rank = {media_type: 3, f"{main}/*": 2, "*/*": 1}
+    best, best_q = 0, 0.0
     for item in header.split(","):
         kind, *params = (part.strip() for part in item.split(";"))
-        if any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params):
-            continue
-        if kind.lower() in (media_type, f"{main}/*", "*/*"):
-            return True
-    return False
+        specificity = rank.get(kind.lower(), 0)
+        if specificity > best:
+            best, best_q = specificity, _quality(params)
+    return best > 0 and best_q > 0
+
+
+def _quality(params: list[str]) -> float:
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip())
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 class StreamableHttpFrontDoor:

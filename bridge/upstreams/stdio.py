@@ -124,7 +124,9 @@ class StdioConnection:
                     f"{self._timeouts.max_message_bytes} bytes"
                 ) from exc
             if not line:
-                return
+                # stdout closed: the child is gone or going. Say how it ended.
+                await self._wait(self._timeouts.shutdown_grace)
+                raise UpstreamUnavailable(self._exited())
             if line.strip():
                 for message in decode_frames(line, self._name):
                     yield message

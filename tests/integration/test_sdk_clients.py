@@ -73,47 +73,52 @@ def _text(result: types.CallToolResult) -> str:
 
 
 async def run_scenario(url: str, profile: Profile) -> None:
-    async with streamable_http_client(url) as (read, write, get_session_id):
-        async with ClientSession(read, write, sampling_callback=_sampling) as session:
-            init = await session.initialize()
-            assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
-            session_id = get_session_id()
-            assert session_id
+    async with (
+        streamable_http_client(url) as (read, write, get_session_id),
+        ClientSession(read, write, sampling_callback=_sampling) as session,
+    ):
+        init = await session.initialize()
+        assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
+        session_id = get_session_id()
+        assert session_id
 
-            tools = await session.list_tools()
-            names = {t.name for t in tools.tools}
-            assert {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} <= names
+        tools = await session.list_tools()
+        names = {t.name for t in tools.tools}
+        assert {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} <= names
 
-            name, args, expected = profile.tool
-            assert expected in _text(await session.call_tool(name, args))
+        name, args, expected = profile.tool
+        assert expected in _text(await session.call_tool(name, args))
 
-            order: list[str] = []
-            progress: list[float] = []
+        order: list[str] = []
+        progress: list[float] = []
 
-            async def on_progress(value: float, total: float | None, message: str | None) -> None:
-                order.append("progress")
-                progress.append(value)
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            order.append("progress")
+            progress.append(value)
 
-            name, args = profile.progress_tool
-            result = await session.call_tool(name, args, progress_callback=on_progress)
-            order.append("result")
-            _text(result)
-            assert len(progress) >= 3 and progress == sorted(progress)
-            assert order[-1] == "result" and order.count("progress") == len(progress)
+        name, args = profile.progress_tool
+        result = await session.call_tool(name, args, progress_callback=on_progress)
+        order.append("result")
+        _text(result)
+        assert len(progress) >= 3
+        assert progress == sorted(progress)
+        assert order == ["progress"] * len(progress) + ["result"]
 
-            name, args = profile.sampling_tool
-            assert SAMPLED in _text(await session.call_tool(name, args))
+        name, args = profile.sampling_tool
+        assert SAMPLED in _text(await session.call_tool(name, args))
 
-            uri, needle = profile.resource
-            contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
-            assert any(needle in getattr(c, "text", "") for c in contents)
+        uri, needle = profile.resource
+        contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
+        assert any(needle in getattr(c, "text", "") for c in contents)
 
-            name, pargs, needle = profile.prompt
-            prompt = await session.get_prompt(name, pargs)
-            texts = [m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)]
-            assert any(needle in t for t in texts)
+        name, pargs, needle = profile.prompt
+        prompt = await session.get_prompt(name, pargs)
+        texts = [
+            m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)
+        ]
+        assert any(needle in t for t in texts)
 
-            assert isinstance(await session.send_ping(), types.EmptyResult)
+        assert isinstance(await session.send_ping(), types.EmptyResult)
     # Leaving streamable_http_client sends DELETE; the session must be gone now.
     assert await _status_after_delete(url, session_id) == 404
 
@@ -160,13 +165,13 @@ async def test_sdk_client_scenario(
     setup: Setup, profile: Profile, procs: ProcFactory, gateway: GatewayFactory
 ) -> None:
     spec = await setup(procs)
-    base = await gateway([spec])
+    base = (await gateway([spec])).url
     await run_scenario(f"{base}/http", profile)
 
 
 async def test_named_server_urls_and_mcp_alias(procs: ProcFactory, gateway: GatewayFactory) -> None:
     """With two servers each answers at /servers/NAME/http and /servers/NAME/mcp."""
-    base = await gateway([fixture_stdio("one"), everything_stdio("two")])
+    base = (await gateway([fixture_stdio("one"), everything_stdio("two")])).url
     await run_scenario(f"{base}/servers/one/mcp", FASTMCP)
     await run_scenario(f"{base}/servers/two/http", EVERYTHING)
     async with aiohttp.ClientSession() as http:
