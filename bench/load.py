@@ -10,15 +10,21 @@ sessions x M sequential ``tools/list`` requests
 
 against one example upstream (``python -m bridge.examples.server --transport
 sse``). Both clients are lean raw aiohttp. Every session first does the MCP
-handshake (``initialize``, ``notifications/initialized``) and all sessions of a
-run wait at a barrier before their ``tools/list`` phase; only the ``tools/list``
-requests are timed. Gateway and direct alternate which goes first each round;
-the summary quotes medians over rounds, and gateway/direct ratios taken within
-each round (then the median), which is robust to machine noise.
+handshake (``initialize``, ``notifications/initialized``); all sessions of a run
+then wait at a barrier, do their ``tools/list`` requests, wait at a second
+barrier, and only then end (DELETE on the gateway, closing the GET stream
+direct). Only the ``tools/list`` requests are timed, and the CPU time the
+gateway and upstream processes spend between the barriers is read from /proc.
+
+Rounds go round-robin over N; in each round gateway and direct run back to back,
+alternating which goes first. The summary quotes medians over rounds and the
+median of the per-round gateway/direct ratios, which is what to compare on a
+noisy machine. See bench/README.md.
 
 The script starts and stops the upstream and gateway itself on free loopback
 ports, bounds every request (``--timeout``) and the whole run
-(``--max-seconds``), and kills what it started on every exit path.
+(``--max-seconds``, shutdown included), and kills what it started on every exit
+path (children also get SIGKILL from the kernel if this process dies).
 
     python bench/load.py --sessions 1,50,200 --requests 20 --max-seconds 120
 """
@@ -31,6 +37,7 @@ import contextlib
 import ctypes
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -51,7 +58,8 @@ PROTOCOL_VERSION = "2025-06-18"
 CLIENT_INFO = {"name": "mcp-bridge-bench", "version": "0"}
 EXPECTED_TOOLS = {"echo", "add", "slow"}
 READY_TIMEOUT = 30.0
-STOP_GRACE = 5.0
+STOP_GRACE = 5.0  # per child: SIGTERM, then SIGKILL
+RESERVE = 3.0  # seconds of --max-seconds kept for stopping the children
 UVICORN_READY = re.compile(r"Uvicorn running on http://[^\s:]+:(\d+)")
 
 
@@ -65,9 +73,10 @@ class RunResult:
     expected: int  # sessions x requests
     latencies: list[float] = field(default_factory=list)  # seconds, successful tools/list
     errors: Counter[str] = field(default_factory=Counter)
-    wall: float = 0.0  # seconds from barrier release to the last tools/list answer
+    wall: float = 0.0  # seconds from the start barrier to the last tools/list outcome
     sessions_ok: int = 0  # sessions whose handshake succeeded
     notes: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU s in the timed window
 
     @property
     def ok(self) -> int:
@@ -81,12 +90,16 @@ class RunResult:
     def rps(self) -> float:
         return self.ok / self.wall if self.wall > 0 else 0.0
 
+    def cpu_ms_per_req(self, name: str) -> float:
+        seconds = self.cpu.get(name, float("nan"))
+        return seconds * 1000 / self.ok if self.ok else float("nan")
+
     def pct(self, q: float) -> float:
         """Nearest-rank percentile in ms (nan if nothing succeeded)."""
         if not self.latencies:
             return float("nan")
         ordered = sorted(self.latencies)
-        rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+        rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
         return ordered[rank - 1] * 1000
 
 
@@ -198,8 +211,8 @@ class GatewaySession:
         _, message = await self._post(rpc("tools/list", rid), rid)
         check_tools(message)
 
-    async def close(self) -> None:
-        if "Mcp-Session-Id" not in self._headers:
+    async def close(self, graceful: bool = True) -> None:
+        if not graceful or "Mcp-Session-Id" not in self._headers:
             return
         async with (
             asyncio.timeout(self._timeout),
@@ -243,9 +256,12 @@ class DirectSession:
                 event, data = "", []
         except (aiohttp.ClientError, OSError) as exc:
             reason = f"conn {exc.__class__.__name__}"
+        except Exception as exc:  # a malformed event: fail this session's requests now
+            reason = f"bad stream: {exc.__class__.__name__}"
         else:
             reason = "stream closed"
-        for future in [self._endpoint, *self._pending.values()]:
+        futures: list[asyncio.Future[Any]] = [self._endpoint, *self._pending.values()]
+        for future in futures:
             if not future.done():
                 future.set_exception(RequestFailed(reason))
 
@@ -264,7 +280,8 @@ class DirectSession:
 
     async def _request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         rid = next(self._ids)
-        future = self._pending[rid] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
         try:
             async with asyncio.timeout(self._timeout):
                 await self._post(rpc(method, rid, params))
@@ -295,7 +312,8 @@ class DirectSession:
     async def list_tools(self) -> None:
         check_tools(await self._request("tools/list"))
 
-    async def close(self) -> None:
+    async def close(self, graceful: bool = True) -> None:
+        # Closing the GET stream is how a legacy SSE client ends its session.
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -307,27 +325,53 @@ class DirectSession:
 # -- one run: N sessions x M requests on one path -----------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU seconds of ``pid`` so far (Linux /proc; nan elsewhere)."""
+    if pid is None:
+        return float("nan")
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 async def run_load(
     path: str,
     make: Callable[[aiohttp.ClientSession], GatewaySession | DirectSession],
     sessions: int,
     requests: int,
+    pids: dict[str, int | None],
 ) -> RunResult:
-    result = RunResult(path, sessions, sessions * requests)
-    ready = 0
-    go = asyncio.Event()
-    started = 0.0
-    last_done = 0.0
+    """N sessions: handshake, barrier, M timed tools/list, barrier, close.
 
-    def arrived() -> None:
-        nonlocal ready, started
-        ready += 1
-        if ready == sessions:
-            started = time.perf_counter()
-            go.set()
+    The two barriers make the timed window hold nothing but tools/list traffic,
+    so its wall time and the CPU the processes in ``pids`` spend in it belong
+    to those requests alone.
+    """
+    result = RunResult(path, sessions, sessions * requests)
+    phase = {"ready": 0, "done": 0}
+    go, finished = asyncio.Event(), asyncio.Event()
+    started = ended = 0.0
+    cpu0: dict[str, float] = {}
+
+    def arrive(counter: str, event: asyncio.Event) -> None:
+        nonlocal started, ended
+        phase[counter] += 1
+        if phase[counter] < sessions:
+            return
+        now = time.perf_counter()
+        if counter == "ready":
+            started = now
+            cpu0.update({name: cpu_seconds(pid) for name, pid in pids.items()})
+        else:
+            ended = now
+            for name, pid in pids.items():
+                result.cpu[name] = cpu_seconds(pid) - cpu0[name]
+        event.set()
 
     async def one(http: aiohttp.ClientSession) -> None:
-        nonlocal last_done
         session = make(http)
         try:
             try:
@@ -335,10 +379,11 @@ async def run_load(
             except Exception as exc:
                 result.errors[f"handshake: {classify(exc)}"] += 1
                 result.errors["not run (handshake failed)"] += requests
+                arrive("ready", go)
+                arrive("done", finished)
                 return
-            finally:
-                arrived()
             result.sessions_ok += 1
+            arrive("ready", go)
             await go.wait()
             for _ in range(requests):
                 t0 = time.perf_counter()
@@ -347,12 +392,14 @@ async def run_load(
                 except Exception as exc:
                     result.errors[classify(exc)] += 1
                 else:
-                    t1 = time.perf_counter()
-                    result.latencies.append(t1 - t0)
-                    last_done = max(last_done, t1)
+                    result.latencies.append(time.perf_counter() - t0)
+            arrive("done", finished)
+            await finished.wait()
         finally:
+            # Cancelled (deadline, signal): drop the session without a DELETE round trip.
+            graceful = not asyncio.current_task().cancelling()  # type: ignore[union-attr]
             try:
-                await session.close()
+                await session.close(graceful)
             except Exception as exc:
                 result.notes.append(f"close: {classify(exc)}")
 
@@ -361,7 +408,7 @@ async def run_load(
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
     ) as http:
         await asyncio.gather(*(one(http) for _ in range(sessions)))
-    result.wall = (last_done - started) if last_done > started else 0.0
+    result.wall = ended - started
     return result
 
 
@@ -385,6 +432,10 @@ class Child:
         self.notable: list[str] = []  # warnings and errors seen on stderr
         self.tail: list[str] = []
         self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     async def start(self, ready: Callable[[str], int | None]) -> int:
         loop = asyncio.get_running_loop()
@@ -427,25 +478,26 @@ class Child:
             if self._notable(line):
                 self.notable.append(line)
 
-    def _notable(self, line: str) -> bool:
-        if line.startswith("{"):
+    @staticmethod
+    def _notable(line: str) -> bool:
+        if line.startswith("{"):  # the gateway's JSON lines
+            if '"level": "info"' in line or '"level": "debug"' in line:
+                return False  # the cheap path: never parse the access log
             with contextlib.suppress(ValueError):
                 return json.loads(line).get("level") in ("warning", "error", "critical")
         return bool(re.match(r"\s*(WARNING|ERROR|CRITICAL|Traceback)", line))
 
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL after a grace period; always reaps."""
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps."""
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             try:
-                async with asyncio.timeout(STOP_GRACE):
+                async with asyncio.timeout(grace):
                     await proc.wait()
             except TimeoutError:
-                self.notable.append(
-                    f"(bench) {self.name} ignored SIGTERM for {STOP_GRACE}s: killed"
-                )
+                self.notable.append(f"(bench) {self.name} ignored SIGTERM for {grace:g}s: killed")
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
@@ -477,7 +529,7 @@ def gateway_ready(line: str) -> int | None:
     return int(event["port"]) if event.get("event") == "listening" else None
 
 
-def gateway_argv(upstream_url: str) -> list[str]:
+def gateway_argv(upstream_url: str, log_level: str) -> list[str]:
     # The console script next to this interpreter (not a pyenv shim), else -m.
     script = Path(sys.executable).with_name("mcp-bridge")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "bridge"]
@@ -487,7 +539,7 @@ def gateway_argv(upstream_url: str) -> list[str]:
         "--host", HOST,
         "--port", "0",
         "--log-format", "json",
-        "--log-level", "warning",
+        "--log-level", log_level,
     ]  # fmt: skip
 
 
@@ -502,35 +554,45 @@ def med(values: Sequence[float]) -> float:
 def fmt_run(r: RunResult) -> str:
     errs = f"  errors: {dict(r.errors)}" if r.errors else ""
     notes = f"  notes: {sorted(set(r.notes))}" if r.notes else ""
+    cpu = "  CPU ms/req: " + " ".join(
+        f"{name} {r.cpu_ms_per_req(name):.2f}" for name in ("gateway", "upstream") if name in r.cpu
+    )
     return (
-        f"{r.path:7s} {r.ok:5d}/{r.expected:<5d} ok  {r.rps:8.1f} req/s  "
-        f"p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms{errs}{notes}"
+        f"{r.path:7s} {r.ok:5d}/{r.expected:<5d} ok  {r.rps:7.1f} req/s  "
+        f"p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms{cpu}{errs}{notes}"
     )
 
 
-def summary(results: dict[int, list[tuple[RunResult, RunResult]]], requests: int) -> str:
+Pairs = dict[int, list[tuple[RunResult, RunResult]]]
+
+
+def summary(results: Pairs, requests: int) -> str:
     head = (
-        f"{'N':>5} | {'gateway req/s':>13} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} | "
-        f"{'direct req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} | "
-        f"{'thr g/d':>7} {'p50 g/d':>7} | rounds"
+        f"{'N':>4} | {'gateway req/s':>13} {'p50 ms':>7} {'p99 ms':>7} {'err':>3} | "
+        f"{'direct req/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'err':>3} | "
+        f"{'thr g/d':>7} {'p50 g/d':>7} | {'gw CPU':>6} {'up CPU':>6} | rounds"
     )
     lines = [head, "-" * len(head)]
-    for n, pairs in results.items():
+    for n, pairs in sorted(results.items()):
         g = [p[0] for p in pairs]
         d = [p[1] for p in pairs]
         thr = med([a.rps / b.rps if b.rps else float("nan") for a, b in pairs])
         lat = med([a.pct(50) / b.pct(50) for a, b in pairs])
         lines.append(
-            f"{n:>5} | {med([r.rps for r in g]):>13.1f} {med([r.pct(50) for r in g]):>8.2f} "
-            f"{med([r.pct(99) for r in g]):>8.2f} {sum(r.error_count for r in g):>4} | "
-            f"{med([r.rps for r in d]):>12.1f} {med([r.pct(50) for r in d]):>8.2f} "
-            f"{med([r.pct(99) for r in d]):>8.2f} {sum(r.error_count for r in d):>4} | "
-            f"{thr:>6.2f}x {lat:>6.2f}x | {len(pairs)}"
+            f"{n:>4} | {med([r.rps for r in g]):>13.1f} {med([r.pct(50) for r in g]):>7.2f} "
+            f"{med([r.pct(99) for r in g]):>7.2f} {sum(r.error_count for r in g):>3} | "
+            f"{med([r.rps for r in d]):>12.1f} {med([r.pct(50) for r in d]):>7.2f} "
+            f"{med([r.pct(99) for r in d]):>7.2f} {sum(r.error_count for r in d):>3} | "
+            f"{thr:>6.2f}x {lat:>6.2f}x | "
+            f"{med([r.cpu_ms_per_req('gateway') for r in g]):>6.2f} "
+            f"{med([r.cpu_ms_per_req('upstream') for r in g]):>6.2f} | {len(pairs)}"
         )
-    lines.append(
-        f"(N sessions x {requests} tools/list each; medians over rounds; err = total over "
-        "rounds; g/d = median of per-round gateway/direct ratios)"
-    )
+    lines += [
+        f"N concurrent sessions x {requests} sequential tools/list each. Medians over rounds;",
+        "err = total over rounds; thr g/d, p50 g/d = median of per-round gateway/direct ratios;",
+        "gw CPU, up CPU = CPU ms per tools/list of the gateway and the upstream process,",
+        "in gateway runs (the upstream's own cost per request is the same in direct runs).",
+    ]
     return "\n".join(lines)
 
 
@@ -547,11 +609,14 @@ async def healthz_sessions(gateway_base: str, seconds: float) -> int | None:
 
 
 async def bench(args: argparse.Namespace, children: list[Child]) -> int:
-    deadline = time.monotonic() + args.max_seconds
-    results: dict[int, list[tuple[RunResult, RunResult]]] = {}
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
+    results: Pairs = {}
     status = 0
+    skipped: list[str] = []
     try:
-        async with asyncio.timeout_at(asyncio.get_running_loop().time() + args.max_seconds):
+        # The load phase ends RESERVE seconds early: stopping the children is budgeted too.
+        async with asyncio.timeout_at(t_start + max(1.0, args.max_seconds - RESERVE)):
             upstream = Child(
                 "upstream",
                 [sys.executable, "-m", "bridge.examples.server", "--transport", "sse",
@@ -560,51 +625,61 @@ async def bench(args: argparse.Namespace, children: list[Child]) -> int:
             children.append(upstream)
             up_port = await upstream.start(uvicorn_ready)
             sse_url = f"http://{HOST}:{up_port}/sse"
-            gateway = Child("gateway", gateway_argv(sse_url))
+            gateway = Child("gateway", gateway_argv(sse_url, args.gateway_log_level))
             children.append(gateway)
             gw_port = await gateway.start(gateway_ready)
             gw_base = f"http://{HOST}:{gw_port}"
             mcp_url = f"{gw_base}/mcp"
-            print(f"upstream {sse_url}  gateway {mcp_url}  (loopback only)", flush=True)
+            print(f"upstream {sse_url}  gateway {mcp_url}", flush=True)
 
-            def make_gateway(http: aiohttp.ClientSession) -> GatewaySession:
-                return GatewaySession(http, mcp_url, args.timeout)
-
-            def make_direct(http: aiohttp.ClientSession) -> DirectSession:
-                return DirectSession(http, sse_url, args.timeout)
-
-            paths = {"gateway": make_gateway, "direct": make_direct}
-            # Warm-up, untimed: imports, first connections, code paths.
+            paths: dict[str, Callable[[aiohttp.ClientSession], GatewaySession | DirectSession]] = {
+                "gateway": lambda http: GatewaySession(http, mcp_url, args.timeout),
+                "direct": lambda http: DirectSession(http, sse_url, args.timeout),
+            }
+            pids = {"gateway": gateway.pid, "upstream": upstream.pid}
+            # Warm-up, untimed: first connections, lazy imports, code paths.
             for name, make in paths.items():
-                warm = await run_load(name, make, 2, 5)
+                warm = await run_load(name, make, 2, 5, pids)
                 if warm.errors:
                     print(f"warm-up {fmt_run(warm)}", flush=True)
 
-            for n in args.sessions:
-                for rnd in range(args.rounds):
+            # Rounds go round-robin over N, so a deadline still leaves every N some
+            # rounds; a round is skipped when its last duration would not fit.
+            spent: dict[int, float] = {}
+            for rnd in range(args.rounds):
+                for n in args.sessions:
+                    left = t_start + max(1.0, args.max_seconds - RESERVE) - loop.time()
+                    if n in spent and spent[n] * 1.25 > left:
+                        skipped.append(f"N={n} round {rnd + 1}")
+                        continue
+                    began = loop.time()
                     order = ["gateway", "direct"] if rnd % 2 == 0 else ["direct", "gateway"]
                     pair: dict[str, RunResult] = {}
                     for name in order:
-                        pair[name] = await run_load(name, paths[name], n, args.requests)
+                        pair[name] = await run_load(name, paths[name], n, args.requests, pids)
                         if name == "gateway":
-                            left = await healthz_sessions(gw_base, args.timeout)
-                            if left:
-                                pair[name].notes.append(
-                                    f"{left} gateway sessions left after DELETE"
-                                )
+                            stale = await healthz_sessions(gw_base, args.timeout)
+                            if stale:
+                                pair[name].notes.append(f"{stale} sessions left after DELETE")
+                    spent[n] = loop.time() - began
                     results.setdefault(n, []).append((pair["gateway"], pair["direct"]))
-                    ratio = pair["gateway"].rps / pair["direct"].rps if pair["direct"].rps else 0
-                    print(f"N={n:<4} round {rnd + 1}/{args.rounds}  (g/d throughput {ratio:.2f}x)")
+                    g, d = pair["gateway"], pair["direct"]
+                    print(
+                        f"N={n:<4} round {rnd + 1}/{args.rounds}  {spent[n]:5.1f}s  "
+                        f"thr g/d {g.rps / d.rps if d.rps else float('nan'):.2f}x  "
+                        f"p50 g/d {g.pct(50) / d.pct(50):.2f}x"
+                    )
                     for name in ("gateway", "direct"):
                         print(f"    {fmt_run(pair[name])}", flush=True)
     except TimeoutError:
-        print(f"\nGLOBAL DEADLINE: --max-seconds {args.max_seconds} reached; results are partial.")
+        print(f"\nGLOBAL DEADLINE: --max-seconds {args.max_seconds:g} reached; results are partial")
         status = 3
+    if skipped:
+        print(f"\nskipped to stay within --max-seconds: {', '.join(skipped)}")
     print()
     if results:
         print(summary(results, args.requests))
-    used = args.max_seconds - (deadline - time.monotonic())
-    print(f"elapsed {used:.1f}s of --max-seconds {args.max_seconds}")
+    print(f"load phase took {loop.time() - t_start:.1f}s (--max-seconds {args.max_seconds:g})")
     if any(r.error_count for pairs in results.values() for p in pairs for r in p):
         status = status or 1
     return status
@@ -612,29 +687,47 @@ async def bench(args: argparse.Namespace, children: list[Child]) -> int:
 
 async def amain(args: argparse.Namespace) -> int:
     children: list[Child] = []
-    task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    hard_stop = loop.time() + args.max_seconds
+    task = asyncio.current_task()
+    assert task is not None
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+        loop.add_signal_handler(sig, task.cancel)
     try:
         return await bench(args, children)
     finally:
-        # Bounded: each stop is SIGTERM + STOP_GRACE, then SIGKILL.
-        for child in reversed(children):
-            try:
-                await child.stop()
-            except BaseException:
+        # Gateway first (it ends its upstream sessions), then the upstream. Each
+        # gets SIGTERM, a grace within what is left of --max-seconds, SIGKILL.
+        try:
+            for child in reversed(children):
+                await child.stop(max(1.0, min(STOP_GRACE, (hard_stop - loop.time()) / 2)))
+        finally:
+            for child in children:
                 child.kill_now()
-                raise
-            finally:
-                if child.notable:
-                    print(f"\n{child.name} stderr warnings/errors ({len(child.notable)}):")
-                    for line in child.notable[:20]:
-                        print(f"  {line}")
-                    if len(child.notable) > 20:
-                        print(f"  ... {len(child.notable) - 20} more")
         for child in children:
-            child.kill_now()
+            report_stderr(child)
+
+
+def report_stderr(child: Child) -> None:
+    """Warnings and errors a child logged, grouped by event, one example each."""
+    if not child.notable:
+        return
+    groups: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for line in child.notable:
+        key = line[:60]
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                key = f"{event.get('level')} {event.get('event')} {event.get('task', '')}".strip()
+        groups[key] += 1
+        example.setdefault(key, line)
+    print(f"\n{child.name} stderr: {len(child.notable)} warning/error lines")
+    for key, count in groups.most_common():
+        text = example[key].replace("\\n", " | ")
+        print(
+            f"  {count:5d} x {key}\n          e.g. {text[:400]}{'...' if len(text) > 400 else ''}"
+        )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -648,6 +741,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="gateway+direct rounds per N (medians)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--max-seconds", type=float, default=120.0, help="global deadline")
+    p.add_argument(
+        "--gateway-log-level", default="info", choices=["debug", "info", "warning", "error"],
+        help="the gateway's --log-level (default info: below it the gateway does not log its "
+        "'listening' line, which is how this script learns the port)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if not args.sessions or min(args.sessions) < 1 or args.requests < 1 or args.rounds < 1:
         p.error("--sessions, --requests and --rounds must be positive")
@@ -661,6 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a child failed to start
+        print(f"load.py: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ async def build_app(
         stream_queue_size=settings.stream_queue_size,
         standalone_buffer_size=settings.standalone_buffer_size,
         close_timeout=settings.stdio_shutdown_grace * 3 + 1,
+        initialize_timeout=settings.initialize_timeout,
         ttl=RECORD_TTL,
     )
     hub = SessionHub(

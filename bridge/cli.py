@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until SIGINT/SIGTERM; exit 2 on a bad configuration."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings(_cli_parse_args=args)  # type: ignore[call-arg]
+        settings = Settings(_cli_parse_args=args)
         servers = load_servers(settings)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -62,7 +62,9 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         ports = [addr[1] for addr in runner.addresses]
-        log.info(
+        # At warning level so that it shows whatever the log level: supervisors,
+        # tests and benchmarks read the bound port from it.
+        log.warning(
             "listening",
             host=settings.host,
             port=ports[0] if ports else settings.port,

@@ -54,7 +54,8 @@ class SessionHub:
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        """Live sessions (not ended)."""
+        return sum(not s.ended.is_set() for s in self._sessions.values())
 
     async def initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
         """Open a session on ``server`` and post its ``initialize`` request.
@@ -62,7 +63,9 @@ class SessionHub:
         Raises:
             UpstreamError: the upstream could not be reached or started.
         """
-        work = tasks.spawn(self._initialize(server, request), name=f"initialize:{server}")
+        work = tasks.spawn(
+            self._initialize(server, request), name=f"initialize:{server}", awaited=True
+        )
         return await asyncio.shield(work)
 
     async def _initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
@@ -91,10 +94,7 @@ class SessionHub:
             SessionNotFound: unknown, ended, or another server's (all look alike).
         """
         session = self._sessions.get(session_id)
-        if session is None or session.record.server != server:
-            raise SessionNotFound("session not found")
-        if session.ended.is_set():
-            del self._sessions[session_id]
+        if session is None or session.record.server != server or session.ended.is_set():
             raise SessionNotFound("session not found")
         return session
 
@@ -105,21 +105,25 @@ class SessionHub:
             SessionNotFound: as for :meth:`get`.
         """
         session = self.get(session_id, server)
-        del self._sessions[session_id]
         await session.close(reason)
+        self._sessions.pop(session_id, None)
 
     async def reap(self) -> int:
-        """End sessions idle past the timeout and forget ended ones; return how many."""
+        """End sessions idle past the timeout and forget ended ones; return how many.
+
+        A session stays known until its close has finished, so that
+        :meth:`aclose` can wait for closes already under way.
+        """
         now = time.monotonic()
         idle = [
             s
             for s in self._sessions.values()
             if s.ended.is_set() or s.idle_for(now) > self._config.idle_timeout
         ]
-        for session in idle:
-            del self._sessions[session.id]
         if idle:
             await asyncio.gather(*(s.close("session idle timeout") for s in idle))
+        for session in idle:
+            self._sessions.pop(session.id, None)
         return len(idle)
 
     async def run_reaper(self) -> None:

@@ -100,6 +100,9 @@ class Router:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def is_pending(self, up_id: int) -> bool:
+        return up_id in self._pending
+
     # -- client -> upstream ------------------------------------------------
 
     def client_request(self, message: Message, stream: int) -> Message:

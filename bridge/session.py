@@ -40,6 +40,7 @@ class SessionLimits:
     stream_queue_size: int
     standalone_buffer_size: int
     close_timeout: float
+    initialize_timeout: float
     ttl: float
 
 
@@ -112,6 +113,7 @@ class Session:
         self._standalone: deque[Message] = deque(maxlen=limits.standalone_buffer_size)
         self._reader: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._initialize_timer: asyncio.TimerHandle | None = None
         self.last_active = time.monotonic()
         self.ended = asyncio.Event()
         self.end_reason = ""
@@ -137,11 +139,14 @@ class Session:
 
         Idempotent and shielded: concurrent callers wait for the same close.
         """
+        await asyncio.shield(self._begin_close(reason, code))
+
+    def _begin_close(self, reason: str, code: int) -> asyncio.Task[None]:
         if self._close_task is None:
             self._close_task = tasks.spawn(
                 self._close(reason, code), name=f"session-close:{short(self.id)}"
             )
-        await asyncio.shield(self._close_task)
+        return self._close_task
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished: streams closed, upstream released."""
@@ -152,6 +157,8 @@ class Session:
     async def _close(self, reason: str, code: int) -> None:
         self.end_reason = reason
         self.ended.set()
+        if self._initialize_timer is not None:
+            self._initialize_timer.cancel()
         for delivery in self._router.fail_all(code, reason):
             self._deliver_now(delivery)
         for stream in list(self._streams.values()):
@@ -174,6 +181,8 @@ class Session:
             if request.get("method") == "initialize":
                 request = self._negotiate(request)
             upstream_message = self._router.client_request(request, key)
+            if request.get("method") == "initialize":
+                self._watch_initialize(upstream_message["id"])
             try:
                 await self._send(upstream_message)
             except UpstreamError as exc:
@@ -234,7 +243,8 @@ class Session:
     async def _send(self, message: Message) -> None:
         # Shielded: once we start writing a frame upstream, a client that
         # disconnects must not leave half a message behind.
-        await asyncio.shield(tasks.spawn(self._conn.send(message), name="upstream-send"))
+        send = tasks.spawn(self._conn.send(message), name="upstream-send", awaited=True)
+        await asyncio.shield(send)
 
     # -- upstream -> client ------------------------------------------------
 
@@ -287,7 +297,22 @@ class Session:
         if delivery.final:
             stream.close()
 
+    def _watch_initialize(self, up_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self._limits.initialize_timeout
+        self._initialize_timer = loop.call_later(timeout, self._initialize_overdue, up_id)
+
+    def _initialize_overdue(self, up_id: int) -> None:
+        """The upstream never answered initialize: answer the client, end the session."""
+        if not self._router.is_pending(up_id):
+            return
+        text = f"server {self.record.server!r}: no answer to initialize in time"
+        self._deliver_now(self._router.fail(up_id, errors.UPSTREAM_TIMEOUT, text))
+        _ = self._begin_close(text, errors.UPSTREAM_TIMEOUT)  # owned as self._close_task
+
     async def _record_initialize(self, response: Message) -> None:
+        if self._initialize_timer is not None:
+            self._initialize_timer.cancel()
         result = response.get("result")
         if not isinstance(result, dict):
             return

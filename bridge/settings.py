@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="BRIDGE_",
+        env_ignore_empty=True,
         cli_kebab_case=True,
         cli_prog_name="mcp-bridge",
         extra="ignore",
@@ -55,9 +56,11 @@ class Settings(BaseSettings):
         description="extra browser Origins (scheme://host[:port]) allowed besides same-host ones",
     )
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
     log_format: Literal["auto", "console", "json"] = Field(
-        "auto", description="auto: console on a TTY, JSON lines otherwise"
+        "auto", description="auto (console on a TTY, JSON lines otherwise), console or json"
     )
 
     max_body_bytes: Bytes = Field(4 * 1024 * 1024, description="POST body limit (413 above)")

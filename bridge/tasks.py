@@ -17,15 +17,16 @@ log = structlog.get_logger("bridge.tasks")
 _running: set[asyncio.Task[Any]] = set()
 
 
-def spawn(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+def spawn(coro: Coroutine[Any, Any, T], *, name: str, awaited: bool = False) -> asyncio.Task[T]:
     """Start ``coro`` as a task named ``name`` that is kept alive until it ends.
 
-    An exception other than cancellation is logged with the task's name; the
-    caller still owns the task and may await or cancel it.
+    An exception other than cancellation is logged with the task's name, at
+    error level; with ``awaited=True`` the caller awaits the task and reports
+    its failures itself, so it is logged at debug level only.
     """
     task = asyncio.create_task(coro, name=name)  # noqa: TID251
     _running.add(task)
-    task.add_done_callback(_done)
+    task.add_done_callback(_done_awaited if awaited else _done)
     return task
 
 
@@ -33,6 +34,12 @@ def _done(task: asyncio.Task[Any]) -> None:
     _running.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("task_failed", task=task.get_name(), exc_info=exc)
+
+
+def _done_awaited(task: asyncio.Task[Any]) -> None:
+    _running.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("task_failed", task=task.get_name(), error=repr(exc))
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], seconds: float, msg: str) -> None:

@@ -111,9 +111,9 @@ class Proc:
     async def exited(self, within: float) -> int:
         """Wait (bounded) for the process to exit by itself and its output to end."""
         async with asyncio.timeout(within):
-            await self.process.wait()
+            code = await self.process.wait()
             await asyncio.gather(*self._readers)
-        return self.process.returncode
+        return code
 
     async def stop(self, sig: int = signal.SIGTERM, grace: float = 15.0) -> int:
         """Signal the process, wait (bounded), then SIGKILL its whole group."""
@@ -127,11 +127,11 @@ class Proc:
                 pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        await self.process.wait()
+        code = await self.process.wait()
         for reader in self._readers:
             reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        return self.process.returncode
+        return code
 
 
 ProcFactory = Callable[..., Awaitable[Proc]]
@@ -202,7 +202,7 @@ def everything_stdio(name: str = "everything") -> StdioServer:
 
 
 def sse_spec(url: str, name: str = "legacy") -> SseServer:
-    return SseServer(name=name, url=url, type="sse")  # type: ignore[arg-type]
+    return SseServer(name=name, url=url, type="sse")
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class RawClient:
             message["params"] = params
         return message
 
-    async def post(self, body: Any, *, raw: bytes | None = None, **headers: str) -> Reply:
+    async def post(self, body: Any, raw: bytes | None = None, /, **headers: str) -> Reply:
         data = raw if raw is not None else json.dumps(body).encode()
         async with self.http.post(self.url, data=data, headers=self.headers(**headers)) as resp:
             return await read_reply(resp)

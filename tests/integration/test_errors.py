@@ -7,7 +7,9 @@ gateway still serves the session afterwards where one exists.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -73,7 +75,7 @@ async def test_header_errors(
     ],
 )  # fmt: skip
 async def test_body_errors(client: RawClient, raw: bytes, status: int, code: int) -> None:
-    reply = await client.post(None, raw=raw)
+    reply = await client.post(None, raw)
     assert (reply.status, reply.error_code) == (status, code)
 
 
@@ -191,3 +193,24 @@ async def test_unreachable_upstream_fails_initialize_cleanly(gateway: GatewayFac
         assert "Mcp-Session-Id" not in reply.headers
         health = await http.get(f"{base}/healthz")
         assert (await health.json())["sessions"] == 0
+
+
+async def test_upstream_silent_on_initialize_times_out(gateway: GatewayFactory) -> None:
+    """An upstream that reads but never answers: the client gets an error, not a hang."""
+    from bridge.settings import StdioServer
+
+    mute = StdioServer(
+        name="mute", command=sys.executable, args=("-c", "import sys\nfor _ in sys.stdin: pass")
+    )
+    gw = await gateway([mute], initialize_timeout=0.5)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        request = client.request("initialize", {"protocolVersion": LATEST, "capabilities": {}})
+        async with asyncio.timeout(10):
+            reply = await client.post(request)
+        assert reply.status == 200  # the SSE stream had started before the timeout
+        [answer] = reply.messages
+        assert answer["id"] == request["id"]
+        assert answer["error"]["code"] == errors.UPSTREAM_TIMEOUT
+        client.session_id = reply.headers["Mcp-Session-Id"]
+        assert (await client.post(client.request("ping"))).status == 404

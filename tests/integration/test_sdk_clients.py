@@ -90,19 +90,19 @@ async def run_scenario(url: str, profile: Profile) -> None:
         assert expected in _text(await session.call_tool(name, args))
 
         order: list[str] = []
-        progress: list[float] = []
+        seen: list[float] = []
 
-        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             order.append("progress")
-            progress.append(value)
+            seen.append(progress)
 
         name, args = profile.progress_tool
         result = await session.call_tool(name, args, progress_callback=on_progress)
         order.append("result")
         _text(result)
-        assert len(progress) >= 3
-        assert progress == sorted(progress)
-        assert order == ["progress"] * len(progress) + ["result"]
+        assert len(seen) >= 3
+        assert seen == sorted(seen)
+        assert order == ["progress"] * len(seen) + ["result"]
 
         name, args = profile.sampling_tool
         assert SAMPLED in _text(await session.call_tool(name, args))

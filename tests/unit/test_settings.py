@@ -44,7 +44,7 @@ def _no_bridge_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli(args: list[str]) -> Settings:
     """Settings as ``mcp-bridge ARGS`` would build them (flags over env over defaults)."""
-    return Settings(_cli_parse_args=args)  # type: ignore[call-arg]  # pydantic-settings init kwarg
+    return Settings(_cli_parse_args=args)  # pydantic-settings init kwarg
 
 
 def parse(servers: Any, environ: dict[str, str] | None = None) -> list[ServerSpec]:
@@ -285,7 +285,7 @@ DOCUMENT = {
 }
 EXPECTED = [
     StdioServer(name="files", command="srv", args=("--ro",), env={"K": "v"}),
-    SseServer(name="legacy", url="http://127.0.0.1:9000/sse"),  # type: ignore[arg-type]
+    SseServer(name="legacy", url="http://127.0.0.1:9000/sse"),
 ]
 
 
@@ -356,7 +356,7 @@ def test_stdio_flag_gives_one_server_named_default() -> None:
 def test_sse_flag_gives_one_server_named_default() -> None:
     settings = cli(["--sse", "http://127.0.0.1:9000/events"])
     (spec,) = load_servers(settings, {})
-    assert spec == SseServer(name="default", url="http://127.0.0.1:9000/events", type="sse")  # type: ignore[arg-type]
+    assert spec == SseServer(name="default", url="http://127.0.0.1:9000/events", type="sse")
 
 
 def test_blank_stdio_command_is_an_error() -> None:

@@ -1,0 +1,122 @@
+"""The ``mcp-bridge`` command: configuration errors, one-flag upstreams, logs, health.
+
+A bad configuration exits with status 2 and a message naming the file, the
+server and the field, before any port is bound (issue #2 "The interface").
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import REPO, ProcFactory, free_port, start_fixture_sse, start_gateway
+from tests.rawclient import RawClient
+
+EXIT_TIMEOUT = 30.0
+
+
+@pytest.mark.parametrize(
+    ("document", "needles"),
+    [
+        pytest.param({"mcpServers": {"w": {"url": "http://h/mcp", "type": "streamable-http"}}}, ["'w'", "'type'", "not supported yet"], id="streamable-http"),
+        pytest.param({"mcpServers": {"w": {"url": "http://h/other"}}}, ["'w'", "'url'"], id="url-without-type"),
+        pytest.param({"mcpServers": {"f": {"command": "x", "args": "not-a-list"}}}, ["'f'", "'args'"], id="bad-args"),
+        pytest.param({"mcpServers": {"f": {"command": "x", "env": {"T": "${NOPE_UNSET_VAR}"}}}}, ["'f'", "'env'", "NOPE_UNSET_VAR"], id="unset-var"),
+        pytest.param({"mcpServers": {"bad name!": {"command": "x"}}}, ["'bad name!'"], id="server-name"),
+        pytest.param({"servers": {}}, ["mcpServers"], id="no-mcpServers"),
+    ],
+)  # fmt: skip
+async def test_bad_config_exits_2_before_binding(
+    document: dict[str, object], needles: list[str], procs: ProcFactory, tmp_path: Path
+) -> None:
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps(document))
+    port = free_port()
+    proc = await procs(sys.executable, "-m", "bridge", "--config", config, "--port", str(port))
+    assert await proc.exited(EXIT_TIMEOUT) == 2
+    message = "\n".join(proc.lines)
+    assert str(config) in message
+    for needle in needles:
+        assert needle in message, message
+    with socket.socket() as sock:  # nothing was ever bound to the port
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        pytest.param([], "exactly one of"),
+        pytest.param(["--stdio", "a", "--sse", "http://h/sse"], "exactly one of"),
+        pytest.param(["--config", "/nonexistent/servers.yaml"], "/nonexistent/servers.yaml"),
+        pytest.param(["--stdio", "x", "--port", "not-a-port"], "port"),
+    ],
+)
+async def test_bad_flags_exit_2(args: list[str], needle: str, procs: ProcFactory) -> None:
+    proc = await procs(sys.executable, "-m", "bridge", *args, env={"BRIDGE_CONFIG": ""})
+    assert await proc.exited(EXIT_TIMEOUT) == 2
+    assert needle in "\n".join(proc.lines)
+
+
+async def test_yaml_config_env_config_and_request_log(procs: ProcFactory, tmp_path: Path) -> None:
+    """BRIDGE_CONFIG names a YAML file; each request is one JSON log line without secrets."""
+    config = tmp_path / "servers.yaml"
+    config.write_text(
+        "mcpServers:\n"
+        "  example:\n"
+        f"    command: {sys.executable}\n"
+        "    args: [-m, bridge.examples.server]\n"
+        "    env: {API_TOKEN: '${SECRET_TOKEN}'}\n"
+    )
+    secret = "s3cr3t-value-that-must-not-be-logged"
+    gateway, base = await start_gateway(
+        procs, env={"BRIDGE_CONFIG": str(config), "SECRET_TOKEN": secret}
+    )
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/servers/example/mcp")
+        await client.initialize()
+        assert client.session_id
+        tools = await client.post(client.request("tools/list"))
+        assert {t["name"] for t in tools.messages[-1]["result"]["tools"]} == {"echo", "add", "slow"}
+        health = await http.get(f"{base}/healthz")
+        assert health.status == 200
+        assert await health.json() == {"status": "ok", "sessions": 1}
+        assert await client.delete() == 200
+    await gateway.stop()
+    requests = gateway.json_events("request")
+    listed = [r for r in requests if r["rpc_method"] == "tools/list"]
+    assert len(listed) == 1
+    line = listed[0]
+    assert line["method"] == "POST"
+    assert line["path"] == "/servers/example/mcp"
+    assert line["status"] == 200
+    assert isinstance(line["duration_ms"], float)
+    assert line["session_id"] == client.session_id[:8]  # truncated, never whole
+    everything = "\n".join(gateway.lines)
+    assert secret not in everything
+    assert client.session_id not in everything
+
+
+async def test_sse_flag_and_default_bind(procs: ProcFactory) -> None:
+    url = await start_fixture_sse(procs)
+    gateway, base = await start_gateway(procs, "--sse", url)
+    [listening] = gateway.json_events("listening")
+    assert listening["host"] == "127.0.0.1"
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/mcp")
+        init = await client.initialize()
+        assert init.messages[-1]["result"]["serverInfo"]["name"]
+        assert await client.delete() == 200
+
+
+def test_example_config_is_valid() -> None:
+    from bridge.settings import Settings, StdioServer, load_servers
+
+    settings = Settings(config=REPO / "config" / "example.json")
+    [server] = load_servers(settings, environ={})
+    assert isinstance(server, StdioServer)
+    assert server.args == ("-m", "bridge.examples.server")
