@@ -743,8 +743,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=120.0, help="global deadline")
     p.add_argument(
         "--gateway-log-level", default="info", choices=["debug", "info", "warning", "error"],
-        help="the gateway's --log-level (default info: below it the gateway does not log its "
-        "'listening' line, which is how this script learns the port)",
+        help="the gateway's --log-level (default info, as deployed: one log line per request)",
     )  # fmt: skip
     args = p.parse_args(argv)
     if not args.sessions or min(args.sessions) < 1 or args.requests < 1 or args.rounds < 1:

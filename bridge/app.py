@@ -177,8 +177,10 @@ async def build_app(
         await client.close()
 
     async def on_shutdown(app: web.Application) -> None:
-        # Long-lived SSE handlers would hold shutdown for its whole timeout.
-        hub.close_streams()
+        # Before aiohttp waits for handlers: pending requests get an error
+        # response on their streams, then every stream closes, so long-lived
+        # SSE handlers return at once instead of holding shutdown.
+        await hub.aclose()
 
     app.cleanup_ctx.append(lifetime)
     app.on_shutdown.append(on_shutdown)

@@ -133,11 +133,6 @@ class SessionHub:
             await asyncio.sleep(interval)
             await self.reap()
 
-    def close_streams(self) -> None:
-        """Close every session's open streams (shutdown: let handlers return)."""
-        for session in self._sessions.values():
-            session.close_streams()
-
     async def aclose(self) -> None:
         """End every session, bounded by ``shutdown_timeout``."""
         sessions, self._sessions = list(self._sessions.values()), {}

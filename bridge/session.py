@@ -64,7 +64,7 @@ class Stream:
         self.detached = False
 
     async def put(self, message: Message) -> None:
-        while len(self._items) >= self._limit and not self.detached:
+        while len(self._items) >= self._limit and not (self.detached or self.closed):
             self._writable.clear()
             await self._writable.wait()
         if not self.detached and not self.closed:
@@ -78,6 +78,7 @@ class Stream:
     def close(self) -> None:
         self.closed = True
         self._readable.set()
+        self._writable.set()
 
     def detach(self) -> None:
         self.detached = True
@@ -129,11 +130,6 @@ class Session:
             return 0.0
         return now - self.last_active
 
-    def close_streams(self) -> None:
-        """Close every attached stream; their requests go on (gateway shutdown)."""
-        for stream in self._streams.values():
-            stream.close()
-
     async def close(self, reason: str, code: int = errors.SESSION_TERMINATED) -> None:
         """End the session: answer what is pending, close streams, release upstream.
 
@@ -178,16 +174,19 @@ class Session:
         key = self._router.open_stream()
         stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
         for request in requests:
-            if request.get("method") == "initialize":
+            is_initialize = request.get("method") == "initialize"
+            if is_initialize:
                 request = self._negotiate(request)
             upstream_message = self._router.client_request(request, key)
-            if request.get("method") == "initialize":
-                self._watch_initialize(upstream_message["id"])
+            up_id = upstream_message["id"]
+            if is_initialize:
+                self._watch_initialize(up_id)
             try:
                 await self._send(upstream_message)
             except UpstreamError as exc:
-                failed = self._router.fail(upstream_message["id"], exc.jsonrpc_code, exc.message)
-                self._deliver_now(failed)
+                # The session may have ended meanwhile and answered it already.
+                if self._router.is_pending(up_id):
+                    self._deliver_now(self._router.fail(up_id, exc.jsonrpc_code, exc.message))
         return stream
 
     async def post_other(self, message: Message, kind: jsonrpc.Kind) -> None:

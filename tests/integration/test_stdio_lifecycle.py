@@ -137,12 +137,24 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
             clients[0].url, headers=clients[0].headers(Accept="text/event-stream")
         )
         assert stream.status == 200
+        # A request is in flight when the gateway stops: it must get an answer.
+        slow = clients[1].request(
+            "tools/call", {"name": "slow", "arguments": {"steps": 100, "delay": 0.1}}
+        )
+        slow["params"]["_meta"] = {"progressToken": 1}
+        pending = await http.post(clients[1].url, json=slow, headers=clients[1].headers())
+        assert b"notifications/progress" in await pending.content.readuntil(b"\r\n\r\n")
         pids = [e["pid"] for e in gateway.json_events("child_started")]
         assert len(pids) == 3
         async with asyncio.timeout(BOUND):
             gateway.process.send_signal(signal.SIGTERM)
+            reply = await read_reply(pending)
             assert await gateway.exited(BOUND) == 0
         assert await stream.content.read() == b""  # the stream was ended, not left hanging
+        last = reply.messages[-1]
+        assert last["id"] == slow["id"]
+        assert last["error"]["code"] == errors.SESSION_TERMINATED
+        assert last["error"]["message"] == "gateway shutting down"
     for pid in pids:
         assert_gone(pid)
     assert len(gateway.json_events("child_stopped")) == 3
