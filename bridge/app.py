@@ -32,10 +32,9 @@ from bridge.frontends.guard import Guard
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
-from bridge.session import SessionLimits
-from bridge.sessions.memory import MemorySessionStore
-from bridge.sessions.store import SessionStore
+from bridge.session import SessionLimits, Stores
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+from bridge.stores import open_stores
 from bridge.upstreams.base import Upstream, UpstreamTimeouts
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.stdio import StdioUpstream
@@ -44,8 +43,6 @@ log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
-#: Session records expire this long after last use (the durable stores make it a setting).
-RECORD_TTL: Final = 7 * 24 * 3600.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -116,19 +113,23 @@ def make_upstream(
     return SseUpstream(spec, client, timeouts)
 
 
-async def build_app(
-    settings: Settings,
-    servers: Sequence[ServerSpec],
-    *,
-    store: SessionStore | None = None,
-) -> web.Application:
-    """The gateway application for ``servers``; ``store`` defaults to memory.
+async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Application:
+    """The gateway application for ``servers``, with the store ``settings.store_url`` names.
 
-    A coroutine because the upstream HTTP client must be made on the running
-    loop; ``web.run_app`` accepts it as is.
+    A coroutine because the upstream HTTP client and the stores must be made
+    on the running loop; ``web.run_app`` accepts it as is.
+
+    Raises:
+        ConfigError: the store URL is not one this gateway knows.
     """
     app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
-    session_store = store if store is not None else MemorySessionStore()
+    stores = await open_stores(
+        settings.store_url,
+        prefix=settings.store_prefix,
+        max_events=settings.event_max_events,
+        max_age=settings.event_max_age,
+        timeout=settings.store_timeout,
+    )
     # The HTTP client and hub exist before startup so that routes can bind to
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
     client = aiohttp.ClientSession(
@@ -142,12 +143,13 @@ async def build_app(
         standalone_buffer_size=settings.standalone_buffer_size,
         close_timeout=settings.stdio_shutdown_grace * 3 + 1,
         initialize_timeout=settings.initialize_timeout,
-        ttl=RECORD_TTL,
+        ttl=settings.session_ttl,
+        retry_ms=settings.sse_retry_ms,
     )
     hub = SessionHub(
         upstreams,
-        session_store,
-        HubConfig(settings.session_idle_timeout, settings.shutdown_timeout, limits),
+        Stores(stores.sessions, stores.events),
+        HubConfig(settings.upstream_idle_timeout, settings.shutdown_timeout, limits),
     )
     app[HUB] = hub
     app[HTTP_CLIENT] = client
@@ -158,6 +160,7 @@ async def build_app(
             max_body_bytes=settings.max_body_bytes,
             keepalive_interval=settings.sse_keepalive_interval,
             send_timeout=settings.sse_send_timeout,
+            retry_ms=settings.sse_retry_ms,
         ),
         Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
         default_server=servers[0].name if len(servers) == 1 else None,
@@ -175,6 +178,7 @@ async def build_app(
         await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         await hub.aclose()
         await client.close()
+        await stores.aclose()
 
     async def on_shutdown(app: web.Application) -> None:
         # Before aiohttp waits for handlers: pending requests get an error

@@ -23,6 +23,10 @@ log = structlog.get_logger("bridge")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until SIGINT/SIGTERM; exit 2 on a bad configuration."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["sessions"]:
+        from bridge import admin  # only the admin command needs it
+
+        return admin.main(args[1:])
     try:
         settings = Settings(_cli_parse_args=args)
         servers = load_servers(settings)

@@ -16,6 +16,7 @@
     │   ├── ForbiddenOrigin            Origin not allowed (spec §Security)      403
     │   ├── MisdirectedHost            Host not allowed (DNS rebinding)         421
     │   └── StreamConflict             a second standalone GET stream           409
+    ├── StoreDown                      the session store cannot be reached     503 -32034
     ├── UpstreamError                  the upstream MCP server failed us       5xx
     │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
     │   ├── UpstreamProtocolError      upstream spoke nonsense                  502 -32031
@@ -26,7 +27,7 @@ Each class carries ``http_status`` (used while no response has started) and
 ``jsonrpc_code`` (used in the JSON-RPC error body, or in an error response on
 an SSE stream that has already started; STYLE rule 12).
 
-The gateway-specific codes -32030..-32033 sit in JSON-RPC's implementation
+The gateway-specific codes -32030..-32035 sit in JSON-RPC's implementation
 defined server-error range (-32000..-32099), away from -32001/-32002 that SDKs
 already use and from -32020..-32022 that MCP 2026-07-28 reserves.
 """
@@ -48,6 +49,8 @@ UPSTREAM_UNAVAILABLE: Final = -32030
 UPSTREAM_PROTOCOL_ERROR: Final = -32031
 UPSTREAM_TIMEOUT: Final = -32032
 SESSION_TERMINATED: Final = -32033
+STORE_UNAVAILABLE: Final = -32034
+REQUEST_INTERRUPTED: Final = -32035
 
 
 class BridgeError(Exception):
@@ -124,6 +127,13 @@ class MisdirectedHost(ClientProtocolError):
 
 class StreamConflict(ClientProtocolError):
     http_status = 409
+
+
+class StoreDown(BridgeError):
+    """The session store cannot be reached: the session may well exist (not a 404)."""
+
+    http_status = 503
+    jsonrpc_code = STORE_UNAVAILABLE
 
 
 class UpstreamError(BridgeError):

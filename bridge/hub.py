@@ -1,13 +1,19 @@
-"""SessionHub: creates, finds, reaps and closes the live sessions of one process.
+"""SessionHub: creates, finds, resumes, releases and closes the sessions of one process.
 
 - ``initialize`` opens an upstream connection and a session; the work runs in
   a task the hub owns, so a client that disconnects mid-handshake cannot leak
   a child process or a socket (STYLE rule 5).
 - Session ids are 256 bits from ``secrets`` (a CSPRNG), URL-safe base64, so
   visible ASCII as spec 2025-11-25 transports §Session Management 1 requires.
-- A session idle past ``session_idle_timeout`` (no request and no attached
-  stream) is ended and its upstream released.
-- ``aclose`` ends every session concurrently within ``shutdown_timeout``.
+- ``get`` finds a live session, or resumes one from the store: after the
+  upstream was released (idle, lost) or after a gateway restart, in this or
+  any other process sharing the store. Concurrent requests for a session
+  being resumed wait for the same resume.
+- A session idle past ``idle_timeout`` (no request, no attached stream) is
+  released: its upstream connection and child go, its record stays until the
+  store's TTL. Sleeping clients thus cost a record, not a process.
+- ``aclose`` releases every session (records kept, so a restarted gateway
+  resumes them) within ``shutdown_timeout``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from dataclasses import dataclass
 import structlog
 
 from bridge import jsonrpc, tasks
-from bridge.errors import SessionNotFound
+from bridge.errors import SessionNotFound, StoreDown
 from bridge.jsonrpc import Message
 from bridge.log import short
-from bridge.session import Session, SessionLimits, Stream
-from bridge.sessions.store import SessionRecord, SessionStore
+from bridge.session import Session, SessionLimits, Stores
+from bridge.sessions.store import SessionRecord, StoreUnavailable
+from bridge.streams import Stream
 from bridge.upstreams.base import Upstream
 
 log = structlog.get_logger("bridge.hub")
@@ -46,22 +53,30 @@ def new_session_id() -> str:
 
 class SessionHub:
     def __init__(
-        self, upstreams: Mapping[str, Upstream], store: SessionStore, config: HubConfig
+        self, upstreams: Mapping[str, Upstream], stores: Stores, config: HubConfig
     ) -> None:
         self.upstreams = dict(upstreams)
-        self._store = store
+        self._stores = stores
+        self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
+        self._resuming: dict[str, asyncio.Task[Session]] = {}
+        self._closing: set[Session] = set()
+        # Sliding expiry without a store write per request (issue #3 "Cost").
+        self._touch_every = min(config.limits.ttl / 10, 60.0)
 
     def __len__(self) -> int:
-        """Live sessions (not ended)."""
+        """Live sessions (with an upstream connection) in this process."""
         return sum(not s.ended.is_set() for s in self._sessions.values())
+
+    # -- create ------------------------------------------------------------
 
     async def initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
         """Open a session on ``server`` and post its ``initialize`` request.
 
         Raises:
             UpstreamError: the upstream could not be reached or started.
+            StoreDown: the store could not record the session.
         """
         work = tasks.spawn(
             self._initialize(server, request), name=f"initialize:{server}", awaited=True
@@ -80,50 +95,123 @@ class SessionHub:
             created_at=now,
             last_seen_at=now,
         )
-        session = Session(record, connection, self._store, self._config.limits)
+        session = Session(record, connection, self._stores, self._config.limits)
+        try:
+            await self._store.create(record, self._config.limits.ttl)
+        except StoreUnavailable as exc:
+            await connection.aclose()
+            raise StoreDown(f"session store unavailable: {exc}") from exc
         self._sessions[session.id] = session
-        await self._store.create(record, self._config.limits.ttl)
         session.start()
         log.info("session_started", session_id=short(session.id), server=server)
         return session, await session.post_requests([request])
 
-    def get(self, session_id: str, server: str) -> Session:
-        """The live session, if it belongs to ``server``.
+    # -- find --------------------------------------------------------------
+
+    async def get(self, session_id: str, server: str) -> Session:
+        """The live session, resumed from the store if need be.
 
         Raises:
-            SessionNotFound: unknown, ended, or another server's (all look alike).
+            SessionNotFound: unknown, deleted, expired, or another server's
+                (all look alike, spec 2025-11-25 §Session Management 3).
+            StoreDown: the store cannot say (503, never a misleading 404).
+            UpstreamError: the session exists but its upstream cannot be resumed now.
         """
         session = self._sessions.get(session_id)
-        if session is None or session.record.server != server or session.ended.is_set():
+        if session is not None and session.ended.is_set():
+            self._forget(session)
+            session = None
+        if session is None:
+            session = await self._resume(session_id, server)
+        if session.record.server != server:
             raise SessionNotFound("session not found")
+        self._touch(session)
         return session
 
+    async def _resume(self, session_id: str, server: str) -> Session:
+        task = self._resuming.get(session_id)
+        if task is None:
+            task = tasks.spawn(
+                self._load_and_resume(session_id, server),
+                name=f"resume:{short(session_id)}",
+                awaited=True,
+            )
+            self._resuming[session_id] = task
+            task.add_done_callback(lambda _: self._resuming.pop(session_id, None))
+        return await asyncio.shield(task)
+
+    async def _load_and_resume(self, session_id: str, server: str) -> Session:
+        try:
+            record = await self._store.get(session_id)
+        except StoreUnavailable as exc:
+            raise StoreDown(f"session store unavailable: {exc}") from exc
+        if record is None or record.server != server or not record.init_result:
+            raise SessionNotFound("session not found")
+        upstream = self.upstreams.get(record.server)
+        if upstream is None:  # the server was removed from the configuration
+            raise SessionNotFound("session not found")
+        session = await Session.resume(record, upstream, self._stores, self._config.limits)
+        self._sessions[session_id] = session
+        return session
+
+    def _touch(self, session: Session) -> None:
+        now = time.monotonic()
+        if now - session.last_touch < self._touch_every:
+            return
+        session.last_touch = now
+        _ = tasks.spawn(self._touch_record(session.id), name=f"touch:{short(session.id)}")
+
+    async def _touch_record(self, session_id: str) -> None:
+        try:
+            await self._store.touch(session_id, self._config.limits.ttl)
+        except StoreUnavailable as exc:
+            log.warning("store_touch_failed", session_id=short(session_id), error=str(exc))
+
+    # -- end ---------------------------------------------------------------
+
     async def end(self, session_id: str, server: str, reason: str) -> None:
-        """End a session (DELETE); later use gets 404.
+        """End a session for good (DELETE): release it and forget its record.
+
+        A session that is stored but not live is forgotten without resuming it.
 
         Raises:
             SessionNotFound: as for :meth:`get`.
+            StoreDown: the store cannot be reached.
         """
-        session = self.get(session_id, server)
-        await session.close(reason)
-        self._sessions.pop(session_id, None)
+        session = self._sessions.get(session_id)
+        try:
+            if session is not None and not session.ended.is_set():
+                if session.record.server != server:
+                    raise SessionNotFound("session not found")
+                await session.close(reason, forget=True)
+                self._sessions.pop(session_id, None)
+                return
+            record = await self._store.get(session_id)
+            if record is None or record.server != server:
+                raise SessionNotFound("session not found")
+            await self._store.delete(session_id)
+        except StoreUnavailable as exc:
+            raise StoreDown(f"session store unavailable: {exc}") from exc
+
+    def _forget(self, session: Session) -> None:
+        """Drop a released session from the live map; keep waiting for its close."""
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+        if not session.closed:
+            self._closing.add(session)
+            session.on_closed(lambda: self._closing.discard(session))
 
     async def reap(self) -> int:
-        """End sessions idle past the timeout and forget ended ones; return how many.
-
-        A session stays known until its close has finished, so that
-        :meth:`aclose` can wait for closes already under way.
-        """
+        """Release sessions idle past the timeout and drop released ones; return how many."""
         now = time.monotonic()
         idle = [
             s
-            for s in self._sessions.values()
+            for s in list(self._sessions.values())
             if s.ended.is_set() or s.idle_for(now) > self._config.idle_timeout
         ]
-        if idle:
-            await asyncio.gather(*(s.close("session idle timeout") for s in idle))
         for session in idle:
-            self._sessions.pop(session.id, None)
+            self._forget(session)
+        await asyncio.gather(*(s.close("idle: upstream released") for s in idle))
         return len(idle)
 
     async def run_reaper(self) -> None:
@@ -134,11 +222,12 @@ class SessionHub:
             await self.reap()
 
     async def aclose(self) -> None:
-        """End every session, bounded by ``shutdown_timeout``."""
-        sessions, self._sessions = list(self._sessions.values()), {}
+        """Release every session (records kept), bounded by ``shutdown_timeout``."""
+        sessions = [*self._sessions.values(), *self._closing]
+        self._sessions = {}
         if not sessions:
             return
-        log.info("closing_sessions", count=len(sessions))
+        log.info("releasing_sessions", count=len(sessions))
         try:
             async with asyncio.timeout(self._config.shutdown_timeout):
                 await asyncio.gather(*(s.close("gateway shutting down") for s in sessions))

@@ -26,12 +26,14 @@ Stream keys: ints for POST-reply streams, :data:`GET` for the standalone one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from bridge import jsonrpc
 from bridge.jsonrpc import Message, RequestId
 
 GET: Final = "get"
+#: Answers to the gateway's own requests upstream (a replayed handshake).
+INTERNAL: Final = "internal"
 StreamKey = int | str
 
 CANCELLED: Final = "notifications/cancelled"
@@ -54,7 +56,7 @@ class Delivery:
 @dataclass(slots=True)
 class _Pending:
     client_id: RequestId
-    stream: int
+    stream: StreamKey
     method: str
     progress_token: RequestId | None
 
@@ -68,8 +70,8 @@ class Router:
     _next_stream: int = 0
     _pending: dict[int, _Pending] = field(default_factory=dict)
     _up_id_by_client_id: dict[RequestId, int] = field(default_factory=dict)
-    _stream_by_token: dict[RequestId, int] = field(default_factory=dict)
-    _open: dict[int, int] = field(default_factory=dict)  # stream -> responses owed
+    _stream_by_token: dict[RequestId, StreamKey] = field(default_factory=dict)
+    _open: dict[StreamKey, int] = field(default_factory=dict)  # stream -> responses owed
     _attached: set[int] = field(default_factory=set)
     _get_attached: bool = False
     _server_requests: dict[int, RequestId] = field(default_factory=dict)  # down id -> up id
@@ -89,6 +91,11 @@ class Router:
             self._get_attached = False
         else:
             self._attached.discard(stream)
+
+    def attach(self, stream: int) -> None:
+        """A POST-reply stream is attached again (resumed with Last-Event-ID)."""
+        if stream in self._open:
+            self._attached.add(stream)
 
     def attach_get(self) -> bool:
         """Attach the standalone stream; False if one is already attached (409)."""
@@ -116,6 +123,20 @@ class Router:
         if token is not None:
             self._stream_by_token[token] = stream
         return jsonrpc.with_id(message, up_id)
+
+    def internal_request(self, method: str, params: dict[str, Any] | None) -> Message:
+        """A request of the gateway's own; its answer comes on :data:`INTERNAL`.
+
+        The answer keeps the upstream id this returns (no client id to restore).
+        """
+        self._next_up += 1
+        up_id = self._next_up
+        self._pending[up_id] = _Pending(up_id, INTERNAL, method, None)
+        self._open[INTERNAL] = self._open.get(INTERNAL, 0) + 1
+        message: Message = {"jsonrpc": "2.0", "id": up_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        return message
 
     def client_response(self, message: Message) -> Message | None:
         """A client's answer to a server->client request, with the upstream's id."""

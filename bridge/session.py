@@ -4,7 +4,24 @@ A Session owns the upstream connection and the task that reads it. HTTP
 handlers never own upstream work (STYLE rule 5): a POST hands its messages to
 the session and then only drains a :class:`Stream`. A client that drops a
 stream therefore cancels nothing upstream (spec 2025-11-25 transports
-§Sending Messages 6); what would have gone on that stream is dropped.
+§Sending Messages 6).
+
+Resumability (spec 2025-11-25 transports §Resumability, spec-notes §6):
+
+- Every event of every stream is written to the event store before it is
+  queued, under an id naming session, stream and position
+  (:mod:`bridge.events.ids`). A POST stream's first stored event records the
+  requests it carries; 2025-11-25 clients get it as the priming event (an
+  ``id`` with empty ``data`` and a ``retry`` hint).
+- A GET with ``Last-Event-ID`` gets that stream's later events, once each and
+  in order, then the live ones. If the stream's requests were interrupted (a
+  gateway restart), each gets exactly one answer there: a transparent retry
+  for methods safe to repeat, else a -32035 error.
+- A session outlives its upstream connection. Releasing it (idle reaping,
+  upstream loss, gateway shutdown) keeps the record; :meth:`Session.resume`
+  opens a new connection and replays the client's handshake, so the client
+  never has to initialize again. Only DELETE and a failed ``initialize``
+  forget the record.
 
 Routing decisions are :class:`bridge.routing.Router`'s; this module does the
 I/O around them.
@@ -15,85 +32,54 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
-from bridge import errors, jsonrpc, tasks
-from bridge.errors import InvalidRequest, StreamConflict, UpstreamError
+from bridge import errors, handshake, jsonrpc, tasks
+from bridge.errors import (
+    InvalidRequest,
+    SessionNotFound,
+    StreamConflict,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from bridge.events import ids
+from bridge.events.store import EventStore
 from bridge.jsonrpc import Message
 from bridge.log import short
-from bridge.routing import GET, Delivery, Router, StreamKey
-from bridge.sessions.store import SessionRecord, SessionStore
-from bridge.upstreams.base import UpstreamConnection
+from bridge.routing import GET, INTERNAL, Delivery, Router, StreamKey
+from bridge.sessions.store import SessionRecord, SessionStore, StoreUnavailable
+from bridge.streams import Outgoing, Stream
+from bridge.upstreams.base import Upstream, UpstreamConnection
 
 log = structlog.get_logger("bridge.session")
 
-_ENDED: Final = object()
+#: Key of the stored first event of a POST stream: the requests it carries.
+META: Final = "io.github.mcp-bridge/stream"
+#: spec-notes §1.9: priming events only for clients of this revision or later.
+PRIMING_SINCE: Final = jsonrpc.PROTOCOL_VERSION_2025_11_25
 
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """Seconds and counts; see :class:`bridge.settings.Settings`."""
+    """Seconds, milliseconds and counts; see :class:`bridge.settings.Settings`."""
 
     stream_queue_size: int
     standalone_buffer_size: int
     close_timeout: float
     initialize_timeout: float
     ttl: float
+    retry_ms: int
 
 
-class Stream:
-    """One downstream SSE stream's outbox: bounded, closable, detachable.
-
-    The upstream reader :meth:`put`\\ s and waits while the outbox is full
-    (backpressure, STYLE rule 8); once the HTTP response goes away the stream
-    is detached and puts return at once, so a vanished client can never block
-    the session.
-    """
-
-    def __init__(self, key: StreamKey, limit: int) -> None:
-        self.key = key
-        self._limit = limit
-        self._items: deque[Message] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self.closed = False
-        self.detached = False
-
-    async def put(self, message: Message) -> None:
-        while len(self._items) >= self._limit and not (self.detached or self.closed):
-            self._writable.clear()
-            await self._writable.wait()
-        if not self.detached and not self.closed:
-            self._items.append(message)
-            self._readable.set()
-
-    def extend(self, messages: deque[Message]) -> None:
-        self._items.extend(messages)
-        self._readable.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._readable.set()
-        self._writable.set()
-
-    def detach(self) -> None:
-        self.detached = True
-        self._writable.set()
-
-    async def get(self) -> Message | None:
-        """The next message, or None once the stream is closed and drained."""
-        while not self._items:
-            if self.closed:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        item = self._items.popleft()
-        self._writable.set()
-        return item
+@dataclass(frozen=True, slots=True)
+class Stores:
+    sessions: SessionStore
+    events: EventStore
 
 
 class Session:
@@ -101,21 +87,28 @@ class Session:
         self,
         record: SessionRecord,
         connection: UpstreamConnection,
-        store: SessionStore,
+        stores: Stores,
         limits: SessionLimits,
     ) -> None:
         self.record = record
         self.id = record.session_id
         self._conn = connection
-        self._store = store
+        self._stores = stores
         self._limits = limits
         self._router = Router()
-        self._streams: dict[StreamKey, Stream] = {}
-        self._standalone: deque[Message] = deque(maxlen=limits.standalone_buffer_size)
+        self._tag = ids.session_tag(self.id)
+        self._names: dict[StreamKey, str] = {GET: ids.GET_STREAM}  # open streams' store names
+        self._streams: dict[StreamKey, Stream] = {}  # attached outboxes
+        self._standalone: deque[Outgoing] = deque(maxlen=limits.standalone_buffer_size)
+        self._resume_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._initialize_timer: asyncio.TimerHandle | None = None
+        self._internal: dict[int, asyncio.Future[Message]] = {}
+        self._on_closed: list[Callable[[], None]] = []
+        self.closed = False  # True once close() has finished
         self.last_active = time.monotonic()
+        self.last_touch = time.monotonic()  # last sliding-expiry touch of the record
         self.ended = asyncio.Event()
         self.end_reason = ""
 
@@ -124,23 +117,70 @@ class Session:
     def start(self) -> None:
         self._reader = tasks.spawn(self._read_upstream(), name=f"upstream-reader:{short(self.id)}")
 
+    @classmethod
+    async def resume(
+        cls, record: SessionRecord, upstream: Upstream, stores: Stores, limits: SessionLimits
+    ) -> Session:
+        """A live session again for a stored record: new connection, replayed handshake.
+
+        Raises:
+            UpstreamError: could not connect, or the upstream refused the handshake
+                (the record is kept: a later request may succeed).
+        """
+        session = cls(record, await upstream.connect(), stores, limits)
+        session.start()
+        try:
+            await session._replay_handshake()
+        except BaseException:
+            await session.close("handshake replay failed", errors.UPSTREAM_UNAVAILABLE)
+            raise
+        log.info("session_resumed", session_id=short(session.id), server=record.server)
+        return session
+
+    async def _replay_handshake(self) -> None:
+        try:
+            async with asyncio.timeout(self._limits.initialize_timeout):
+                await self._call("initialize", handshake.initialize_params(self.record))
+                await self._send(jsonrpc.notification("notifications/initialized"))
+                for method, params in handshake.replay_calls(self.record):
+                    await self._call(method, params)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"server {self.record.server!r}: handshake timed out") from exc
+
+    async def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send a request of the gateway's own upstream and wait for its result."""
+        message = self._router.internal_request(method, params)
+        waiter = self._internal[message["id"]] = asyncio.get_running_loop().create_future()
+        await self._send(message)
+        answer = await waiter
+        if not isinstance(answer.get("result"), dict):
+            error = answer.get("error") or {}
+            raise UpstreamProtocolError(
+                f"server {self.record.server!r}: {method} failed: {error.get('message', answer)}"
+            )
+        return answer["result"]  # type: ignore[no-any-return]
+
     def idle_for(self, now: float) -> float:
         """Seconds without a client request while no stream is attached; 0 if busy."""
         if self._streams:
             return 0.0
         return now - self.last_active
 
-    async def close(self, reason: str, code: int = errors.SESSION_TERMINATED) -> None:
-        """End the session: answer what is pending, close streams, release upstream.
+    async def close(
+        self, reason: str, code: int = errors.SESSION_TERMINATED, *, forget: bool = False
+    ) -> None:
+        """Release the live session: answer what is pending, close streams and upstream.
 
-        Idempotent and shielded: concurrent callers wait for the same close.
+        With ``forget`` the stored record goes too (DELETE, failed initialize);
+        without, the session can be resumed from the store. Idempotent and
+        shielded: concurrent callers wait for the same close.
         """
-        await asyncio.shield(self._begin_close(reason, code))
+        await asyncio.shield(self._begin_close(reason, code, forget))
 
-    def _begin_close(self, reason: str, code: int) -> asyncio.Task[None]:
+    def _begin_close(self, reason: str, code: int, forget: bool) -> asyncio.Task[None]:
         if self._close_task is None:
             self._close_task = tasks.spawn(
-                self._close(reason, code), name=f"session-close:{short(self.id)}"
+                self._close(reason, code, forget), name=f"session-close:{short(self.id)}"
             )
         return self._close_task
 
@@ -150,20 +190,43 @@ class Session:
         assert self._close_task is not None
         await asyncio.shield(self._close_task)
 
-    async def _close(self, reason: str, code: int) -> None:
+    def on_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once :meth:`close` has finished (at once if it has)."""
+        if self.closed:
+            callback()
+        else:
+            self._on_closed.append(callback)
+
+    async def _close(self, reason: str, code: int, forget: bool) -> None:
+        try:
+            await self._release(reason, code, forget)
+        finally:
+            self.closed = True
+            for callback in self._on_closed:
+                callback()
+
+    async def _release(self, reason: str, code: int, forget: bool) -> None:
         self.end_reason = reason
         self.ended.set()
         if self._initialize_timer is not None:
             self._initialize_timer.cancel()
         for delivery in self._router.fail_all(code, reason):
-            self._deliver_now(delivery)
+            await self._deliver(delivery, wait=False)
         for stream in list(self._streams.values()):
             stream.close()
         if self._reader is not None and self._reader is not asyncio.current_task():
             await tasks.cancel_and_wait(self._reader, self._limits.close_timeout, "session ended")
         await self._conn.aclose()
-        await self._store.delete(self.id)
-        log.info("session_ended", session_id=short(self.id), reason=reason)
+        if forget:
+            await self._forget_stored()
+        log.info("session_released", session_id=short(self.id), reason=reason, forgotten=forget)
+
+    async def _forget_stored(self) -> None:
+        try:
+            await self._stores.sessions.delete(self.id)
+            await self._stores.events.delete_session(self.id)
+        except StoreUnavailable as exc:  # the TTL removes it later
+            log.warning("store_delete_failed", session_id=short(self.id), error=str(exc))
 
     # -- client -> upstream ------------------------------------------------
 
@@ -172,7 +235,15 @@ class Session:
         self._check_open()
         self.last_active = time.monotonic()
         key = self._router.open_stream()
+        name = self._names[key] = ids.new_post_stream()
         stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+        event_id = await self._store_event(name, {META: {"requests": requests}})
+        if event_id is not None and self._priming(requests):
+            stream.extend([(event_id, None)])
+        await self._send_requests(requests, key)
+        return stream
+
+    async def _send_requests(self, requests: list[Message], key: int) -> None:
         for request in requests:
             is_initialize = request.get("method") == "initialize"
             if is_initialize:
@@ -186,8 +257,11 @@ class Session:
             except UpstreamError as exc:
                 # The session may have ended meanwhile and answered it already.
                 if self._router.is_pending(up_id):
-                    self._deliver_now(self._router.fail(up_id, exc.jsonrpc_code, exc.message))
-        return stream
+                    failed = self._router.fail(up_id, exc.jsonrpc_code, exc.message)
+                    await self._deliver(failed, wait=False)
+                continue
+            if handshake.remember(self.record, request):
+                await self._save_record()
 
     async def post_other(self, message: Message, kind: jsonrpc.Kind) -> None:
         """Forward a client notification or response (the caller answers 202)."""
@@ -199,26 +273,33 @@ class Session:
         else:
             forwarded, deliveries = self._router.client_notification(message)
         for delivery in deliveries:
-            self._deliver_now(delivery)
+            await self._deliver(delivery, wait=False)
         if forwarded is None:
             log.debug("client_message_dropped", session_id=short(self.id), reason="unknown id")
             return
         await self._send(forwarded)
 
-    def open_standalone(self) -> Stream:
-        """The GET stream, with what was queued for it (spec transports §Listening).
+    async def open_standalone(self, last_event_id: str | None = None) -> Stream:
+        """The GET stream (spec transports §Listening, §Resumability).
+
+        Without ``last_event_id``: a fresh standalone stream, with what was
+        queued for it. With one: the rest of the stream it names.
 
         Raises:
-            StreamConflict: one is already open (409, as both SDKs answer).
+            StreamConflict: a standalone stream is already open (409).
+            SessionNotFound: ``last_event_id`` is not one of this session's (404).
         """
         self._check_open()
         self.last_active = time.monotonic()
-        if not self._router.attach_get():
-            raise StreamConflict("a standalone GET stream is already open for this session")
-        stream = self._streams[GET] = Stream(GET, self._limits.stream_queue_size)
-        stream.extend(self._standalone)
-        self._standalone.clear()
-        return stream
+        if last_event_id is None:
+            return await self._fresh_standalone()
+        event = ids.parse(last_event_id)
+        if event is None or event.tag != self._tag:
+            raise SessionNotFound("Last-Event-ID does not belong to this session")
+        async with self._resume_lock:
+            if event.stream == ids.GET_STREAM:
+                return await self._resume_standalone(event.position)
+            return await self._resume_post_stream(event.stream, event.position)
 
     def detach(self, stream: Stream) -> None:
         """The HTTP response for ``stream`` ended (finished, or the client left)."""
@@ -230,7 +311,12 @@ class Session:
 
     def _check_open(self) -> None:
         if self.ended.is_set():
-            raise errors.SessionNotFound("session has ended")
+            raise SessionNotFound("session has ended")
+
+    def _priming(self, requests: list[Message]) -> bool:
+        if any(r.get("method") == "initialize" for r in requests):
+            return False  # the client does not know the negotiated version yet
+        return self.record.protocol_version >= PRIMING_SINCE
 
     def _negotiate(self, request: Message) -> Message:
         """Offer upstream only a revision the front door can serve (spec-notes §4.2)."""
@@ -245,6 +331,103 @@ class Session:
         send = tasks.spawn(self._conn.send(message), name="upstream-send", awaited=True)
         await asyncio.shield(send)
 
+    # -- resuming streams --------------------------------------------------
+
+    async def _fresh_standalone(self) -> Stream:
+        if not self._router.attach_get():
+            raise StreamConflict("a standalone GET stream is already open for this session")
+        stream = self._streams[GET] = Stream(GET, self._limits.stream_queue_size)
+        if self.record.protocol_version >= PRIMING_SINCE:
+            event_id = await self._store_event(ids.GET_STREAM, None)
+            if event_id is not None:
+                stream.extend([(event_id, None)])
+        stream.extend(list(self._standalone))
+        self._standalone.clear()
+        return stream
+
+    async def _resume_standalone(self, position: str) -> Stream:
+        if not self._router.attach_get():
+            raise StreamConflict("a standalone GET stream is already open for this session")
+        stream = self._streams[GET] = Stream(GET, self._limits.stream_queue_size)
+        self._standalone.clear()  # everything queued is in the store too
+        stream.prepend_replay(await self._stored(ids.GET_STREAM, position))
+        return stream
+
+    async def _resume_post_stream(self, name: str, position: str) -> Stream:
+        key = next((k for k, n in self._names.items() if n == name and isinstance(k, int)), None)
+        if key is not None:  # still open here: replay, then live
+            stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+            self._router.attach(key)
+            stream.prepend_replay(await self._stored(name, position))
+            return stream
+        # Finished, or interrupted (a gateway restart, a lost upstream).
+        events = await self._stored(name, "")
+        requests, answered = self._requests_and_answers(events)
+        missing = [r for r in requests if r.get("id") not in answered]
+        after = _after(events, position)
+        key = self._router.open_stream()
+        stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+        stream.extend([e for e in after if e[1] is not None])
+        if not missing:
+            stream.close()
+            self._router.detach(key)
+            return stream
+        self._names[key] = name
+        await self._answer_interrupted(missing, key, stream)
+        return stream
+
+    async def _answer_interrupted(self, missing: list[Message], key: int, stream: Stream) -> None:
+        """Exactly one answer each: a retry if safe to repeat, else an error."""
+        retry = [r for r in missing if r.get("method") in handshake.SAFE_TO_REPEAT]
+        for request in missing:
+            if request in retry:
+                continue
+            error = jsonrpc.error_response(
+                request["id"],
+                errors.REQUEST_INTERRUPTED,
+                "request interrupted: the gateway restarted before the upstream answered; "
+                "it was not repeated because it may have had effects",
+            )
+            event_id = await self._store_event(self._names[key], error)
+            stream.extend([(event_id, error)])
+        log.info("interrupted_requests", session_id=short(self.id), retried=len(retry),
+                 failed=len(missing) - len(retry))  # fmt: skip
+        if retry:
+            await self._send_requests(retry, key)
+        else:
+            self._names.pop(key, None)
+            self._router.detach(key)
+            stream.close()
+
+    @staticmethod
+    def _requests_and_answers(events: list[Outgoing]) -> tuple[list[Message], set[Any]]:
+        requests: list[Message] = []
+        answered: set[Any] = set()
+        for _, message in events:
+            if message is None:
+                continue
+            if META in message:
+                requests = list(message[META].get("requests", []))
+            elif "id" in message and "method" not in message:
+                answered.add(message["id"])
+        return requests, answered
+
+    async def _stored(self, name: str, position: str) -> list[Outgoing]:
+        """Events of ``name`` after ``position`` ("" for all), as ``(event id, message)``.
+
+        The record of a stream's requests stays inside; priming events are dropped.
+        """
+        found: list[Outgoing] = []
+        try:
+            async for event in self._stores.events.replay_after(self.id, name, position):
+                if event.message is not None:
+                    found.append((str(ids.EventId(self._tag, name, event.position)), event.message))
+        except StoreUnavailable as exc:
+            log.warning("replay_failed", session_id=short(self.id), error=str(exc))
+        if position:
+            return [e for e in found if e[1] is not None and META not in e[1]]
+        return found
+
     # -- upstream -> client ------------------------------------------------
 
     async def _read_upstream(self) -> None:
@@ -254,9 +437,7 @@ class Session:
                 try:
                     kind = jsonrpc.kind(message)
                 except InvalidRequest as exc:
-                    log.warning(
-                        "upstream_invalid_message", session_id=short(self.id), error=str(exc)
-                    )
+                    log.warning("upstream_bad_message", session_id=short(self.id), error=str(exc))
                     continue
                 delivery = self._router.upstream_message(message, kind)
                 if delivery is not None:
@@ -264,37 +445,54 @@ class Session:
         except UpstreamError as exc:
             reason = exc.message
         log.warning("upstream_lost", session_id=short(self.id), reason=reason)
-        # Pending requests get an error now, never a hang (issue #2), and the
-        # session ends: the client's next request gets 404 and re-initializes.
+        # Pending requests get an error now, never a hang. The record stays:
+        # the client's next request resumes the session on a new connection.
         await self.close(reason, errors.UPSTREAM_UNAVAILABLE)
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        if delivery.answers == "initialize" and delivery.message is not None:
-            await self._record_initialize(delivery.message)
+    async def _deliver(self, delivery: Delivery, *, wait: bool = True) -> None:
+        """Store, then queue, one message; ``wait=False`` never waits for room."""
+        message = delivery.message
+        if delivery.stream == INTERNAL:
+            waiter = None if message is None else self._internal.pop(message["id"], None)
+            if waiter is not None and message is not None and not waiter.done():
+                waiter.set_result(message)
+            return
+        refused = False
+        if delivery.answers == "initialize" and message is not None:
+            refused = not await self._record_initialize(message)
+        name = self._names.get(delivery.stream)
+        event_id = None
+        if message is not None and name is not None:
+            event_id = await self._store_event(name, message)
         stream = self._streams.get(delivery.stream)
-        if delivery.stream == GET and stream is None:
-            if delivery.message is not None:
-                if len(self._standalone) == self._standalone.maxlen:
-                    log.warning("standalone_buffer_full", session_id=short(self.id))
-                self._standalone.append(delivery.message)
-            return
-        if stream is None:
-            log.debug("stream_gone", session_id=short(self.id), stream=delivery.stream)
-            return
-        if delivery.message is not None:
-            await stream.put(delivery.message)
+        if message is not None:
+            if stream is not None and wait:
+                await stream.put((event_id, message))
+            elif stream is not None:
+                stream.extend([(event_id, message)])
+            elif delivery.stream == GET:
+                self._standalone.append((event_id, message))
         if delivery.final:
-            stream.close()
+            self._names.pop(delivery.stream, None)
+            if stream is not None:
+                stream.close()
+        if refused:  # after the client has its answer: nothing to resume later
+            _ = self._begin_close("upstream refused initialize", errors.SESSION_TERMINATED, True)
 
-    def _deliver_now(self, delivery: Delivery) -> None:
-        """Deliver without waiting for room: for errors and closes the gateway makes."""
-        stream = self._streams.get(delivery.stream)
-        if stream is None:
-            return
-        if delivery.message is not None:
-            stream.extend(deque([delivery.message]))
-        if delivery.final:
-            stream.close()
+    async def _store_event(self, name: str, message: Message | None) -> str | None:
+        """Store one event; its SSE id, or None if the store is down (sent unresumable)."""
+        try:
+            position = await self._stores.events.append(self.id, name, message, self._limits.ttl)
+        except StoreUnavailable as exc:
+            log.warning("event_store_failed", session_id=short(self.id), error=str(exc))
+            return None
+        return str(ids.EventId(self._tag, name, position))
+
+    async def _save_record(self) -> None:
+        try:
+            await self._stores.sessions.save(self.record, self._limits.ttl)
+        except StoreUnavailable as exc:
+            log.warning("record_save_failed", session_id=short(self.id), error=str(exc))
 
     def _watch_initialize(self, up_id: int) -> None:
         loop = asyncio.get_running_loop()
@@ -306,17 +504,31 @@ class Session:
         if not self._router.is_pending(up_id):
             return
         text = f"server {self.record.server!r}: no answer to initialize in time"
-        self._deliver_now(self._router.fail(up_id, errors.UPSTREAM_TIMEOUT, text))
-        _ = self._begin_close(text, errors.UPSTREAM_TIMEOUT)  # owned as self._close_task
+        failed = self._router.fail(up_id, errors.UPSTREAM_TIMEOUT, text)
+        stream = self._streams.get(failed.stream)
+        if stream is not None and failed.message is not None:
+            stream.extend([(None, failed.message)])
+            stream.close()
+        _ = self._begin_close(text, errors.UPSTREAM_TIMEOUT, True)  # owned as self._close_task
 
-    async def _record_initialize(self, response: Message) -> None:
+    async def _record_initialize(self, response: Message) -> bool:
+        """Store what initialize negotiated; False if the upstream refused it."""
         if self._initialize_timer is not None:
             self._initialize_timer.cancel()
         result = response.get("result")
         if not isinstance(result, dict):
-            return
+            return False
         version = result.get("protocolVersion")
         if isinstance(version, str):
             self.record.protocol_version = version
         self.record.init_result = result
-        await self._store.save(self.record, self._limits.ttl)
+        await self._save_record()
+        return True
+
+
+def _after(events: list[Outgoing], position: str) -> list[Outgoing]:
+    """The events after the one at ``position``; all of them if it is not there."""
+    for index, (event_id, _) in enumerate(events):
+        if event_id is not None and event_id.rsplit(".", 1)[-1] == position:
+            return [e for e in events[index + 1 :] if e[1] is None or META not in e[1]]
+    return [e for e in events if e[1] is None or META not in e[1]]

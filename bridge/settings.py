@@ -67,10 +67,26 @@ class Settings(BaseSettings):
     max_message_bytes: Bytes = Field(
         16 * 1024 * 1024, description="largest message accepted from an upstream"
     )
-    session_idle_timeout: Seconds = Field(
-        1800.0, description="end a session with no request and no open stream for this long"
+    store_url: str = Field(
+        "sqlite:///./.mcp-bridge/sessions.db",
+        description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, rediss://...",
     )
+    store_prefix: str = Field("mcpb", description="Redis key prefix")
+    store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
+    session_ttl: Seconds = Field(
+        7 * 24 * 3600.0, description="a session is forgotten this long after its last use"
+    )
+    upstream_idle_timeout: Seconds = Field(
+        1800.0,
+        description="release a session's upstream (child, SSE stream) after no request and no "
+        "open stream for this long; the session itself lives on until session_ttl",
+    )
+    event_max_events: Bytes = Field(1000, description="events kept per SSE stream for replay")
+    event_max_age: Seconds = Field(86400.0, description="events older than this are dropped")
     sse_keepalive_interval: Seconds = Field(15.0, description="SSE comment keepalive period")
+    sse_retry_ms: Bytes = Field(
+        1000, description="milliseconds a 2025-11-25 client waits before resuming a stream"
+    )
     sse_send_timeout: Seconds = Field(
         60.0, description="abort a downstream stream whose client reads nothing for this long"
     )

@@ -156,7 +156,12 @@ async def procs() -> AsyncIterator[ProcFactory]:
 async def start_gateway(
     procs: ProcFactory, *args: str, env: dict[str, str] | None = None
 ) -> tuple[Proc, str]:
-    """Run ``mcp-bridge ARGS --port 0``; return it and its base URL once it listens."""
+    """Run ``mcp-bridge ARGS --port 0``; return it and its base URL once it listens.
+
+    The store is ``memory://`` unless ``args`` name one.
+    """
+    if "--store-url" not in args:
+        args = (*args, "--store-url", "memory://")
     proc = await procs(
         sys.executable,
         "-m",
@@ -219,7 +224,7 @@ async def gateway(aiohttp_server: AiohttpServer) -> GatewayFactory:
     """An in-process gateway on a real socket: ``await gateway([specs], **settings)``."""
 
     async def make(servers: list[ServerSpec], **overrides: Any) -> RunningGateway:
-        settings = Settings(**overrides)
+        settings = Settings(**{"store_url": "memory://", **overrides})
         app: web.Application = await build_app(settings, servers)
         server = await aiohttp_server(app)
         return RunningGateway(f"http://127.0.0.1:{server.port}", app[HUB])

@@ -36,13 +36,35 @@ async def read_reply(response: aiohttp.ClientResponse) -> Reply:
     if response.content_type == "text/event-stream":
         decoder = Decoder(16 * 1024 * 1024)
         async for chunk in response.content.iter_any():
-            reply.messages += [json.loads(e.data) for e in decoder.feed(chunk)]
+            # Priming events (an id, empty data) carry no message.
+            reply.messages += [json.loads(e.data) for e in decoder.feed(chunk) if e.data]
     elif response.content_type == "application/json":
         body = await response.json()
         reply.messages = body if isinstance(body, list) else [body]
     else:
         await response.read()
     return reply
+
+
+async def next_event(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """The fields of the next SSE event on ``response`` (comments skipped)."""
+    while True:
+        block = (await response.content.readuntil(b"\r\n\r\n")).decode()
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if line and not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        if fields:
+            return fields
+
+
+async def next_message(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next JSON-RPC message on an SSE ``response`` (priming events skipped)."""
+    while True:
+        fields = await next_event(response)
+        if fields.get("data"):
+            return json.loads(fields["data"])  # type: ignore[no-any-return]
 
 
 class RawClient:

@@ -8,8 +8,9 @@ only relays a :class:`bridge.session.Stream` as SSE.
 Requests are always answered with an SSE stream: legacy SSE and stdio
 upstreams give no hint of whether progress, logging or a server-to-client
 request will precede a response, so a JSON reply cannot be proven safe.
-Not yet here: event ids, priming events and ``Last-Event-ID`` resume (they
-need the durable event store).
+Every event carries an id naming session, stream and position; a GET with
+``Last-Event-ID`` resumes that stream (spec 2025-11-25 §Resumability). Clients
+of 2025-11-25 get a priming event with a ``retry`` hint first (§1.9).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
-from bridge.session import Session, Stream
+from bridge.session import Session
+from bridge.streams import Stream
 
 log = structlog.get_logger("bridge.frontend")
 
@@ -54,6 +56,7 @@ class FrontDoorConfig:
     max_body_bytes: int
     keepalive_interval: float
     send_timeout: float
+    retry_ms: int  # the SSE retry hint sent with priming events
 
 
 def accepts(header: str, media_type: str) -> bool:
@@ -125,7 +128,7 @@ class StreamableHttpFrontDoor:
             session, stream = await self._hub.initialize(server, messages[0][0])
             request[SESSION_ID] = session.id
             return await self._relay(request, session, stream)
-        session = self._session(request, server)
+        session = await self._session(request, server)
         if batch and session.record.protocol_version != jsonrpc.PROTOCOL_VERSION_2025_03_26:
             raise InvalidRequest(
                 f"JSON-RPC batches are not allowed in protocol version "
@@ -143,13 +146,14 @@ class StreamableHttpFrontDoor:
         server = self._server(request)
         if not accepts(request.headers.get("Accept", ""), EVENT_STREAM):
             raise NotAcceptable(f"Accept must list {EVENT_STREAM}")
-        session = self._session(request, server)
-        return await self._relay(request, session, session.open_standalone())
+        session = await self._session(request, server)
+        last_event_id = request.headers.get("Last-Event-ID") or None  # empty: none (WHATWG)
+        return await self._relay(request, session, await session.open_standalone(last_event_id))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         server = self._server(request)
-        session = self._session(request, server)
-        await self._hub.end(session.id, server, "client sent DELETE")
+        session_id = self._session_id(request)
+        await self._hub.end(session_id, server, "client sent DELETE")
         return web.Response(status=200)
 
     # -- checks ------------------------------------------------------------
@@ -161,14 +165,17 @@ class StreamableHttpFrontDoor:
             raise UnknownServer(f"no MCP server named {name!r} here")
         return name
 
-    def _session(self, request: web.Request, server: str) -> Session:
+    def _session_id(self, request: web.Request) -> str:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
         request[SESSION_ID] = session_id
         if not set(session_id.encode("ascii", "replace")) <= _VISIBLE_ASCII:
             raise SessionNotFound("session not found")
-        session = self._hub.get(session_id, server)
+        return session_id
+
+    async def _session(self, request: web.Request, server: str) -> Session:
+        session = await self._hub.get(self._session_id(request), server)
         self._check_version(request, session)
         return session
 
@@ -217,8 +224,12 @@ class StreamableHttpFrontDoor:
         try:
             await response.prepare(request)
             async with response:
-                while (message := await stream.get()) is not None:
-                    await response.send(jsonrpc.encode(message), event="message")
+                while (item := await stream.get()) is not None:
+                    event_id, message = item
+                    if message is None:  # priming: an id to resume from, and when
+                        await response.send("", id=event_id, retry=self._config.retry_ms)
+                    else:
+                        await response.send(jsonrpc.encode(message), id=event_id, event="message")
         except (ConnectionResetError, TimeoutError) as exc:
             log.info("stream_client_gone", error=exc.__class__.__name__)
         finally:

@@ -1,45 +1,93 @@
 """An in-process :class:`SessionStore`: for tests and throwaway runs.
 
-Nothing survives the process; expiry is checked when a record is read.
+Nothing survives the process. Records are kept as JSON text, as the durable
+stores keep them, so callers can neither share nor mutate what is stored,
+and a record that cannot be serialized fails here as it would there.
+
+Expiry is sliding and checked whenever a record is read; every write also
+forgets up to :data:`PURGE_BATCH` expired records, oldest write first, so
+abandoned sessions do not accumulate.
+
+Records are kept in write order (a write moves a record to the end), so with
+one ``ttl`` for every record the oldest write is the first to expire and the
+purge stops at the first live record. A record written with a longer ``ttl``
+may shelter shorter-lived ones behind it until it expires too; they are still
+never returned after their expiry.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
 
 from bridge.sessions.store import SessionRecord
 
+#: Most expired records forgotten per write (bounded work per call).
+PURGE_BATCH: Final = 100
+
 
 class MemorySessionStore:
-    def __init__(self) -> None:
-        self._records: dict[str, tuple[SessionRecord, float]] = {}
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # session id -> (record JSON, expires at); in write order, oldest first.
+        self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         await self.save(record, ttl)
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
-        self._records[record.session_id] = (dataclasses.replace(record), time.monotonic() + ttl)
+        now = self._purge()
+        self._put(record.session_id, record.to_json(), now + ttl)
 
     async def get(self, session_id: str) -> SessionRecord | None:
-        entry = self._records.get(session_id)
-        if entry is None:
-            return None
-        if entry[1] < time.monotonic():
-            del self._records[session_id]
-            return None
-        return dataclasses.replace(entry[0])
+        entry = self._live(session_id, self._clock())
+        return None if entry is None else SessionRecord.from_json(entry[0])
 
     async def touch(self, session_id: str, ttl: float) -> bool:
-        entry = self._records.get(session_id)
-        if entry is None or entry[1] < time.monotonic():
-            self._records.pop(session_id, None)
+        now = self._purge()
+        entry = self._live(session_id, now)
+        if entry is None:
             return False
-        self._records[session_id] = (entry[0], time.monotonic() + ttl)
+        self._put(session_id, entry[0], now + ttl)
         return True
 
     async def delete(self, session_id: str) -> None:
+        self._purge()
         self._records.pop(session_id, None)
 
+    async def list(self, limit: int) -> list[SessionRecord]:
+        now = self._clock()
+        live = (text for text, expires_at in self._records.values() if expires_at > now)
+        return [SessionRecord.from_json(text) for text, _ in zip(live, range(limit), strict=False)]
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
     def __len__(self) -> int:
+        """Records held, including expired ones not purged yet."""
         return len(self._records)
+
+    def _live(self, session_id: str, now: float) -> tuple[str, float] | None:
+        entry = self._records.get(session_id)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry
+
+    def _put(self, session_id: str, text: str, expires_at: float) -> None:
+        self._records[session_id] = (text, expires_at)
+        self._records.move_to_end(session_id)
+
+    def _purge(self) -> float:
+        """Forget up to PURGE_BATCH expired records, oldest write first; return now."""
+        now = self._clock()
+        for _ in range(PURGE_BATCH):
+            oldest = next(iter(self._records.items()), None)
+            if oldest is None or oldest[1][1] > now:
+                break
+            del self._records[oldest[0]]
+        return now

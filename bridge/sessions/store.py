@@ -2,26 +2,46 @@
 
 A :class:`SessionRecord` holds only facts that can be recreated elsewhere:
 what the client sent in ``initialize``, what it was answered, the negotiated
-version, which server, and when. Live things (tasks, pipes, sockets) stay in
-:class:`bridge.session.Session`, so that a durable store can let another
-process pick the session up.
+version, which server, the log level and subscriptions the client set, and
+when. Live things (tasks, pipes, sockets) stay in
+:class:`bridge.session.Session`, so that any gateway process that reaches the
+store can pick the session up.
+
+Every store keeps a record for ``ttl`` seconds after its last write or
+touch (sliding expiry), and forgets it after that without being asked.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached (e.g. Redis is down). Never a client's fault."""
 
 
 @dataclass(slots=True)
 class SessionRecord:
     session_id: str
-    server: str
-    protocol_version: str
-    client_params: dict[str, Any]  # the client's initialize params
+    server: str  # upstream name
+    protocol_version: str  # negotiated with the downstream client
+    client_params: dict[str, Any]  # the client's initialize params, as sent
     init_result: dict[str, Any] = field(default_factory=dict)  # what the client was answered
+    upstream: dict[str, Any] = field(default_factory=dict)  # upstream session facts
+    log_level: str | None = None  # last logging/setLevel params.level
+    subscriptions: list[str] = field(default_factory=list)  # resources/subscribe URIs
+    principal: str | None = None  # who created it (front-door auth)
     created_at: float = 0.0  # Unix seconds
     last_seen_at: float = 0.0  # Unix seconds
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SessionRecord:
+        return cls(**json.loads(text))
 
 
 class SessionStore(Protocol):
@@ -32,10 +52,19 @@ class SessionStore(Protocol):
         """The record, or None if unknown or expired."""
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
-        """Replace a record's facts (e.g. the initialize result) and its expiry."""
+        """Replace a record's facts and push its expiry back to ``ttl`` seconds."""
 
     async def touch(self, session_id: str, ttl: float) -> bool:
-        """Push expiry back; False if the record is gone."""
+        """Push expiry back to ``ttl`` seconds from now; False if the record is gone."""
 
     async def delete(self, session_id: str) -> None:
-        """Forget a record; deleting an unknown one is not an error."""
+        """Forget a record (not its events: see EventStore.delete_session); unknown ids are fine."""
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        """Up to ``limit`` live records, in no particular order (for operators)."""
+
+    async def ping(self) -> None:
+        """Return if the store answers; raise :class:`StoreUnavailable` if not."""
+
+    async def aclose(self) -> None:
+        """Release connections and files."""

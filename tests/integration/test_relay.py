@@ -20,7 +20,7 @@ import pytest
 
 from bridge.settings import StdioServer
 from tests.conftest import REPO, GatewayFactory, RunningGateway
-from tests.rawclient import RawClient, read_reply
+from tests.rawclient import RawClient, next_message, read_reply
 
 RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
 BOUND = 10.0  # seconds
@@ -126,8 +126,7 @@ async def test_server_request_round_trip_and_upstream_cancel(
     ask = call(client, "ask")
     async with asyncio.timeout(BOUND):
         response = await client.http.post(client.url, json=ask, headers=client.headers())
-        first = await response.content.readuntil(b"\r\n\r\n")
-        roots_request = json.loads(first.decode().split("data: ", 1)[1])
+        roots_request = await next_message(response)
         assert roots_request["method"] == "roots/list"
         assert roots_request["id"] != "srv-ask"  # a gateway id downstream
         answer = {
@@ -157,5 +156,7 @@ async def test_idle_streams_get_keepalive_comments(
         stream = await client.http.get(
             client.url, headers=client.headers(Accept="text/event-stream")
         )
+        priming = await stream.content.readuntil(b"\r\n\r\n")
+        assert priming.startswith(b"id: ")  # 2025-11-25: something to resume from
         assert await stream.content.readuntil(b"\r\n\r\n") == b": ping\r\n\r\n"
         stream.close()

@@ -19,7 +19,7 @@ import psutil
 
 from bridge import errors
 from tests.conftest import GatewayFactory, ProcFactory, example_stdio, start_gateway
-from tests.rawclient import RawClient, read_reply
+from tests.rawclient import RawClient, next_message, read_reply
 
 BOUND = 15.0  # seconds any single lifecycle step may take
 
@@ -58,30 +58,37 @@ async def test_delete_reaps_child(gateway: GatewayFactory) -> None:
     assert_gone(child.pid)
 
 
-async def test_idle_timeout_ends_session_and_reaps_child(gateway: GatewayFactory) -> None:
-    gw = await gateway([example_stdio()], session_idle_timeout=0.5)
+async def test_idle_release_reaps_child_and_next_request_resumes(gateway: GatewayFactory) -> None:
+    """Idle past the timeout: the child goes, the session stays (issue #3 hibernation)."""
+    gw = await gateway([example_stdio()], upstream_idle_timeout=0.5)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
         assert client.session_id
-        session = gw.hub.get(client.session_id, "example")
+        session = await gw.hub.get(client.session_id, "example")
         [child] = example_children()
         async with asyncio.timeout(BOUND):
             await session.wait_closed()
-        assert session.end_reason == "session idle timeout"
+        assert session.end_reason == "idle: upstream released"
         assert_gone(child.pid)
-        reply = await client.post(client.request("ping"))
-        assert (reply.status, reply.error_code) == (404, errors.SESSION_NOT_FOUND)
+        # The client knows nothing of it: same session id, no re-initialize.
+        reply = await client.post(
+            client.request("tools/call", {"name": "add", "arguments": {"a": 1, "b": 1}})
+        )
+        assert reply.status == 200
+        assert reply.messages[-1]["result"]["content"][0]["text"] == "2.0"
+        [new_child] = example_children()
+        assert new_child.pid != child.pid
 
 
 async def test_open_stream_keeps_session_alive(gateway: GatewayFactory) -> None:
     """A client holding its GET stream is not idle, however long it stays quiet."""
-    gw = await gateway([example_stdio()], session_idle_timeout=0.3)
+    gw = await gateway([example_stdio()], upstream_idle_timeout=0.3)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
         assert client.session_id
-        session = gw.hub.get(client.session_id, "example")
+        session = await gw.hub.get(client.session_id, "example")
         stream = await http.get(client.url, headers=client.headers(Accept="text/event-stream"))
         assert stream.status == 200
         far_future = time.monotonic() + 3600
@@ -96,7 +103,7 @@ async def test_open_stream_keeps_session_alive(gateway: GatewayFactory) -> None:
         stream.close()
         async with asyncio.timeout(BOUND):
             await session.wait_closed()  # once the stream is gone the idle clock runs
-        assert session.end_reason == "session idle timeout"
+        assert session.end_reason == "idle: upstream released"
 
 
 async def test_child_crash_fails_pending_request_at_once(gateway: GatewayFactory) -> None:
@@ -112,8 +119,8 @@ async def test_child_crash_fails_pending_request_at_once(gateway: GatewayFactory
         async with asyncio.timeout(BOUND):
             response = await http.post(client.url, json=slow, headers=client.headers())
             assert response.status == 200
-            first = await response.content.readuntil(b"\r\n\r\n")  # the first progress event
-            assert b"notifications/progress" in first
+            first = await next_message(response)
+            assert first["method"] == "notifications/progress"
             child.kill()
             reply = await read_reply(response)
         last = reply.messages[-1]
@@ -122,7 +129,7 @@ async def test_child_crash_fails_pending_request_at_once(gateway: GatewayFactory
         assert "server 'example'" in last["error"]["message"]
         assert_gone(child.pid)
         reply = await client.post(client.request("ping"))
-        assert reply.status == 404  # the client re-initializes
+        assert reply.status == 200  # resumed on a new child, no re-initialize
 
 
 async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
@@ -143,14 +150,15 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
         )
         slow["params"]["_meta"] = {"progressToken": 1}
         pending = await http.post(clients[1].url, json=slow, headers=clients[1].headers())
-        assert b"notifications/progress" in await pending.content.readuntil(b"\r\n\r\n")
+        assert (await next_message(pending))["method"] == "notifications/progress"
         pids = [e["pid"] for e in gateway.json_events("child_started")]
         assert len(pids) == 3
         async with asyncio.timeout(BOUND):
             gateway.process.send_signal(signal.SIGTERM)
             reply = await read_reply(pending)
             assert await gateway.exited(BOUND) == 0
-        assert await stream.content.read() == b""  # the stream was ended, not left hanging
+        rest = await stream.content.read()  # returns: the stream was ended, not left hanging
+        assert b"event: message" not in rest  # only its priming event and keepalives
         last = reply.messages[-1]
         assert last["id"] == slow["id"]
         assert last["error"]["code"] == errors.SESSION_TERMINATED

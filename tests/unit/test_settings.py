@@ -399,14 +399,14 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("BRIDGE_CONFIG", str(tmp_path / "s.json"))
     monkeypatch.setenv("BRIDGE_ALLOWED_HOSTS", '["mcp.example", "localhost"]')
     monkeypatch.setenv("BRIDGE_LOG_FORMAT", "json")
-    monkeypatch.setenv("BRIDGE_SESSION_IDLE_TIMEOUT", "2.5")
+    monkeypatch.setenv("BRIDGE_UPSTREAM_IDLE_TIMEOUT", "2.5")
     monkeypatch.setenv("PORT", "1")  # unprefixed: not ours
     settings = cli([])
     assert (settings.host, settings.port) == ("0.0.0.0", 9001)
     assert settings.config == tmp_path / "s.json"
     assert settings.allowed_hosts == ["mcp.example", "localhost"]
     assert settings.log_format == "json"
-    assert settings.session_idle_timeout == 2.5
+    assert settings.upstream_idle_timeout == 2.5
 
 
 def test_cli_flags_are_kebab_case_and_win_over_the_environment(
@@ -434,7 +434,7 @@ def test_cli_flags_are_kebab_case_and_win_over_the_environment(
         ("BRIDGE_PORT", "70000"),
         ("BRIDGE_PORT", "http"),
         ("BRIDGE_LOG_LEVEL", "verbose"),
-        ("BRIDGE_SESSION_IDLE_TIMEOUT", "0"),
+        ("BRIDGE_UPSTREAM_IDLE_TIMEOUT", "0"),
         ("BRIDGE_MAX_BODY_BYTES", "-1"),
     ],
 )

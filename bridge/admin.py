@@ -1,0 +1,90 @@
+"""``mcp-bridge sessions list|show|delete``: see and evict what the store holds.
+
+Talks to the store directly (``--store-url`` or ``BRIDGE_STORE_URL``), so it
+works whether or not a gateway runs. Prints JSON, one object per line.
+Evicting a session a gateway holds live ends it at that gateway's next
+resume: its client gets 404 and initializes anew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.sessions.store import SessionRecord, StoreUnavailable
+from bridge.settings import Settings
+from bridge.stores import open_stores
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_STORE_DOWN = 3
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+def summary(record: SessionRecord) -> dict[str, Any]:
+    client = record.client_params.get("clientInfo") or {}
+    return {
+        "session_id": record.session_id,
+        "server": record.server,
+        "protocol_version": record.protocol_version,
+        "client": f"{client.get('name', '?')} {client.get('version', '')}".strip(),
+        "created_at": _when(record.created_at),
+        "last_seen_at": _when(record.last_seen_at),
+    }
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mcp-bridge sessions", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("action", choices=["list", "show", "delete"])
+    parser.add_argument("session_id", nargs="?", help="for show and delete")
+    parser.add_argument("--store-url", help="default: BRIDGE_STORE_URL or the gateway's default")
+    parser.add_argument("--limit", type=int, default=1000, help="list at most this many")
+    args = parser.parse_args(argv)
+    if args.action != "list" and not args.session_id:
+        parser.error(f"{args.action} needs a session id")
+    overrides = {"store_url": args.store_url} if args.store_url else {}
+    settings = Settings(**overrides)
+    try:
+        return asyncio.run(_run(settings, args.action, args.session_id, args.limit))
+    except StoreUnavailable as exc:
+        print(f"mcp-bridge: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORE_DOWN
+
+
+async def _run(settings: Settings, action: str, session_id: str | None, limit: int) -> int:
+    stores = await open_stores(
+        settings.store_url,
+        prefix=settings.store_prefix,
+        max_events=settings.event_max_events,
+        max_age=settings.event_max_age,
+        timeout=settings.store_timeout,
+    )
+    try:
+        if action == "list":
+            for record in await stores.sessions.list(limit):
+                print(json.dumps(summary(record)))
+            return 0
+        assert session_id is not None
+        found = await stores.sessions.get(session_id)
+        if found is None:
+            print(json.dumps({"session_id": session_id, "found": False}))
+            return EXIT_NOT_FOUND
+        if action == "show":
+            print(found.to_json())
+        else:
+            await stores.sessions.delete(session_id)
+            await stores.events.delete_session(session_id)
+            print(json.dumps({"session_id": session_id, "deleted": True}))
+        return 0
+    finally:
+        await stores.aclose()

@@ -1,0 +1,1 @@
+"""Event stores: what was sent on each SSE stream, kept for Last-Event-ID replay."""

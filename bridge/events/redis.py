@@ -1,0 +1,169 @@
+"""An :class:`EventStore` on Redis Streams; key layout in :mod:`bridge.sessions.redis`.
+
+Each SSE stream of a session is one Redis Stream,
+``{prefix}:{<session_id>}:ev:<stream>``, holding one entry per event with the
+message JSON in field ``m`` (the empty string for a priming event). The
+entry id Redis assigns (``<ms>-<seq>``) is the position, so positions are
+made of digits and one ``-``.
+
+An append is one MULTI/EXEC round trip, so either all of it happens or none
+(a stream never exists without its TTL)::
+
+    XADD    stream MAXLEN ~ max_events * m <json>
+    XTRIM   stream MINID ~ <now - max_age, in ms>
+    PEXPIRE stream ttl
+    ZADD    streams <now ms> <stream>
+    ZREMRANGEBYSCORE streams -inf <now - ttl, in ms>   names of expired streams
+    PEXPIRE streams ttl
+    PEXPIRE session ttl                                 no-op if the record is gone
+
+Trimming is approximate (``~``), as Redis recommends: a stream holds at least
+``max_events`` events (while they are younger than ``max_age``) and at most
+one radix-tree node more (``stream-node-max-entries``, 100 by default).
+``now`` is this process's clock; the age trim is off by the clock skew
+between it and the Redis server.
+
+A replay reads the entry at ``position`` and the page after it
+(``XRANGE stream (position + COUNT n``) in one round trip: a position the
+stream no longer holds (trimmed, expired, from another stream) yields
+nothing, as the seam requires. Needs Redis >= 6.2 (exclusive ranges, MINID).
+
+An append retried after a lost reply may be stored twice (at-least-once).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from redis.asyncio import Redis
+
+from bridge.events.store import StoredEvent
+from bridge.jsonrpc import Message
+from bridge.sessions.redis import (
+    check_prefix,
+    ms,
+    require_session_id,
+    session_key,
+    stream_key,
+    streams_key,
+    text,
+    unavailable,
+    valid_session_id,
+)
+
+#: Entries read per XRANGE step of a replay.
+REPLAY_BATCH: Final = 100
+#: Keys removed per UNLINK by delete_session.
+DELETE_BATCH: Final = 500
+_POSITION: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_U64: Final = 2**64
+
+
+def _is_entry_id(position: str) -> bool:
+    """Whether Redis would take ``position`` as a stream id (else XRANGE errs)."""
+    match = _POSITION.fullmatch(position)
+    return match is not None and all(int(part) < _U64 for part in match.groups())
+
+
+class RedisEventStore:
+    """Events per ``(session_id, stream)`` as Redis Streams; see the module docstring.
+
+    Args:
+        client: shared with :class:`bridge.sessions.redis.RedisSessionStore`;
+            closed by its owner, not by this store.
+        prefix: first part of every key.
+        max_events: events kept per stream (approximately, see above).
+        max_age: seconds an event is kept (approximately, see above).
+        clock: Unix time in seconds, for the age trim and the names' scores.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str,
+        max_events: int,
+        max_age: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = check_prefix(prefix)
+        self._max_events = max_events
+        self._max_age_ms = ms(max_age)
+        self._clock = clock
+
+    async def append(
+        self, session_id: str, stream: str, message: Message | None, ttl: float
+    ) -> str:
+        require_session_id(session_id)
+        body = "" if message is None else json.dumps(message, separators=(",", ":"))
+        key, names = stream_key(self._prefix, session_id, stream), self._names(session_id)
+        now_ms, ttl_ms = int(self._clock() * 1000), ms(ttl)
+        pipe = self._client.pipeline(transaction=True)
+        _queued(
+            pipe.xadd(key, {"m": body}, maxlen=self._max_events, approximate=True),
+            pipe.xtrim(key, minid=f"{max(0, now_ms - self._max_age_ms)}", approximate=True),
+            pipe.pexpire(key, ttl_ms),
+            pipe.zadd(names, {stream: now_ms}),
+            pipe.zremrangebyscore(names, "-inf", now_ms - ttl_ms),
+            pipe.pexpire(names, ttl_ms),
+            pipe.pexpire(session_key(self._prefix, session_id), ttl_ms),
+        )
+        with unavailable("append"):
+            results = await pipe.execute()
+        return str(results[0])
+
+    async def replay_after(
+        self, session_id: str, stream: str, position: str
+    ) -> AsyncIterator[StoredEvent]:
+        if not valid_session_id(session_id) or not (position == "" or _is_entry_id(position)):
+            return
+        key = stream_key(self._prefix, session_id, stream)
+        page: Any  # [(entry id, {field: value})], as redis-py decodes XRANGE
+        if position == "":
+            with unavailable("replay"):
+                page = await self._client.xrange(key, "-", "+", count=REPLAY_BATCH)
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            _queued(
+                pipe.xrange(key, position, position, count=1),
+                pipe.xrange(key, f"({position}", "+", count=REPLAY_BATCH),
+            )
+            with unavailable("replay"):
+                held, page = await pipe.execute()
+            if not held:
+                return
+        while True:
+            for entry_id, fields in page:
+                body = fields.get("m", "")
+                yield StoredEvent(entry_id, json.loads(body) if body else None)
+            if len(page) < REPLAY_BATCH:
+                return
+            with unavailable("replay"):
+                page = await self._client.xrange(key, f"({page[-1][0]}", "+", count=REPLAY_BATCH)
+
+    async def delete_session(self, session_id: str) -> None:
+        if not valid_session_id(session_id):
+            return
+        names = self._names(session_id)
+        with unavailable("delete"):
+            streams = await self._client.zrange(names, 0, -1)
+        keys = [stream_key(self._prefix, session_id, text(name)) for name in streams] + [names]
+        for start in range(0, len(keys), DELETE_BATCH):
+            with unavailable("delete"):
+                await self._client.unlink(*keys[start : start + DELETE_BATCH])
+
+    def _names(self, session_id: str) -> str:
+        return streams_key(self._prefix, session_id)
+
+
+def _queued(*commands: object) -> None:
+    """Nothing to do: the commands are queued on their pipeline already.
+
+    redis-py's pipeline methods queue and return the pipeline, but are typed
+    as the client's awaitables; this call keeps them from looking unused.
+    """

@@ -1,0 +1,191 @@
+"""A :class:`SessionStore` in Redis, and the Redis plumbing both Redis stores share.
+
+Key layout (every key carries a TTL; nothing is ever written without one)::
+
+    {prefix}:{<session_id>}:session      string  SessionRecord.to_json()
+    {prefix}:{<session_id>}:ev:<stream>  stream  one entry per SSE event, field m =
+                                                 the message JSON ("" for priming)
+    {prefix}:{<session_id>}:streams      zset    the session's stream names,
+                                                 scored by last append (Unix ms)
+
+The ``{<session_id>}`` hash tag keeps all keys of a session in one Redis
+Cluster slot, so the multi-key writes below stay legal there. Session ids
+must therefore be non-empty and contain neither ``{`` nor ``}``: writes
+refuse such an id with ``ValueError``; reads treat it as unknown.
+
+Expiry is Redis's own: the record's TTL is set by ``create``/``save``/
+``touch`` and by every event append of the session; each stream key and the
+names key get theirs on every append to them. See :mod:`bridge.events.redis`.
+
+Every call is bounded: connecting and each socket read or write by
+``timeout``, retries by :data:`RETRIES` with exponential backoff (at most
+:data:`RETRY_CAP` seconds between attempts), so a call gives up after about
+``(RETRIES + 1) * timeout + RETRIES * RETRY_CAP`` in the worst case. A Redis
+that is down, loading, read-only or out of memory surfaces as
+:class:`StoreUnavailable`; the next call reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import math
+import re
+from collections.abc import Iterator
+from typing import Final
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from bridge.sessions.store import SessionRecord, StoreUnavailable
+
+#: Retries after a connection error or timeout, before giving up.
+RETRIES: Final = 2
+#: Seconds before the first retry; doubled for each further one.
+RETRY_BASE: Final = 0.05
+#: Most seconds between two attempts.
+RETRY_CAP: Final = 0.5
+#: Keys asked for per SCAN step of :meth:`RedisSessionStore.list`.
+SCAN_COUNT: Final = 500
+
+#: Errors that mean "Redis cannot serve us now", not "we sent nonsense".
+UNAVAILABLE: Final = (
+    redis_errors.ConnectionError,  # incl. BusyLoadingError (LOADING), auth failures
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # we reached a replica (failover in progress)
+    redis_errors.OutOfMemoryError,
+    redis_errors.ClusterDownError,  # incl. MasterDownError
+    redis_errors.TryAgainError,
+    OSError,
+)
+
+_PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def connect(url: str, *, timeout: float) -> Redis:
+    """A client for ``url`` with bounded calls and retries; connects on first use."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES),
+    )
+
+
+@contextlib.contextmanager
+def unavailable(operation: str) -> Iterator[None]:
+    """Map Redis's "cannot serve" errors to :class:`StoreUnavailable`."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise StoreUnavailable(f"redis {operation} failed: {exc}") from exc
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if usable in keys and SCAN patterns, else ValueError."""
+    if not _PREFIX.fullmatch(prefix):
+        raise ValueError(f"redis key prefix must match {_PREFIX.pattern}, got {prefix!r}")
+    return prefix
+
+
+def valid_session_id(session_id: str) -> bool:
+    return bool(session_id) and "{" not in session_id and "}" not in session_id
+
+
+def require_session_id(session_id: str) -> None:
+    if not valid_session_id(session_id):
+        raise ValueError(f"session id unusable as a Redis hash tag: {session_id!r}")
+
+
+def text(value: object) -> str:
+    """A reply item as ``str``: the client decodes replies, but redis-py types them loosely."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def ms(seconds: float) -> int:
+    """Whole milliseconds for PX/PEXPIRE, at least 1 (0 is an error to Redis)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def session_key(prefix: str, session_id: str) -> str:
+    return f"{prefix}:{{{session_id}}}:session"
+
+
+def streams_key(prefix: str, session_id: str) -> str:
+    return f"{prefix}:{{{session_id}}}:streams"
+
+
+def stream_key(prefix: str, session_id: str, stream: str) -> str:
+    return f"{prefix}:{{{session_id}}}:ev:{stream}"
+
+
+class RedisSessionStore:
+    """Records as ``{prefix}:{<session_id>}:session`` strings; see the module docstring.
+
+    The client is shared with :class:`bridge.events.redis.RedisEventStore`
+    and belongs to whoever made it (:func:`bridge.stores.open_stores`).
+    """
+
+    def __init__(self, client: Redis, *, prefix: str) -> None:
+        self._client = client
+        self._prefix = check_prefix(prefix)
+        # SCAN MATCH is a glob: a stream named "x:session" matches it too.
+        self._record_key = re.compile(re.escape(prefix) + r":\{[^{}]+\}:session")
+
+    async def create(self, record: SessionRecord, ttl: float) -> None:
+        await self.save(record, ttl)
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        require_session_id(record.session_id)
+        key = session_key(self._prefix, record.session_id)
+        with unavailable("save"):
+            await self._client.set(key, record.to_json(), px=ms(ttl))
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        if not valid_session_id(session_id):
+            return None
+        with unavailable("get"):
+            text = await self._client.get(session_key(self._prefix, session_id))
+        return None if text is None else SessionRecord.from_json(text)
+
+    async def touch(self, session_id: str, ttl: float) -> bool:
+        if not valid_session_id(session_id):
+            return False
+        with unavailable("touch"):
+            return bool(await self._client.pexpire(session_key(self._prefix, session_id), ms(ttl)))
+
+    async def delete(self, session_id: str) -> None:
+        if valid_session_id(session_id):
+            with unavailable("delete"):
+                await self._client.delete(session_key(self._prefix, session_id))
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        keys = await self._scan(limit)
+        if not keys:
+            return []
+        with unavailable("list"):
+            texts = await self._client.mget(keys)
+        return [SessionRecord.from_json(text) for text in texts if text is not None]
+
+    async def ping(self) -> None:
+        with unavailable("ping"):
+            await self._client.ping()
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared client is closed by its owner."""
+
+    async def _scan(self, limit: int) -> builtins.list[str]:
+        keys: dict[str, None] = {}  # SCAN may return a key twice
+        cursor = 0
+        pattern = f"{self._prefix}:*:session"
+        while len(keys) < limit:
+            with unavailable("list"):
+                cursor, batch = await self._client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            found = (text(key) for key in batch)
+            keys.update(dict.fromkeys(key for key in found if self._record_key.fullmatch(key)))
+            if cursor == 0:
+                break
+        return list(keys)[:limit]

@@ -1,0 +1,231 @@
+"""A :class:`SessionStore` in an SQLite file, and the connection the SQLite stores share.
+
+One :class:`SqliteDatabase` holds one ``sqlite3`` connection, driven by one
+worker thread. Every store operation is a plain function that runs there
+whole (a write inside one ``BEGIN IMMEDIATE`` transaction), so operations of
+concurrent coroutines never interleave and the event loop never blocks on
+the disk. WAL mode lets other processes read while this one writes; the busy
+timeout and the wait for the worker are both bounded by ``timeout``.
+
+A call that is cancelled, or that gives up after ``timeout``, may still be
+carried out by the worker afterwards: the store stays consistent, the caller
+just does not learn the outcome.
+
+Schema::
+
+    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL)
+
+``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds.
+Expiry is checked on read; every write also deletes up to
+:data:`PURGE_BATCH` expired records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+
+from bridge.sessions.store import SessionRecord, StoreUnavailable
+
+T = TypeVar("T")
+
+#: Most expired rows deleted per write (bounded work per call).
+PURGE_BATCH: Final = 100
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS bridge_sessions (
+    session_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bridge_sessions_expires_at ON bridge_sessions (expires_at);
+"""
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; writes BEGIN explicitly.
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # With WAL, NORMAL survives a process crash; a power cut may lose the
+        # last transactions, which for session state only means a re-initialize.
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+class SqliteDatabase:
+    """One SQLite connection and the one thread that uses it."""
+
+    def __init__(
+        self, executor: ThreadPoolExecutor, conn: sqlite3.Connection, timeout: float
+    ) -> None:
+        self._executor = executor
+        self._conn = conn
+        self._timeout = timeout
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        timeout: float,  # noqa: ASYNC109 - bounds every later call too, not just this one
+    ) -> SqliteDatabase:
+        """Open (or create) the database file; raise ``sqlite3.Error`` if it cannot be."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await loop.run_in_executor(executor, _connect, path, timeout)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, conn, timeout)
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the worker thread, outside any transaction."""
+        return await self._run(work)
+
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the worker thread inside one transaction."""
+        return await self._run(lambda conn: self._transaction(conn, work))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._conn.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("sqlite store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await loop.run_in_executor(self._executor, work, self._conn)
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"sqlite did not answer within {self._timeout}s") from exc
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+        # IMMEDIATE takes the write lock up front, so a second process makes
+        # us wait (bounded by the busy timeout) instead of failing mid-way.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # also after a failed COMMIT, or the next BEGIN fails
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+
+def placeholders(count: int) -> str:
+    """``?, ?, ...`` for an ``IN (...)`` of ``count`` values."""
+    return ", ".join("?" * count)
+
+
+class SqliteSessionStore:
+    """Session records in ``bridge_sessions``; see the module docstring."""
+
+    def __init__(self, db: SqliteDatabase, *, clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._clock = clock
+
+    @classmethod
+    async def open(
+        cls, db: SqliteDatabase, *, clock: Callable[[], float] = time.time
+    ) -> SqliteSessionStore:
+        """The store over ``db``, creating its table if need be."""
+        await db.read(lambda conn: conn.executescript(_SCHEMA))
+        return cls(db, clock=clock)
+
+    async def create(self, record: SessionRecord, ttl: float) -> None:
+        await self.save(record, ttl)
+
+    async def save(self, record: SessionRecord, ttl: float) -> None:
+        now, text = self._clock(), record.to_json()
+        await self._db.write(lambda conn: _save(conn, now, record.session_id, text, now + ttl))
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        now = self._clock()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT record FROM bridge_sessions WHERE session_id = ? AND expires_at > ?",
+                (session_id, now),
+            ).fetchone()
+        )
+        return None if row is None else SessionRecord.from_json(row[0])
+
+    async def touch(self, session_id: str, ttl: float) -> bool:
+        now = self._clock()
+        return await self._db.write(lambda conn: _touch(conn, now, session_id, now + ttl))
+
+    async def delete(self, session_id: str) -> None:
+        now = self._clock()
+        await self._db.write(lambda conn: _delete(conn, now, session_id))
+
+    async def list(self, limit: int) -> list[SessionRecord]:
+        now = self._clock()
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT record FROM bridge_sessions WHERE expires_at > ? LIMIT ?", (now, limit)
+            ).fetchall()
+        )
+        return [SessionRecord.from_json(row[0]) for row in rows]
+
+    async def ping(self) -> None:
+        await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def aclose(self) -> None:
+        """Nothing to release: the shared :class:`SqliteDatabase` is closed by its owner."""
+
+
+def _purge(conn: sqlite3.Connection, now: float) -> None:
+    conn.execute(
+        "DELETE FROM bridge_sessions WHERE session_id IN ("
+        " SELECT session_id FROM bridge_sessions WHERE expires_at <= ?"
+        " ORDER BY expires_at LIMIT ?)",
+        (now, PURGE_BATCH),
+    )
+
+
+def _save(
+    conn: sqlite3.Connection, now: float, session_id: str, text: str, expires_at: float
+) -> None:
+    _purge(conn, now)
+    conn.execute(
+        "INSERT INTO bridge_sessions (session_id, record, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (session_id) DO UPDATE"
+        " SET record = excluded.record, expires_at = excluded.expires_at",
+        (session_id, text, expires_at),
+    )
+
+
+def _touch(conn: sqlite3.Connection, now: float, session_id: str, expires_at: float) -> bool:
+    _purge(conn, now)
+    cursor = conn.execute(
+        "UPDATE bridge_sessions SET expires_at = ? WHERE session_id = ? AND expires_at > ?",
+        (expires_at, session_id, now),
+    )
+    return cursor.rowcount == 1
+
+
+def _delete(conn: sqlite3.Connection, now: float, session_id: str) -> None:
+    _purge(conn, now)
+    conn.execute("DELETE FROM bridge_sessions WHERE session_id = ?", (session_id,))

@@ -1,0 +1,185 @@
+"""Open the session and event stores a URL names; one connection serves both.
+
+========================  ==========================================================
+``memory://``             in this process only; gone on exit
+``sqlite:///ABS/PATH``    an SQLite file (created, with its parent directory)
+``sqlite:///./rel/path``  the same, relative to the working directory
+``redis://HOST:PORT/DB``  Redis (``rediss://`` for TLS; ``user:pass@`` allowed)
+========================  ==========================================================
+
+Anything else is a :class:`ConfigError` naming the URL (password redacted).
+Redis is not contacted here: a gateway may start while Redis is down and
+report it through ``sessions.ping()``. An SQLite file is opened here, and a
+file that cannot be is a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.errors import ConfigError
+from bridge.events.memory import MemoryEventStore
+from bridge.events.redis import RedisEventStore
+from bridge.events.sqlite import SqliteEventStore
+from bridge.events.store import EventStore
+from bridge.sessions import redis as redis_sessions
+from bridge.sessions.memory import MemorySessionStore
+from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore
+from bridge.sessions.store import SessionStore
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Both stores of one URL and the connection they share."""
+
+    sessions: SessionStore
+    events: EventStore
+    _close: Callable[[], Awaitable[None]] = field(default=_nothing, repr=False)
+
+    async def aclose(self) -> None:
+        """Close the shared connection; neither store may be used afterwards."""
+        await self._close()
+
+
+async def open_stores(
+    url: str,
+    *,
+    prefix: str,
+    max_events: int,
+    max_age: float,
+    timeout: float,  # noqa: ASYNC109 - bounds each later store call, not this one
+    clock: Callable[[], float] = time.time,
+) -> Stores:
+    """The stores ``url`` names.
+
+    Args:
+        url: see the module docstring.
+        prefix: first part of every Redis key (``[A-Za-z0-9_.:-]+``); unused otherwise.
+        max_events: most events kept per stream.
+        max_age: seconds an event is kept at most.
+        timeout: seconds one store call may wait on Redis or SQLite.
+        clock: Unix time in seconds (a seam for tests).
+
+    Raises:
+        ConfigError: the URL or prefix is unusable, or the SQLite file cannot be opened.
+    """
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory" and url.lower() == "memory://":
+        sessions = MemorySessionStore(clock=clock)
+        events = MemoryEventStore(
+            max_events=max_events, max_age=max_age, sessions=sessions, clock=clock
+        )
+        return Stores(sessions, events)
+    if scheme == "sqlite":
+        return await _open_sqlite(
+            url, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock
+        )
+    if scheme in ("redis", "rediss"):
+        return _open_redis(
+            url, prefix=prefix, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock
+        )
+    raise ConfigError(
+        f"store URL {redact(url)!r}: expected memory://, sqlite:///ABS/PATH, "
+        "sqlite:///./relative/path, redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
+    )
+
+
+def sqlite_path(url: str) -> Path:
+    """The file ``sqlite:///ABS/PATH`` or ``sqlite:///./relative`` names."""
+    rest = url[len("sqlite://") :]
+    if not rest.startswith("/") or "?" in rest or "#" in rest:
+        raise ConfigError(
+            f"store URL {url!r}: expected sqlite:///ABS/PATH or sqlite:///./relative/path "
+            "(three slashes, no host, no query)"
+        )
+    path = Path(rest[1:]) if rest.startswith("/./") else Path(rest)
+    if rest.endswith("/") or path.name in ("", ".", ".."):
+        raise ConfigError(f"store URL {url!r}: names a directory, not a database file")
+    return path
+
+
+async def _open_sqlite(
+    url: str,
+    *,
+    max_events: int,
+    max_age: float,
+    timeout: float,  # noqa: ASYNC109 - bounds each later store call, not this one
+    clock: Callable[[], float],
+) -> Stores:
+    path = sqlite_path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await SqliteDatabase.open(path, timeout=timeout)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"store URL {url!r}: cannot open {path}: {exc}") from exc
+    try:
+        sessions = await SqliteSessionStore.open(db, clock=clock)
+        events = await SqliteEventStore.open(
+            db, max_events=max_events, max_age=max_age, sessions=sessions, clock=clock
+        )
+    except BaseException as exc:
+        await db.aclose()
+        if isinstance(exc, sqlite3.DatabaseError):  # e.g. "file is not a database"
+            raise ConfigError(f"store URL {url!r}: cannot use {path}: {exc}") from exc
+        raise
+    return Stores(sessions, events, db.aclose)
+
+
+def _open_redis(
+    url: str,
+    *,
+    prefix: str,
+    max_events: int,
+    max_age: float,
+    timeout: float,
+    clock: Callable[[], float],
+) -> Stores:
+    _check_redis_url(url)
+    try:
+        redis_sessions.check_prefix(prefix)
+        client = redis_sessions.connect(url, timeout=timeout)
+    except ValueError as exc:
+        raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
+    sessions = redis_sessions.RedisSessionStore(client, prefix=prefix)
+    events = RedisEventStore(
+        client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
+    )
+    return Stores(sessions, events, client.aclose)
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # bad port, unbalanced [ in an IPv6 host
+        raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
+    db = parts.path.removeprefix("/")
+    if not parts.hostname or port == 0 or (db and not re.fullmatch(r"[0-9]+", db)):
+        raise ConfigError(
+            f"store URL {redact(url)!r}: expected redis://HOST:PORT/DB "
+            "(DB a number; rediss:// for TLS)"
+        )
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,401 @@
+"""The SessionStore contract (bridge/sessions/store.py), for every backend.
+
+Round trips of every :class:`SessionRecord` field; sliding expiry ``ttl``
+seconds after the last create/save/touch (memory and SQLite by moving their
+clock, Redis by the TTL on its key); expired records purged by later writes;
+Redis outages surfacing as :class:`StoreUnavailable` within a bound and
+healing without a restart; and the URLs :func:`open_stores` accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import ConfigError
+from bridge.events.memory import MemoryEventStore
+from bridge.events.redis import RedisEventStore
+from bridge.events.sqlite import SqliteEventStore
+from bridge.sessions import redis as redis_sessions
+from bridge.sessions.memory import MemorySessionStore
+from bridge.sessions.redis import RedisSessionStore
+from bridge.sessions.sqlite import SqliteSessionStore
+from bridge.sessions.store import SessionRecord, StoreUnavailable
+from bridge.stores import open_stores
+from tests.contract.conftest import Backend
+from tests.redis_server import RedisServer
+
+TTL = 60.0
+OUTAGE_TIMEOUT = 0.3  # seconds per store call in the outage tests
+# Every attempt may wait one timeout, plus the backoff between attempts.
+OUTAGE_BOUND = (
+    (redis_sessions.RETRIES + 1) * OUTAGE_TIMEOUT
+    + redis_sessions.RETRIES * redis_sessions.RETRY_CAP
+    + 1.0  # scheduling slack
+)
+
+
+def record(session_id: str = "s-1", **changes: object) -> SessionRecord:
+    """A record with every field set to something other than its default."""
+    full = SessionRecord(
+        session_id=session_id,
+        server="everything",
+        protocol_version="2025-11-25",
+        client_params={
+            "protocolVersion": "2025-11-25",
+            "capabilities": {"roots": {"listChanged": True}},
+            "clientInfo": {"name": "tést ✓", "version": "1.0"},
+        },
+        init_result={"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}},
+        upstream={"session_id": "up-1", "last_event_id": "e.7"},
+        log_level="debug",
+        subscriptions=["file:///a", "file:///b"],
+        principal="alice",
+        created_at=1_800_000_000.25,
+        last_seen_at=1_800_000_100.5,
+    )
+    return dataclasses.replace(full, **changes)  # type: ignore[arg-type]
+
+
+# --- every backend --------------------------------------------------------------
+
+
+async def test_create_then_get_round_trips_every_field(stores: Backend) -> None:
+    await stores.sessions.create(record(), TTL)
+
+    assert await stores.sessions.get("s-1") == record()
+
+
+async def test_get_of_an_unknown_id_is_none(stores: Backend) -> None:
+    assert await stores.sessions.get("nobody") is None
+
+
+async def test_save_replaces_the_facts(stores: Backend) -> None:
+    await stores.sessions.create(record(), TTL)
+    changed = record(log_level="error", subscriptions=[], upstream={}, principal=None)
+
+    await stores.sessions.save(changed, TTL)
+
+    assert await stores.sessions.get("s-1") == changed
+
+
+async def test_records_are_copied_in_and_out(stores: Backend) -> None:
+    mine = record()
+    await stores.sessions.create(mine, TTL)
+    mine.subscriptions.append("file:///mutated")
+    got = await stores.sessions.get("s-1")
+    assert got is not None
+    got.client_params["mutated"] = True
+
+    assert await stores.sessions.get("s-1") == record()
+
+
+async def test_touch_says_whether_the_record_lives(stores: Backend) -> None:
+    await stores.sessions.create(record(), TTL)
+
+    assert await stores.sessions.touch("s-1", TTL) is True
+    assert await stores.sessions.touch("nobody", TTL) is False
+    assert await stores.sessions.get("nobody") is None  # touch never creates
+
+
+async def test_delete_forgets_and_unknown_ids_are_no_error(stores: Backend) -> None:
+    await stores.sessions.create(record("s-1"), TTL)
+    await stores.sessions.create(record("s-2"), TTL)
+
+    await stores.sessions.delete("s-1")
+    await stores.sessions.delete("nobody")
+
+    assert await stores.sessions.get("s-1") is None
+    assert await stores.sessions.touch("s-1", TTL) is False
+    assert await stores.sessions.get("s-2") == record("s-2")
+
+
+async def test_list_returns_live_records_up_to_limit(stores: Backend) -> None:
+    for n in range(5):
+        await stores.sessions.create(record(f"s-{n}"), TTL)
+    await stores.sessions.delete("s-4")
+
+    listed = await stores.sessions.list(10)
+    some = await stores.sessions.list(2)
+
+    assert sorted(r.session_id for r in listed) == ["s-0", "s-1", "s-2", "s-3"]
+    assert listed[0] == record(listed[0].session_id)
+    assert len(some) == 2
+    assert {r.session_id for r in some} <= {"s-0", "s-1", "s-2", "s-3"}
+
+
+async def test_ping_answers(stores: Backend) -> None:
+    await stores.sessions.ping()
+
+
+# --- expiry, by moving the clock (memory, SQLite) ------------------------------
+
+
+async def test_record_lives_ttl_after_its_last_write(clocked: Backend) -> None:
+    await clocked.sessions.create(record(), 10)
+    clocked.advance(9.9)
+    assert await clocked.sessions.get("s-1") is not None
+
+    assert await clocked.sessions.touch("s-1", 10) is True
+    clocked.advance(9.9)
+    assert await clocked.sessions.get("s-1") is not None
+
+    await clocked.sessions.save(record(log_level="info"), 10)
+    clocked.advance(9.9)
+    assert await clocked.sessions.get("s-1") == record(log_level="info")
+
+    clocked.advance(0.2)
+    assert await clocked.sessions.get("s-1") is None
+    assert await clocked.sessions.list(10) == []
+    assert await clocked.sessions.touch("s-1", 10) is False
+
+
+async def test_an_expired_id_can_be_created_afresh(clocked: Backend) -> None:
+    await clocked.sessions.create(record(), 10)
+    clocked.advance(11)
+
+    await clocked.sessions.create(record(principal="bob"), 10)
+
+    assert await clocked.sessions.get("s-1") == record(principal="bob")
+
+
+async def test_writes_purge_expired_records(clocked: Backend) -> None:
+    for n in range(3):
+        await clocked.sessions.create(record(f"s-{n}"), 10)
+    clocked.advance(11)
+
+    await clocked.sessions.delete("unrelated")
+
+    assert clocked.rows() == 0
+
+
+# --- expiry as Redis keys it ------------------------------------------------------
+
+
+async def test_redis_record_key_carries_the_ttl_of_the_last_write(redis_stores: Backend) -> None:
+    assert redis_stores.redis is not None
+    key = f"{redis_stores.prefix}:{{s-1}}:session"
+
+    await redis_stores.sessions.create(record(), 10)
+    after_create = await redis_stores.redis.pttl(key)
+    await redis_stores.sessions.touch("s-1", 100)
+    after_touch = await redis_stores.redis.pttl(key)
+    await redis_stores.sessions.save(record(), 1000)
+    after_save = await redis_stores.redis.pttl(key)
+
+    assert await redis_stores.keys() == [key]
+    assert 0 < after_create <= 10_000
+    assert 10_000 < after_touch <= 100_000
+    assert 100_000 < after_save <= 1_000_000
+
+
+async def test_redis_list_ignores_streams_named_like_records(redis_stores: Backend) -> None:
+    await redis_stores.sessions.create(record("s-1"), TTL)
+    await redis_stores.events.append("s-1", "x:session", {"jsonrpc": "2.0", "method": "m"}, TTL)
+
+    assert [r.session_id for r in await redis_stores.sessions.list(10)] == ["s-1"]
+
+
+@pytest.mark.parametrize("session_id", ["", "a{b", "a}b", "}:ev:get"])
+async def test_redis_refuses_ids_that_break_the_hash_tag(
+    redis_stores: Backend, session_id: str
+) -> None:
+    with pytest.raises(ValueError, match="hash tag"):
+        await redis_stores.sessions.create(record(session_id), TTL)
+
+    assert await redis_stores.sessions.get(session_id) is None
+    assert await redis_stores.sessions.touch(session_id, TTL) is False
+    await redis_stores.sessions.delete(session_id)
+    assert await redis_stores.keys() == []
+
+
+# --- SQLite trouble -------------------------------------------------------------------
+
+
+async def test_sqlite_lock_held_elsewhere_fails_within_bound_then_heals(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="p", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process writing, for too long
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="sqlite"):
+            await stores.sessions.create(record(), TTL)
+        elapsed = time.monotonic() - started
+        other.execute("ROLLBACK")
+
+        assert elapsed < OUTAGE_TIMEOUT + 1.0
+        await stores.sessions.create(record(), TTL)
+        assert await stores.sessions.get("s-1") == record()
+    finally:
+        other.close()
+        await stores.aclose()
+
+
+async def test_sqlite_stores_refuse_calls_once_closed(tmp_path: Path) -> None:
+    stores = await open_stores(
+        f"sqlite:///{tmp_path}/b.db", prefix="p", max_events=10, max_age=60, timeout=1
+    )
+    await stores.aclose()
+    await stores.aclose()  # closing twice is harmless
+
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await stores.sessions.get("s-1")
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await stores.events.append("s-1", "get", None, TTL)
+
+
+# --- Redis outages ------------------------------------------------------------------
+
+
+async def test_redis_outage_fails_fast_and_heals_without_restart(own_redis: RedisServer) -> None:
+    stores = await open_stores(
+        own_redis.url, prefix="t", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    try:
+        await stores.sessions.create(record(), TTL)  # the pool now holds a connection
+        own_redis.kill()
+
+        for call in (stores.sessions.get("s-1"), stores.sessions.ping()):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="redis"):
+                await call
+            assert time.monotonic() - started < OUTAGE_BOUND
+
+        own_redis.start()  # same port, empty (nothing persisted)
+
+        await stores.sessions.ping()
+        assert await stores.sessions.get("s-1") is None
+        await stores.sessions.create(record(), TTL)
+        assert await stores.sessions.get("s-1") == record()
+    finally:
+        await stores.aclose()
+
+
+async def test_hung_redis_fails_within_bound_then_heals(own_redis: RedisServer) -> None:
+    stores = await open_stores(
+        own_redis.url, prefix="t", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    try:
+        await stores.sessions.create(record(), TTL)
+        own_redis.pause()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="redis"):
+            await stores.sessions.get("s-1")
+        elapsed = time.monotonic() - started
+        own_redis.resume()
+
+        assert OUTAGE_TIMEOUT <= elapsed < OUTAGE_BOUND
+        assert await stores.sessions.get("s-1") == record()
+    finally:
+        await stores.aclose()
+
+
+# --- open_stores --------------------------------------------------------------------
+
+
+async def _open(url: str, prefix: str = "mcpb") -> None:
+    stores = await open_stores(url, prefix=prefix, max_events=10, max_age=60, timeout=1)
+    await stores.aclose()
+
+
+async def test_memory_url_opens_memory_stores() -> None:
+    stores = await open_stores("memory://", prefix="p", max_events=10, max_age=60, timeout=1)
+
+    assert isinstance(stores.sessions, MemorySessionStore)
+    assert isinstance(stores.events, MemoryEventStore)
+    await stores.aclose()
+
+
+@pytest.mark.parametrize("relative", [False, True])
+async def test_sqlite_url_opens_one_file_creating_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = "sqlite:///./state/deep/bridge.db" if relative else f"sqlite:///{tmp_path}/abs/b.db"
+    stores = await open_stores(url, prefix="p", max_events=10, max_age=60, timeout=1)
+    try:
+        assert isinstance(stores.sessions, SqliteSessionStore)
+        assert isinstance(stores.events, SqliteEventStore)
+        await stores.sessions.create(record(), TTL)
+        await stores.events.append("s-1", "get", None, TTL)
+    finally:
+        await stores.aclose()
+
+    expected = tmp_path / ("state/deep/bridge.db" if relative else "abs/b.db")
+    assert expected.is_file()
+    reopened = await open_stores(url, prefix="p", max_events=10, max_age=60, timeout=1)
+    try:
+        assert await reopened.sessions.get("s-1") == record()
+    finally:
+        await reopened.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://localhost",
+        "redis://user:secret@cache.internal:6380/3",
+        "rediss://cache.example.com:6380/0",
+        "redis://[::1]:6379/1",
+    ],
+)
+async def test_redis_urls_open_without_connecting(url: str) -> None:
+    stores = await open_stores(url, prefix="mcpb", max_events=10, max_age=60, timeout=1)
+
+    assert isinstance(stores.sessions, RedisSessionStore)
+    assert isinstance(stores.events, RedisEventStore)
+    await stores.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("", "expected memory://"),
+        ("memory", "expected memory://"),
+        ("memory://somewhere", "expected memory://"),
+        ("MEMORY:/", "expected memory://"),
+        ("postgres://app:secret@db/x", "expected memory://"),
+        ("unix:///run/redis.sock", "expected memory://"),
+        ("sqlite://bridge.db", "three slashes"),
+        ("sqlite:///", "directory"),
+        ("sqlite:///var/lib/", "directory"),
+        ("sqlite:///./", "directory"),
+        ("sqlite:///var/bridge.db?mode=ro", "no query"),
+        ("redis://", "expected redis://HOST:PORT/DB"),
+        ("redis://:6379/0", "expected redis://HOST:PORT/DB"),
+        ("redis://host:port/0", "Port could not be cast"),
+        ("redis://host:0/0", "expected redis://HOST:PORT/DB"),
+        ("redis://host:6379/zero", "expected redis://HOST:PORT/DB"),
+        ("rediss://u:secret@[::1/0", "Invalid IPv6 URL"),
+    ],
+)
+async def test_bad_urls_are_config_errors_that_hide_passwords(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigError, match="store URL") as caught:
+        await _open(url)
+
+    assert complaint in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b}", "with space", "glob*"])
+async def test_bad_redis_prefixes_are_config_errors(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="prefix"):
+        await _open("redis://127.0.0.1:6379/0", prefix)
+
+
+async def test_sqlite_file_that_cannot_be_used_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-directory.db").mkdir()
+    (tmp_path / "not-a-database.db").write_bytes(b"hello, this is not SQLite" * 100)
+
+    with pytest.raises(ConfigError, match="cannot open"):
+        await _open(f"sqlite:///{tmp_path}/a-directory.db")
+    with pytest.raises(ConfigError, match="cannot"):
+        await _open(f"sqlite:///{tmp_path}/not-a-database.db")

@@ -1,0 +1,149 @@
+"""A client never starts over (issue #3): resume after a restart, Last-Event-ID replay.
+
+- The gateway runs as a subprocess on a durable store, gets SIGKILL, and a new
+  gateway on the same store (another port) serves the same session: its next
+  request succeeds with no re-initialize, and its GET stream resumes.
+- A request in flight at the crash gets exactly one answer on the stream the
+  client resumes: a transparent retry for a method safe to repeat, else a
+  -32035 error.
+- ``Last-Event-ID`` replays the missed events of that stream once and in
+  order, then live ones; an id of another session gets 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge import errors
+from tests.conftest import REPO, GatewayFactory, ProcFactory, example_stdio, start_gateway
+from tests.rawclient import RawClient, next_event, read_reply
+
+RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
+BOUND = 20.0  # seconds
+
+
+async def open_post(client: RawClient, message: dict[str, Any]) -> aiohttp.ClientResponse:
+    response = await client.http.post(client.url, json=message, headers=client.headers())
+    assert response.status == 200
+    return response
+
+
+async def resume(client: RawClient, last_event_id: str) -> aiohttp.ClientResponse:
+    headers = client.headers(Accept="text/event-stream", **{"Last-Event-ID": last_event_id})
+    return await client.http.get(client.url, headers=headers)
+
+
+async def test_last_event_id_replays_missed_events_once_then_live(gateway: GatewayFactory) -> None:
+    gw = await gateway([example_stdio()])
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        slow = client.request(
+            "tools/call", {"name": "slow", "arguments": {"steps": 4, "delay": 0.3}}
+        )
+        slow["params"]["_meta"] = {"progressToken": "p"}
+        async with asyncio.timeout(BOUND):
+            response = await open_post(client, slow)
+            priming = await next_event(response)
+            assert priming["data"] == ""  # spec 2025-11-25: an id and empty data
+            assert priming["retry"] == "1000"
+            progress = await next_event(response)
+            assert json.loads(progress["data"])["params"]["progress"] == 1
+            response.close()  # the laptop sleeps
+            resumed = await resume(client, progress["id"])
+            assert resumed.status == 200
+            reply = await read_reply(resumed)
+        steps = [m["params"]["progress"] for m in reply.messages if m.get("method")]
+        assert steps == [2, 3, 4]  # exactly the missed ones, in order
+        assert reply.messages[-1]["id"] == slow["id"]
+        assert reply.messages[-1]["result"]["content"][0]["text"] == "done after 4 steps"
+
+        # Resuming again from the priming event replays everything once more.
+        async with asyncio.timeout(BOUND):
+            again = await read_reply(await resume(client, priming["id"]))
+        assert [m.get("params", {}).get("progress") for m in again.messages] == [1, 2, 3, 4, None]
+
+
+async def test_foreign_or_bogus_last_event_id_is_404(gateway: GatewayFactory) -> None:
+    gw = await gateway([example_stdio()])
+    async with aiohttp.ClientSession() as http:
+        alice, mallory = RawClient(http, f"{gw.url}/http"), RawClient(http, f"{gw.url}/http")
+        await alice.initialize()
+        await mallory.initialize()
+        async with asyncio.timeout(BOUND):
+            response = await open_post(alice, alice.request("tools/list"))
+            alice_event = (await next_event(response))["id"]
+            await read_reply(response)
+            for bogus in (alice_event, "garbage", "a.b.c.d", "x" * 5000):
+                reply = await resume(mallory, bogus)
+                assert reply.status == 404, bogus
+                assert (await reply.json())["error"]["code"] == errors.SESSION_NOT_FOUND
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'sessions.db'}"
+
+
+async def test_gateway_restart_resumes_session_and_streams(
+    procs: ProcFactory, sqlite_url: str, tmp_path: Path
+) -> None:
+    record = tmp_path / "received.jsonl"
+    record.touch()
+    command = f"{sys.executable} {RECORDER} {record}"
+    first, base = await start_gateway(procs, "--stdio", command, "--store-url", sqlite_url)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/http")
+        await client.initialize()
+        await client.post(client.request("logging/setLevel", {"level": "debug"}))
+        async with asyncio.timeout(BOUND):
+            get_stream = await http.get(
+                client.url, headers=client.headers(Accept="text/event-stream")
+            )
+            get_priming = (await next_event(get_stream))["id"]
+            # In flight at the crash: one unsafe call, one safe to repeat.
+            unsafe = await open_post(
+                client, client.request("tools/call", {"name": "hold", "arguments": {}})
+            )
+            unsafe_id = (await next_event(unsafe))["id"]
+            safe = await open_post(client, client.request("prompts/get", {"name": "once"}))
+            safe_id = (await next_event(safe))["id"]
+            await client.post(client.request("ping"))  # orders the recorder's writes
+        first.process.send_signal(signal.SIGKILL)
+        await first.exited(BOUND)
+
+        second, base2 = await start_gateway(procs, "--stdio", command, "--store-url", sqlite_url)
+        client.url = f"{base2}/http"  # same session id, another process and port
+        async with asyncio.timeout(BOUND):
+            reply = await client.post(
+                client.request("tools/call", {"name": "release", "arguments": {}})
+            )
+            assert reply.status == 200
+            assert reply.messages[-1]["result"]["content"][0]["text"] == "release done"
+            unsafe_answer = await read_reply(await resume(client, unsafe_id))
+            safe_answer = await read_reply(await resume(client, safe_id))
+            get_again = await resume(client, get_priming)
+            assert get_again.status == 200
+            get_again.close()
+        [error] = unsafe_answer.messages
+        assert error["error"]["code"] == errors.REQUEST_INTERRUPTED
+        [retried] = safe_answer.messages
+        assert retried["result"]["messages"][0]["content"]["text"] == "asked again"
+        # The new upstream heard the client's handshake again, from the gateway.
+        received = [json.loads(line) for line in record.read_text().splitlines()]
+        methods = [m.get("method") for m in received]
+        assert methods.count("initialize") == 2
+        assert methods.count("logging/setLevel") == 2
+        # Resuming the interrupted stream again gives the same single answer.
+        async with asyncio.timeout(BOUND):
+            again = await read_reply(await resume(client, unsafe_id))
+        assert again.messages == [error]
+        await second.stop()
