@@ -21,12 +21,25 @@ alternating which goes first. The summary quotes medians over rounds and the
 median of the per-round gateway/direct ratios, which is what to compare on a
 noisy machine. See bench/README.md.
 
-The script starts and stops the upstream and gateway itself on free loopback
-ports, bounds every request (``--timeout``) and the whole run
+The gateway keeps sessions and SSE events in the store ``--store-url`` names,
+and writes every event there before sending it. In this mode its store is
+``memory://`` unless ``--gateway-store`` says otherwise; the direct path has no
+store.
+
+``--stores memory,sqlite,redis`` compares stores instead: the same gateway load,
+one gateway process per store (``memory://``; a fresh SQLite file in a temp
+dir; a ``redis-server`` started here on a free loopback port, without
+persistence), no direct runs. In each round every store runs once, the order
+rotating from round to round, and each store's throughput and p50 are divided
+by memory's of the same round; the summary quotes medians over rounds.
+
+The script starts and stops the upstream, the gateways and redis-server itself
+on free loopback ports, bounds every request (``--timeout``) and the whole run
 (``--max-seconds``, shutdown included), and kills what it started on every exit
 path (children also get SIGKILL from the kernel if this process dies).
 
     python bench/load.py --sessions 1,50,200 --requests 20 --max-seconds 120
+    python bench/load.py --stores memory,sqlite,redis --sessions 50 --requests 20
 """
 
 from __future__ import annotations
@@ -40,9 +53,12 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import socket
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -61,6 +77,14 @@ READY_TIMEOUT = 30.0
 STOP_GRACE = 5.0  # per child: SIGTERM, then SIGKILL
 RESERVE = 3.0  # seconds of --max-seconds kept for stopping the children
 UVICORN_READY = re.compile(r"Uvicorn running on http://[^\s:]+:(\d+)")
+STORES = ("memory", "sqlite", "redis")
+BASELINE = "memory"  # --stores ratios are to this store's runs of the same round
+REDIS_READY = "Ready to accept connections"
+REDIS_START_ATTEMPTS = 3  # a free port may be taken before redis-server binds it
+# redis-server log lines: "<pid>:<role> <date> <time> <level> <text>"; "#" is warning level.
+REDIS_PREFIX = re.compile(r"^\d+:[A-Z] \d{1,2} \w{3} \d{4} [\d:.]+ ")
+REDIS_NOTABLE = re.compile(REDIS_PREFIX.pattern + r"# .*(warn|error|fail|could not|can't)", re.I)
+TARGET = ("redis", 50, 0.80)  # the project's target: Redis >= 80% of memory's req/s at N=50
 
 
 # -- results ------------------------------------------------------------------
@@ -77,6 +101,7 @@ class RunResult:
     sessions_ok: int = 0  # sessions whose handshake succeeded
     notes: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU s in the timed window
+    machine: float = float("nan")  # CPU s all cores were busy in the timed window, anyone's
 
     @property
     def ok(self) -> int:
@@ -89,6 +114,17 @@ class RunResult:
     @property
     def rps(self) -> float:
         return self.ok / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def other_cores(self) -> float:
+        """Cores busy on average in the timed window with work not of the processes in ``cpu``.
+
+        That is other programs on the machine, plus kernel time not charged to
+        any process (some of it this benchmark's loopback traffic): a noise gauge.
+        """
+        if not self.cpu or self.wall <= 0:
+            return float("nan")
+        return max(0.0, self.machine - sum(self.cpu.values())) / self.wall
 
     def cpu_ms_per_req(self, name: str) -> float:
         seconds = self.cpu.get(name, float("nan"))
@@ -325,6 +361,18 @@ class DirectSession:
 # -- one run: N sessions x M requests on one path -----------------------------------
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy so far, anyone's (Linux /proc/stat; nan elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        # cpu user nice system idle iowait irq softirq steal (guest is inside user)
+        ticks = [int(x) for x in fields[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def cpu_seconds(pid: int | None) -> float:
     """User+system CPU seconds of ``pid`` so far (Linux /proc; nan elsewhere)."""
     if pid is None:
@@ -365,10 +413,12 @@ async def run_load(
         if counter == "ready":
             started = now
             cpu0.update({name: cpu_seconds(pid) for name, pid in pids.items()})
+            cpu0[""] = machine_busy_seconds()
         else:
             ended = now
             for name, pid in pids.items():
                 result.cpu[name] = cpu_seconds(pid) - cpu0[name]
+            result.machine = machine_busy_seconds() - cpu0[""]
         event.set()
 
     async def one(http: aiohttp.ClientSession) -> None:
@@ -422,11 +472,20 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    """A subprocess whose stderr is drained (and scanned) for as long as it runs."""
+    """A subprocess whose stderr is drained (and scanned) for as long as it runs.
 
-    def __init__(self, name: str, argv: Sequence[str]) -> None:
+    ``merge_stdout``: read stdout too (stderr joined to it), for redis-server,
+    which logs there. ``stage``: children of stage 0 (the gateways) are
+    stopped first, then those of stage 1 (the upstream, redis-server).
+    """
+
+    def __init__(
+        self, name: str, argv: Sequence[str], *, stage: int = 1, merge_stdout: bool = False
+    ) -> None:
         self.name = name
         self.argv = list(argv)
+        self.stage = stage
+        self.merge_stdout = merge_stdout
         self.proc: asyncio.subprocess.Process | None = None
         self.port: asyncio.Future[int] | None = None
         self.notable: list[str] = []  # warnings and errors seen on stderr
@@ -443,8 +502,8 @@ class Child:
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE if self.merge_stdout else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT if self.merge_stdout else asyncio.subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -466,9 +525,10 @@ class Child:
 
     async def _read(self, ready: Callable[[str], int | None]) -> None:
         assert self.proc is not None
-        assert self.proc.stderr is not None
+        output = self.proc.stdout if self.merge_stdout else self.proc.stderr
+        assert output is not None
         assert self.port is not None
-        async for raw in self.proc.stderr:
+        async for raw in output:
             line = raw.decode(errors="replace").rstrip()
             self.tail = [*self.tail[-19:], line]
             if not self.port.done():
@@ -484,7 +544,12 @@ class Child:
             if '"level": "info"' in line or '"level": "debug"' in line:
                 return False  # the cheap path: never parse the access log
             with contextlib.suppress(ValueError):
-                return json.loads(line).get("level") in ("warning", "error", "critical")
+                event = json.loads(line)
+                if event.get("event") == "listening":  # at warning level, but read for the port
+                    return False
+                return event.get("level") in ("warning", "error", "critical")
+        if REDIS_PREFIX.match(line):
+            return bool(REDIS_NOTABLE.match(line))
         return bool(re.match(r"\s*(WARNING|ERROR|CRITICAL|Traceback)", line))
 
     async def stop(self, grace: float = STOP_GRACE) -> None:
@@ -529,7 +594,7 @@ def gateway_ready(line: str) -> int | None:
     return int(event["port"]) if event.get("event") == "listening" else None
 
 
-def gateway_argv(upstream_url: str, log_level: str) -> list[str]:
+def gateway_argv(upstream_url: str, log_level: str, store_url: str) -> list[str]:
     # The console script next to this interpreter (not a pyenv shim), else -m.
     script = Path(sys.executable).with_name("mcp-bridge")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "bridge"]
@@ -540,7 +605,86 @@ def gateway_argv(upstream_url: str, log_level: str) -> list[str]:
         "--port", "0",
         "--log-format", "json",
         "--log-level", log_level,
+        "--store-url", store_url,
     ]  # fmt: skip
+
+
+def free_port() -> int:
+    """A port free on HOST right now (redis-server cannot be told to pick one itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def redis_ready(port: int) -> Callable[[str], int | None]:
+    return lambda line: port if REDIS_READY in line else None
+
+
+async def start_redis(tmp: Path, children: list[Child]) -> tuple[Child, int]:
+    """A fresh redis-server on a free loopback port, without RDB or AOF, and its port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not on PATH (the redis store needs it)")
+    workdir = tmp / "redis"
+    workdir.mkdir(exist_ok=True)
+    attempt = 0
+    while True:
+        attempt += 1
+        port = free_port()
+        redis = Child(
+            "redis-server",
+            [exe, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), "--logfile", "", "--daemonize", "no"],
+            merge_stdout=True,
+        )  # fmt: skip
+        children.append(redis)
+        try:
+            return redis, await redis.start(redis_ready(port))
+        except RuntimeError:
+            # Someone took the port between free_port() and redis-server's bind: retry.
+            if attempt >= REDIS_START_ATTEMPTS or not any("in use" in t for t in redis.tail):
+                raise
+
+
+@dataclass
+class Gateway:
+    """One gateway process and the store behind it."""
+
+    store: str  # memory | sqlite | redis
+    store_url: str
+    child: Child
+    base: str  # http://HOST:PORT
+    store_child: Child | None  # redis-server, if the store is one
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base}/mcp"
+
+    def pids(self, upstream: Child) -> dict[str, int | None]:
+        """The processes whose CPU time a run through this gateway reads."""
+        pids = {"gateway": self.child.pid, "upstream": upstream.pid}
+        if self.store_child is not None:
+            pids["redis"] = self.store_child.pid
+        return pids
+
+
+async def start_gateway(
+    store: str, upstream_url: str, log_level: str, tmp: Path, children: list[Child]
+) -> Gateway:
+    """A gateway on a free loopback port, in front of ``upstream_url``, on a fresh ``store``."""
+    store_child = None
+    if store == "memory":
+        store_url = "memory://"
+    elif store == "sqlite":
+        store_url = f"sqlite://{tmp / 'sqlite' / 'sessions.db'}"  # a new file (tmp is absolute)
+    else:
+        store_child, redis_port = await start_redis(tmp, children)
+        store_url = f"redis://{HOST}:{redis_port}/0"
+    child = Child(f"gateway[{store}]", gateway_argv(upstream_url, log_level, store_url), stage=0)
+    children.append(child)
+    port = await child.start(gateway_ready)
+    return Gateway(store, store_url, child, f"http://{HOST}:{port}", store_child)
 
 
 # -- orchestration ------------------------------------------------------------------
@@ -551,12 +695,27 @@ def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def num(value: float, width: int, suffix: str = "") -> str:
+    """``value`` to 2 decimals, or ``-`` if nan, right-aligned in ``width`` + suffix."""
+    if value != value:
+        return f"{'-':>{width + len(suffix)}}"
+    return f"{value:>{width}.2f}{suffix}"
+
+
+CPU_NAMES = ("gateway", "upstream", "redis", "bench")
+
+
 def fmt_run(r: RunResult) -> str:
     errs = f"  errors: {dict(r.errors)}" if r.errors else ""
     notes = f"  notes: {sorted(set(r.notes))}" if r.notes else ""
     cpu = "  CPU ms/req: " + " ".join(
-        f"{name} {r.cpu_ms_per_req(name):.2f}" for name in ("gateway", "upstream") if name in r.cpu
+        f"{name} {r.cpu_ms_per_req(name):.2f}" for name in CPU_NAMES if name in r.cpu
     )
+    cpu += f"  other {r.other_cores:.2f} cores"
     return (
         f"{r.path:7s} {r.ok:5d}/{r.expected:<5d} ok  {r.rps:7.1f} req/s  "
         f"p50 {r.pct(50):7.2f} ms  p99 {r.pct(99):7.2f} ms{cpu}{errs}{notes}"
@@ -564,6 +723,7 @@ def fmt_run(r: RunResult) -> str:
 
 
 Pairs = dict[int, list[tuple[RunResult, RunResult]]]
+StoreRounds = dict[int, list[dict[str, RunResult]]]  # N -> rounds -> store -> run
 
 
 def summary(results: Pairs, requests: int) -> str:
@@ -596,6 +756,60 @@ def summary(results: Pairs, requests: int) -> str:
     return "\n".join(lines)
 
 
+def store_ratios(rounds: list[dict[str, RunResult]], store: str, p50: bool = False) -> list[float]:
+    """Per round: ``store``'s req/s (or p50) divided by the baseline's of that round."""
+    out = []
+    for runs in rounds:
+        if store in runs and BASELINE in runs:
+            a, b = runs[store], runs[BASELINE]
+            out.append(ratio(a.pct(50), b.pct(50)) if p50 else ratio(a.rps, b.rps))
+    return out
+
+
+def store_summary(results: StoreRounds, stores: Sequence[str], requests: int) -> str:
+    head = (
+        f"{'N':>4} | {'store':<6} | {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>3} | "
+        f"{'thr/mem':>7} {'p50/mem':>7} | "
+        f"{'gw CPU':>6} {'up CPU':>6} {'redis':>6} {'bench':>6} | {'other':>5} | rounds"
+    )
+    lines = [head, "-" * len(head)]
+    for n, rounds in sorted(results.items()):
+        for store in stores:
+            runs = [r[store] for r in rounds if store in r]
+            if not runs:
+                continue
+            cpu = " ".join(num(med([r.cpu_ms_per_req(c) for r in runs]), 6) for c in CPU_NAMES)
+            other = num(med([r.other_cores for r in runs]), 5)
+            lines.append(
+                f"{n:>4} | {store:<6} | {med([r.rps for r in runs]):>7.1f} "
+                f"{med([r.pct(50) for r in runs]):>7.2f} {med([r.pct(99) for r in runs]):>7.2f} "
+                f"{sum(r.error_count for r in runs):>3} | "
+                f"{num(med(store_ratios(rounds, store)), 6, 'x')} "
+                f"{num(med(store_ratios(rounds, store, p50=True)), 6, 'x')} | {cpu} | {other} | "
+                f"{len(runs)}"
+            )
+    lines += [
+        f"N concurrent sessions x {requests} sequential tools/list each, one gateway per store.",
+        "Medians over rounds; err = total over rounds; thr/mem, p50/mem = median of per-round",
+        "ratios of the store's req/s and p50 to memory's in the same round;",
+        "gw CPU, up CPU, redis, bench = CPU ms per tools/list of the gateway, the upstream,",
+        "redis-server and this script (the client, and draining the children's logs);",
+        "other = cores busy with anything else meanwhile (other programs: noise).",
+    ]
+    store, n, floor = TARGET
+    per_round = store_ratios(results.get(n, []), store) if store in stores else []
+    if per_round:
+        median = med(per_round)
+        lines.append(
+            f"target: {store} >= {floor:.2f}x {BASELINE} req/s at N={n}: "
+            f"{'met' if median >= floor else 'MISSED'} (median {median:.2f}x; per round "
+            f"{', '.join(f'{x:.2f}x' for x in per_round)})"
+        )
+    else:
+        lines.append(f"target: {store} >= {floor:.2f}x {BASELINE} req/s at N={n}: not measured")
+    return "\n".join(lines)
+
+
 async def healthz_sessions(gateway_base: str, seconds: float) -> int | None:
     async with aiohttp.ClientSession() as http:
         try:
@@ -608,15 +822,149 @@ async def healthz_sessions(gateway_base: str, seconds: float) -> int | None:
             return None
 
 
-async def bench(args: argparse.Namespace, children: list[Child]) -> int:
+Maker = Callable[[aiohttp.ClientSession], GatewaySession | DirectSession]
+
+
+class Budget:
+    """The load phase's deadline, and whether another round of an N still fits in it."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.spent: dict[int, float] = {}  # N -> seconds its last round took
+        self.skipped: list[str] = []
+
+    def fits(self, n: int, rnd: int) -> bool:
+        left = self.deadline - asyncio.get_running_loop().time()
+        if n in self.spent and self.spent[n] * 1.25 > left:
+            self.skipped.append(f"N={n} round {rnd + 1}")
+            return False
+        return True
+
+
+async def gateway_vs_direct(
+    args: argparse.Namespace,
+    upstream: Child,
+    sse_url: str,
+    tmp: Path,
+    children: list[Child],
+    budget: Budget,
+    results: Pairs,
+) -> None:
+    loop = asyncio.get_running_loop()
+    gateway = await start_gateway(
+        args.gateway_store, sse_url, args.gateway_log_level, tmp, children
+    )
+    print(
+        f"upstream {sse_url}  gateway {gateway.mcp_url}  gateway store {gateway.store_url}"
+        " (--gateway-store; the direct path has no store)",
+        flush=True,
+    )
+    paths: dict[str, Maker] = {
+        "gateway": lambda http: GatewaySession(http, gateway.mcp_url, args.timeout),
+        "direct": lambda http: DirectSession(http, sse_url, args.timeout),
+    }
+    pids = {**gateway.pids(upstream), "bench": os.getpid()}
+    # Warm-up, untimed: first connections, lazy imports, code paths.
+    for name, make in paths.items():
+        warm = await run_load(name, make, 2, 5, pids)
+        if warm.errors:
+            print(f"warm-up {fmt_run(warm)}", flush=True)
+
+    # Rounds go round-robin over N, so a deadline still leaves every N some
+    # rounds; a round is skipped when its last duration would not fit.
+    for rnd in range(args.rounds):
+        for n in args.sessions:
+            if not budget.fits(n, rnd):
+                continue
+            began = loop.time()
+            order = ["gateway", "direct"] if rnd % 2 == 0 else ["direct", "gateway"]
+            pair: dict[str, RunResult] = {}
+            for name in order:
+                pair[name] = await run_load(name, paths[name], n, args.requests, pids)
+                if name == "gateway":
+                    stale = await healthz_sessions(gateway.base, args.timeout)
+                    if stale:
+                        pair[name].notes.append(f"{stale} sessions left after DELETE")
+            budget.spent[n] = loop.time() - began
+            results.setdefault(n, []).append((pair["gateway"], pair["direct"]))
+            g, d = pair["gateway"], pair["direct"]
+            print(
+                f"N={n:<4} round {rnd + 1}/{args.rounds}  {budget.spent[n]:5.1f}s  "
+                f"thr g/d {ratio(g.rps, d.rps):.2f}x  p50 g/d {ratio(g.pct(50), d.pct(50)):.2f}x"
+            )
+            for name in ("gateway", "direct"):
+                print(f"    {fmt_run(pair[name])}", flush=True)
+
+
+async def compare_stores(
+    args: argparse.Namespace,
+    upstream: Child,
+    sse_url: str,
+    tmp: Path,
+    children: list[Child],
+    budget: Budget,
+    results: StoreRounds,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stores: list[str] = args.stores
+    gateways: dict[str, Gateway] = {}
+    for store in stores:
+        gateways[store] = await start_gateway(store, sse_url, args.gateway_log_level, tmp, children)
+    print(f"upstream {sse_url}", flush=True)
+    for gw in gateways.values():
+        print(f"gateway[{gw.store}] {gw.mcp_url}  --store-url {gw.store_url}", flush=True)
+
+    def maker(gw: Gateway) -> Maker:
+        return lambda http: GatewaySession(http, gw.mcp_url, args.timeout)
+
+    makers = {store: maker(gw) for store, gw in gateways.items()}
+    pids = {store: {**gw.pids(upstream), "bench": os.getpid()} for store, gw in gateways.items()}
+    for store in stores:  # warm-up, untimed, as in the other mode
+        warm = await run_load(store, makers[store], 2, 5, pids[store])
+        if warm.errors:
+            print(f"warm-up {fmt_run(warm)}", flush=True)
+
+    # Round-robin over N as in the other mode. Within a round every store runs
+    # once, the order rotating by one from round to round (with two stores it
+    # alternates), so no store always runs first or right after another.
+    for rnd in range(args.rounds):
+        shift = rnd % len(stores)
+        order = [*stores[shift:], *stores[:shift]]
+        for n in args.sessions:
+            if not budget.fits(n, rnd):
+                continue
+            began = loop.time()
+            runs: dict[str, RunResult] = {}
+            results.setdefault(n, []).append(runs)  # partial rounds count too
+            for store in order:
+                run = await run_load(store, makers[store], n, args.requests, pids[store])
+                stale = await healthz_sessions(gateways[store].base, args.timeout)
+                if stale:
+                    run.notes.append(f"{stale} sessions left after DELETE")
+                runs[store] = run
+            budget.spent[n] = loop.time() - began
+            base = runs[BASELINE]
+            thr = "  ".join(
+                f"{s} {ratio(runs[s].rps, base.rps):.2f}x" for s in stores if s != BASELINE
+            )
+            print(
+                f"N={n:<4} round {rnd + 1}/{args.rounds}  {budget.spent[n]:5.1f}s  "
+                f"order {','.join(order)}  thr/{BASELINE}: {thr}"
+            )
+            for store in stores:
+                print(f"    {fmt_run(runs[store])}", flush=True)
+
+
+async def bench(args: argparse.Namespace, children: list[Child], tmp: Path) -> int:
     loop = asyncio.get_running_loop()
     t_start = loop.time()
-    results: Pairs = {}
+    # The load phase ends RESERVE seconds early: stopping the children is budgeted too.
+    budget = Budget(t_start + max(1.0, args.max_seconds - RESERVE))
+    pairs: Pairs = {}
+    rounds: StoreRounds = {}
     status = 0
-    skipped: list[str] = []
     try:
-        # The load phase ends RESERVE seconds early: stopping the children is budgeted too.
-        async with asyncio.timeout_at(t_start + max(1.0, args.max_seconds - RESERVE)):
+        async with asyncio.timeout_at(budget.deadline):
             upstream = Child(
                 "upstream",
                 [sys.executable, "-m", "bridge.examples.server", "--transport", "sse",
@@ -625,62 +973,24 @@ async def bench(args: argparse.Namespace, children: list[Child]) -> int:
             children.append(upstream)
             up_port = await upstream.start(uvicorn_ready)
             sse_url = f"http://{HOST}:{up_port}/sse"
-            gateway = Child("gateway", gateway_argv(sse_url, args.gateway_log_level))
-            children.append(gateway)
-            gw_port = await gateway.start(gateway_ready)
-            gw_base = f"http://{HOST}:{gw_port}"
-            mcp_url = f"{gw_base}/mcp"
-            print(f"upstream {sse_url}  gateway {mcp_url}", flush=True)
-
-            paths: dict[str, Callable[[aiohttp.ClientSession], GatewaySession | DirectSession]] = {
-                "gateway": lambda http: GatewaySession(http, mcp_url, args.timeout),
-                "direct": lambda http: DirectSession(http, sse_url, args.timeout),
-            }
-            pids = {"gateway": gateway.pid, "upstream": upstream.pid}
-            # Warm-up, untimed: first connections, lazy imports, code paths.
-            for name, make in paths.items():
-                warm = await run_load(name, make, 2, 5, pids)
-                if warm.errors:
-                    print(f"warm-up {fmt_run(warm)}", flush=True)
-
-            # Rounds go round-robin over N, so a deadline still leaves every N some
-            # rounds; a round is skipped when its last duration would not fit.
-            spent: dict[int, float] = {}
-            for rnd in range(args.rounds):
-                for n in args.sessions:
-                    left = t_start + max(1.0, args.max_seconds - RESERVE) - loop.time()
-                    if n in spent and spent[n] * 1.25 > left:
-                        skipped.append(f"N={n} round {rnd + 1}")
-                        continue
-                    began = loop.time()
-                    order = ["gateway", "direct"] if rnd % 2 == 0 else ["direct", "gateway"]
-                    pair: dict[str, RunResult] = {}
-                    for name in order:
-                        pair[name] = await run_load(name, paths[name], n, args.requests, pids)
-                        if name == "gateway":
-                            stale = await healthz_sessions(gw_base, args.timeout)
-                            if stale:
-                                pair[name].notes.append(f"{stale} sessions left after DELETE")
-                    spent[n] = loop.time() - began
-                    results.setdefault(n, []).append((pair["gateway"], pair["direct"]))
-                    g, d = pair["gateway"], pair["direct"]
-                    print(
-                        f"N={n:<4} round {rnd + 1}/{args.rounds}  {spent[n]:5.1f}s  "
-                        f"thr g/d {g.rps / d.rps if d.rps else float('nan'):.2f}x  "
-                        f"p50 g/d {g.pct(50) / d.pct(50):.2f}x"
-                    )
-                    for name in ("gateway", "direct"):
-                        print(f"    {fmt_run(pair[name])}", flush=True)
+            if args.stores:
+                await compare_stores(args, upstream, sse_url, tmp, children, budget, rounds)
+            else:
+                await gateway_vs_direct(args, upstream, sse_url, tmp, children, budget, pairs)
     except TimeoutError:
         print(f"\nGLOBAL DEADLINE: --max-seconds {args.max_seconds:g} reached; results are partial")
         status = 3
-    if skipped:
-        print(f"\nskipped to stay within --max-seconds: {', '.join(skipped)}")
+    if budget.skipped:
+        print(f"\nskipped to stay within --max-seconds: {', '.join(budget.skipped)}")
     print()
-    if results:
-        print(summary(results, args.requests))
+    if pairs:
+        print(summary(pairs, args.requests))
+    if rounds:
+        print(store_summary(rounds, args.stores, args.requests))
     print(f"load phase took {loop.time() - t_start:.1f}s (--max-seconds {args.max_seconds:g})")
-    if any(r.error_count for pairs in results.values() for p in pairs for r in p):
+    runs = [r for ps in pairs.values() for p in ps for r in p]
+    runs += [r for rs in rounds.values() for rnd in rs for r in rnd.values()]
+    if any(r.error_count for r in runs):
         status = status or 1
     return status
 
@@ -693,17 +1003,21 @@ async def amain(args: argparse.Namespace) -> int:
     assert task is not None
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, task.cancel)
+    tmp = Path(tempfile.mkdtemp(prefix="mcp-bridge-bench-"))  # SQLite file, redis-server's dir
     try:
-        return await bench(args, children)
+        return await bench(args, children, tmp)
     finally:
-        # Gateway first (it ends its upstream sessions), then the upstream. Each
-        # gets SIGTERM, a grace within what is left of --max-seconds, SIGKILL.
+        # Gateways first (they end their upstream sessions and close their
+        # stores), together; then the upstream and redis-server. Each gets
+        # SIGTERM, a grace within what is left of --max-seconds, SIGKILL.
         try:
-            for child in reversed(children):
-                await child.stop(max(1.0, min(STOP_GRACE, (hard_stop - loop.time()) / 2)))
+            for stage in sorted({child.stage for child in children}):
+                grace = max(1.0, min(STOP_GRACE, (hard_stop - loop.time()) / 2))
+                await asyncio.gather(*(c.stop(grace) for c in children if c.stage == stage))
         finally:
             for child in children:
                 child.kill_now()
+            shutil.rmtree(tmp, ignore_errors=True)
         for child in children:
             report_stderr(child)
 
@@ -715,7 +1029,7 @@ def report_stderr(child: Child) -> None:
     groups: Counter[str] = Counter()
     example: dict[str, str] = {}
     for line in child.notable:
-        key = line[:60]
+        key = REDIS_PREFIX.sub("", line)[:60]
         if line.startswith("{"):
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
@@ -730,24 +1044,47 @@ def report_stderr(child: Child) -> None:
         )
 
 
+def store_list(text: str) -> list[str]:
+    stores = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(stores) - set(STORES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown store {', '.join(unknown)}: use {STORES}")
+    if BASELINE not in stores or len(set(stores)) != len(stores):
+        raise argparse.ArgumentTypeError(
+            f"list each store once, {BASELINE} included (the ratios are to it)"
+        )
+    return stores
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument(
         "--sessions", default="1,50,200",
         type=lambda s: [int(x) for x in s.split(",") if x.strip()],
         help="comma-separated concurrent session counts N (default 1,50,200)",
     )  # fmt: skip
     p.add_argument("--requests", type=int, default=20, help="tools/list per session (M)")
-    p.add_argument("--rounds", type=int, default=3, help="gateway+direct rounds per N (medians)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per N (medians over rounds)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     p.add_argument("--max-seconds", type=float, default=120.0, help="global deadline")
     p.add_argument(
         "--gateway-log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="the gateway's --log-level (default info, as deployed: one log line per request)",
     )  # fmt: skip
+    p.add_argument(
+        "--stores", type=store_list, default=None, metavar="memory,sqlite,redis",
+        help="compare these gateway stores (memory included) instead of gateway vs direct",
+    )  # fmt: skip
+    p.add_argument(
+        "--gateway-store", choices=STORES, default=None,
+        help="the gateway's store in the gateway-vs-direct mode (default memory)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if not args.sessions or min(args.sessions) < 1 or args.requests < 1 or args.rounds < 1:
         p.error("--sessions, --requests and --rounds must be positive")
+    if args.stores and args.gateway_store:
+        p.error("--gateway-store is for the gateway-vs-direct mode; --stores names the stores")
+    args.gateway_store = args.gateway_store or BASELINE
     return args
 
 

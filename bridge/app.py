@@ -33,6 +33,7 @@ from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFron
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
 from bridge.session import SessionLimits, Stores
+from bridge.sessions.store import StoreUnavailable
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
 from bridge.stores import open_stores
 from bridge.upstreams.base import Upstream, UpstreamTimeouts
@@ -91,7 +92,25 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while the process serves (liveness)."""
     return web.json_response({"status": "ok", "sessions": len(request.app[HUB])})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: ``ok``, or ``degraded`` while the session store is unreachable.
+
+    Degraded still answers 200: live sessions keep being served during a store
+    outage, and taking every replica out of rotation would end them too.
+    """
+    hub = request.app[HUB]
+    try:
+        await hub.stores.sessions.ping()
+    except StoreUnavailable as exc:
+        store = {"status": "unavailable", "error": str(exc)}
+    else:
+        store = {"status": "ok"}
+    status = "ok" if store["status"] == "ok" else "degraded"
+    return web.json_response({"status": status, "store": store, "sessions": len(hub)})
 
 
 def _timeouts(settings: Settings) -> UpstreamTimeouts:
@@ -165,7 +184,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
         default_server=servers[0].name if len(servers) == 1 else None,
     )
-    routes = [web.get("/healthz", healthz)]
+    routes = [web.get("/healthz", healthz), web.get("/readyz", readyz)]
     for suffix in ("http", "mcp"):
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:

@@ -56,7 +56,7 @@ class SessionHub:
         self, upstreams: Mapping[str, Upstream], stores: Stores, config: HubConfig
     ) -> None:
         self.upstreams = dict(upstreams)
-        self._stores = stores
+        self.stores = stores
         self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
@@ -95,7 +95,7 @@ class SessionHub:
             created_at=now,
             last_seen_at=now,
         )
-        session = Session(record, connection, self._stores, self._config.limits)
+        session = Session(record, connection, self.stores, self._config.limits)
         try:
             await self._store.create(record, self._config.limits.ttl)
         except StoreUnavailable as exc:
@@ -150,7 +150,7 @@ class SessionHub:
         upstream = self.upstreams.get(record.server)
         if upstream is None:  # the server was removed from the configuration
             raise SessionNotFound("session not found")
-        session = await Session.resume(record, upstream, self._stores, self._config.limits)
+        session = await Session.resume(record, upstream, self.stores, self._config.limits)
         self._sessions[session_id] = session
         return session
 
@@ -159,13 +159,23 @@ class SessionHub:
         if now - session.last_touch < self._touch_every:
             return
         session.last_touch = now
-        _ = tasks.spawn(self._touch_record(session.id), name=f"touch:{short(session.id)}")
+        _ = tasks.spawn(self._touch_record(session), name=f"touch:{short(session.id)}")
 
-    async def _touch_record(self, session_id: str) -> None:
+    async def _touch_record(self, session: Session) -> None:
+        """Slide the record's expiry; release the live copy if the record is gone.
+
+        This is how an eviction elsewhere (DELETE at another replica, the
+        admin command) reaches a gateway holding the session live: within one
+        touch period, its next request gets 404.
+        """
         try:
-            await self._store.touch(session_id, self._config.limits.ttl)
+            alive = await self._store.touch(session.id, self._config.limits.ttl)
         except StoreUnavailable as exc:
-            log.warning("store_touch_failed", session_id=short(session_id), error=str(exc))
+            log.warning("store_touch_failed", session_id=short(session.id), error=str(exc))
+            return
+        if not alive:
+            self._forget(session)
+            await session.close("session deleted elsewhere")
 
     # -- end ---------------------------------------------------------------
 

@@ -7,9 +7,8 @@ fixture server (tests/fixtures/conformance_server.py), once over stdio and
 once over legacy HTTP+SSE.
 
 Every server scenario of revision 2025-11-25 must run, pass its checks and
-fail none. ``server-sse-polling`` has no pass/fail checks in this suite
-version (only warnings about priming events and ``retry``); resumable
-streams belong to the durable event store, so it is required only to run.
+fail none; ``server-sse-polling`` must also raise no warning (its priming
+event and ``retry`` checks only warn when missing).
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ REQUIRED = frozenset(
         "prompts-get-embedded-resource", "prompts-get-with-image", "dns-rebinding-protection",
     }
 )  # fmt: skip
-NEEDS_RESUMABLE_STREAMS = frozenset({"server-sse-polling"})
 
 
 def collect(results: Path) -> dict[str, Counter[str]]:
@@ -91,5 +89,6 @@ async def test_conformance_suite_through_gateway(
     assert set(results) >= REQUIRED, f"not run: {sorted(REQUIRED - set(results))}"
     failed = {name: c["FAILURE"] for name, c in results.items() if c["FAILURE"]}
     assert not failed, failed
-    for name in REQUIRED - NEEDS_RESUMABLE_STREAMS:
+    for name in REQUIRED:
         assert results[name]["SUCCESS"] >= 1, name
+    assert results["server-sse-polling"]["WARNING"] == 0
