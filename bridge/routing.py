@@ -78,11 +78,16 @@ class Router:
 
     # -- streams -----------------------------------------------------------
 
-    def open_stream(self) -> int:
-        """A new POST-reply stream, attached (its HTTP response is live)."""
+    def open_stream(self, *, unrelated: bool = True) -> int:
+        """A new POST-reply stream, attached (its HTTP response is live).
+
+        With ``unrelated=False`` (a plain JSON reply, which can carry only its
+        response) no unrelated message is ever routed to it.
+        """
         self._next_stream += 1
         self._open[self._next_stream] = 0
-        self._attached.add(self._next_stream)
+        if unrelated:
+            self._attached.add(self._next_stream)
         return self._next_stream
 
     def detach(self, stream: StreamKey) -> None:

@@ -230,16 +230,21 @@ class Session:
 
     # -- client -> upstream ------------------------------------------------
 
-    async def post_requests(self, requests: list[Message]) -> Stream:
-        """Send client requests upstream; their answers arrive on the returned stream."""
+    async def post_requests(self, requests: list[Message], *, resumable: bool = True) -> Stream:
+        """Send client requests upstream; their answers arrive on the returned stream.
+
+        ``resumable=False`` is for a plain JSON reply: nothing is stored, and
+        the stream carries only the response.
+        """
         self._check_open()
         self.last_active = time.monotonic()
-        key = self._router.open_stream()
-        name = self._names[key] = ids.new_post_stream()
+        key = self._router.open_stream(unrelated=resumable)
         stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
-        event_id = await self._store_event(name, {META: {"requests": requests}})
-        if event_id is not None and self._priming(requests):
-            stream.extend([(event_id, None)])
+        if resumable:
+            name = self._names[key] = ids.new_post_stream()
+            event_id = await self._store_event(name, {META: {"requests": requests}})
+            if event_id is not None and self._priming(requests):
+                stream.extend([(event_id, None)])
         await self._send_requests(requests, key)
         return stream
 

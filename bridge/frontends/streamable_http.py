@@ -5,9 +5,11 @@ HTTP (spec-notes §1). Each handler checks headers in the order the errors
 are listed in :mod:`bridge.errors`, hands messages to the session, and then
 only relays a :class:`bridge.session.Stream` as SSE.
 
-Requests are always answered with an SSE stream: legacy SSE and stdio
+Requests are answered with an SSE stream, since legacy SSE and stdio
 upstreams give no hint of whether progress, logging or a server-to-client
-request will precede a response, so a JSON reply cannot be proven safe.
+request will precede a response; the exception is a lone request safe to
+repeat and without a progress token (:func:`plain_json_suffices`), answered
+as plain JSON, with any unrelated upstream message routed elsewhere.
 Every event carries an id naming session, stream and position; a GET with
 ``Last-Event-ID`` resumes that stream (spec 2025-11-25 §Resumability). Clients
 of 2025-11-25 get a priming event with a ``retry`` hint first (§1.9).
@@ -22,7 +24,7 @@ import structlog
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
-from bridge import jsonrpc
+from bridge import handshake, jsonrpc
 from bridge.errors import (
     InvalidRequest,
     MissingSession,
@@ -87,6 +89,20 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
+def plain_json_suffices(request: Message) -> bool:
+    """Whether a request's reply can be plain JSON instead of a stored SSE stream.
+
+    Only for a lone request that is safe to repeat and asks for no progress:
+    nothing the upstream sends can belong on its stream before the response,
+    and a client that loses the answer (a gateway crash) can simply ask
+    again. It costs no event-store writes (issue #3 "Cost").
+    """
+    return (
+        request.get("method") in handshake.SAFE_TO_REPEAT
+        and jsonrpc.progress_token(request) is None
+    )
+
+
 class StreamableHttpFrontDoor:
     def __init__(
         self,
@@ -140,6 +156,9 @@ class StreamableHttpFrontDoor:
                 await session.post_other(message, kind)
         if not requests:
             return web.Response(status=202)
+        if not batch and plain_json_suffices(requests[0]):
+            stream = await session.post_requests(requests, resumable=False)
+            return await self._reply_json(session, stream)
         return await self._relay(request, session, await session.post_requests(requests))
 
     async def get(self, request: web.Request) -> web.StreamResponse:
@@ -208,7 +227,18 @@ class StreamableHttpFrontDoor:
             return [jsonrpc.parse_message(item) for item in value], True
         return [jsonrpc.parse_message(value)], False
 
-    # -- streaming ---------------------------------------------------------
+    # -- replying ----------------------------------------------------------
+
+    async def _reply_json(self, session: Session, stream: Stream) -> web.StreamResponse:
+        """The one response as ``application/json`` (spec §Sending Messages 5)."""
+        try:
+            item = await stream.get()
+        finally:
+            session.detach(stream)
+        headers = {SESSION_HEADER: session.id}
+        if item is None or item[1] is None:  # cancelled by the client: no answer is due
+            return web.Response(status=204, headers=headers)
+        return web.json_response(item[1], headers=headers, dumps=jsonrpc.encode)
 
     async def _relay(
         self, request: web.Request, session: Session, stream: Stream

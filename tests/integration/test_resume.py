@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from bridge import errors
+from bridge.events.memory import MemoryEventStore
 from tests.conftest import REPO, GatewayFactory, ProcFactory, example_stdio, start_gateway
 from tests.rawclient import RawClient, next_event, read_reply
 
@@ -79,7 +80,8 @@ async def test_foreign_or_bogus_last_event_id_is_404(gateway: GatewayFactory) ->
         await alice.initialize()
         await mallory.initialize()
         async with asyncio.timeout(BOUND):
-            response = await open_post(alice, alice.request("tools/list"))
+            call = alice.request("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
+            response = await open_post(alice, call)
             alice_event = (await next_event(response))["id"]
             await read_reply(response)
             for bogus in (alice_event, "garbage", "a.b.c.d", "x" * 5000):
@@ -114,7 +116,9 @@ async def test_gateway_restart_resumes_session_and_streams(
                 client, client.request("tools/call", {"name": "hold", "arguments": {}})
             )
             unsafe_id = (await next_event(unsafe))["id"]
-            safe = await open_post(client, client.request("prompts/get", {"name": "once"}))
+            # Asking for progress makes even a safe request's reply a resumable stream.
+            ask = client.request("prompts/get", {"name": "once", "_meta": {"progressToken": 1}})
+            safe = await open_post(client, ask)
             safe_id = (await next_event(safe))["id"]
             await client.post(client.request("ping"))  # orders the recorder's writes
         first.process.send_signal(signal.SIGKILL)
@@ -147,3 +151,33 @@ async def test_gateway_restart_resumes_session_and_streams(
             again = await read_reply(await resume(client, unsafe_id))
         assert again.messages == [error]
         await second.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "content_type"),
+    [
+        pytest.param("tools/list", {}, "application/json", id="safe-lone-request"),
+        pytest.param("ping", None, "application/json", id="ping"),
+        pytest.param("tools/list", {"_meta": {"progressToken": 7}}, "text/event-stream", id="asks-progress"),
+        pytest.param("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}}, "text/event-stream", id="unsafe"),
+    ],
+)  # fmt: skip
+async def test_plain_json_only_for_safe_requests_without_progress(
+    method: str, params: dict[str, Any] | None, content_type: str, gateway: GatewayFactory
+) -> None:
+    """A plain JSON reply stores no events (issue #3 "Cost"); everything else is resumable."""
+    gw = await gateway([example_stdio()])
+    events = gw.hub.stores.events
+    assert isinstance(events, MemoryEventStore)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        streams_before = len(events)
+        message = client.request(method, params)
+        response = await http.post(client.url, json=message, headers=client.headers())
+        assert response.content_type == content_type
+        reply = await read_reply(response)
+        assert reply.messages[-1]["id"] == message["id"]
+        assert "result" in reply.messages[-1]
+        new_streams = len(events) - streams_before
+        assert new_streams == (0 if content_type == "application/json" else 1)
