@@ -204,12 +204,17 @@ class GatewaySession:
 
     ACCEPT = "application/json, text/event-stream"
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, timeout: float) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, timeout: float, resumable: bool = False
+    ) -> None:
         self._http = http
         self._url = url
         self._timeout = timeout
         self._ids = itertools.count(1)
         self._headers = {"Accept": self.ACCEPT, "Content-Type": "application/json"}
+        # A progress token makes the gateway answer on a stored, resumable SSE
+        # stream instead of plain JSON: this measures the event store's cost.
+        self._list_params = {"_meta": {"progressToken": "bench"}} if resumable else None
 
     async def _post(self, body: bytes, rid: int | None) -> tuple[Any, Any]:
         async with (
@@ -223,6 +228,11 @@ class GatewaySession:
                 return resp.headers, None
             if resp.status != 200:
                 raise RequestFailed(f"http {resp.status}")
+            if resp.content_type == "application/json":  # a plain JSON reply
+                message = json.loads(payload)
+                if message.get("id") != rid:
+                    raise RequestFailed("JSON reply for another request")
+                return resp.headers, message
             if not resp.content_type.startswith("text/event-stream"):
                 raise RequestFailed(f"content-type {resp.content_type}")
             for message in sse_messages(payload):
@@ -244,7 +254,7 @@ class GatewaySession:
 
     async def list_tools(self) -> None:
         rid = next(self._ids)
-        _, message = await self._post(rpc("tools/list", rid), rid)
+        _, message = await self._post(rpc("tools/list", rid, self._list_params), rid)
         check_tools(message)
 
     async def close(self, graceful: bool = True) -> None:
@@ -860,7 +870,7 @@ async def gateway_vs_direct(
         flush=True,
     )
     paths: dict[str, Maker] = {
-        "gateway": lambda http: GatewaySession(http, gateway.mcp_url, args.timeout),
+        "gateway": lambda http: GatewaySession(http, gateway.mcp_url, args.timeout, args.resumable),
         "direct": lambda http: DirectSession(http, sse_url, args.timeout),
     }
     pids = {**gateway.pids(upstream), "bench": os.getpid()}
@@ -915,7 +925,7 @@ async def compare_stores(
         print(f"gateway[{gw.store}] {gw.mcp_url}  --store-url {gw.store_url}", flush=True)
 
     def maker(gw: Gateway) -> Maker:
-        return lambda http: GatewaySession(http, gw.mcp_url, args.timeout)
+        return lambda http: GatewaySession(http, gw.mcp_url, args.timeout, args.resumable)
 
     makers = {store: maker(gw) for store, gw in gateways.items()}
     pids = {store: {**gw.pids(upstream), "bench": os.getpid()} for store, gw in gateways.items()}
@@ -1074,6 +1084,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stores", type=store_list, default=None, metavar="memory,sqlite,redis",
         help="compare these gateway stores (memory included) instead of gateway vs direct",
+    )  # fmt: skip
+    p.add_argument(
+        "--resumable", action="store_true",
+        help="give each tools/list a progress token, so the gateway answers on a stored, "
+        "resumable SSE stream instead of plain JSON (measures the event store)",
     )  # fmt: skip
     p.add_argument(
         "--gateway-store", choices=STORES, default=None,
