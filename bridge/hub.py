@@ -200,6 +200,7 @@ class SessionHub:
             if record is None or record.server != server:
                 raise SessionNotFound("session not found")
             await self._store.delete(session_id)
+            await self.stores.events.delete_session(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
 

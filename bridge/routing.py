@@ -102,6 +102,12 @@ class Router:
         if stream in self._open:
             self._attached.add(stream)
 
+    def close_stream(self, stream: int) -> None:
+        """Forget a POST-reply stream that owes no response (a finished resume)."""
+        if not self._open.get(stream):
+            self._open.pop(stream, None)
+            self._attached.discard(stream)
+
     def attach_get(self) -> bool:
         """Attach the standalone stream; False if one is already attached (409)."""
         if self._get_attached:

@@ -375,7 +375,7 @@ class Session:
         stream.extend([e for e in after if e[1] is not None])
         if not missing:
             stream.close()
-            self._router.detach(key)
+            self._router.close_stream(key)
             return stream
         self._names[key] = name
         await self._answer_interrupted(missing, key, stream)
@@ -401,7 +401,7 @@ class Session:
             await self._send_requests(retry, key)
         else:
             self._names.pop(key, None)
-            self._router.detach(key)
+            self._router.close_stream(key)
             stream.close()
 
     @staticmethod

@@ -181,3 +181,26 @@ async def test_plain_json_only_for_safe_requests_without_progress(
         assert "result" in reply.messages[-1]
         new_streams = len(events) - streams_before
         assert new_streams == (0 if content_type == "application/json" else 1)
+
+
+async def test_delete_of_a_released_session_forgets_record_and_events(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway([example_stdio()], upstream_idle_timeout=0.3)
+    events = gw.hub.stores.events
+    assert isinstance(events, MemoryEventStore)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        assert client.session_id
+        await client.post(
+            client.request("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
+        )
+        assert len(events) > 0
+        session = await gw.hub.get(client.session_id, "example")
+        async with asyncio.timeout(BOUND):
+            await session.wait_closed()  # released: only the store holds it now
+        assert await client.delete() == 200  # without resuming an upstream for it
+        assert len(events) == 0
+        assert await gw.hub.stores.sessions.get(client.session_id) is None
+        assert (await client.post(client.request("ping"))).status == 404
