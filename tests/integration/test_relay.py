@@ -96,6 +96,7 @@ async def test_client_cancel_reaches_upstream_and_ends_stream(
         }
         assert (await client.post(cancel)).status == 202
         reply = await read_reply(stream)  # ends without a response (the client asked for none)
+        await client.post(client.request("ping"))  # the recorder has written the cancel now
     assert reply.messages == []
     [upstream_cancel] = record.cancels()
     assert upstream_cancel["params"]["requestId"] == upstream_hold["id"]
