@@ -180,6 +180,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             keepalive_interval=settings.sse_keepalive_interval,
             send_timeout=settings.sse_send_timeout,
             retry_ms=settings.sse_retry_ms,
+            poll_after=settings.sse_poll_after,
         ),
         Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
         default_server=servers[0].name if len(servers) == 1 else None,

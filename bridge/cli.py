@@ -17,7 +17,17 @@ from bridge.errors import ConfigError
 from bridge.settings import ServerSpec, Settings, load_servers
 
 EXIT_CONFIG = 2
+#: Short flags the issues name, for settings whose field names are longer.
+_ALIASES = {"--store": "--store-url"}
 log = structlog.get_logger("bridge")
+
+
+def _expand_aliases(args: list[str]) -> list[str]:
+    expanded = []
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        expanded.append(_ALIASES.get(flag, flag) + equals + value)
+    return expanded
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bridge import admin  # only the admin command needs it
 
         return admin.main(args[1:])
+    args = _expand_aliases(args)
     try:
         settings = Settings(_cli_parse_args=args)
         servers = load_servers(settings)

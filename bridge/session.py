@@ -245,6 +245,7 @@ class Session:
             event_id = await self._store_event(name, {META: {"requests": requests}})
             if event_id is not None and self._priming(requests):
                 stream.extend([(event_id, None)])
+                stream.resumable_by_client = True
         await self._send_requests(requests, key)
         return stream
 
@@ -303,8 +304,11 @@ class Session:
             raise SessionNotFound("Last-Event-ID does not belong to this session")
         async with self._resume_lock:
             if event.stream == ids.GET_STREAM:
-                return await self._resume_standalone(event.position)
-            return await self._resume_post_stream(event.stream, event.position)
+                stream = await self._resume_standalone(event.position)
+            else:
+                stream = await self._resume_post_stream(event.stream, event.position)
+        stream.resumable_by_client = self.record.protocol_version >= PRIMING_SINCE
+        return stream
 
     def detach(self, stream: Stream) -> None:
         """The HTTP response for ``stream`` ended (finished, or the client left)."""
@@ -346,6 +350,7 @@ class Session:
             event_id = await self._store_event(ids.GET_STREAM, None)
             if event_id is not None:
                 stream.extend([(event_id, None)])
+                stream.resumable_by_client = True
         stream.extend(list(self._standalone))
         self._standalone.clear()
         return stream

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     sse_retry_ms: Bytes = Field(
         1000, description="milliseconds a 2025-11-25 client waits before resuming a stream"
     )
+    sse_poll_after: float = Field(
+        0.0,
+        ge=0,
+        description="close a 2025-11-25 client's stream after this long so that it polls "
+        "(resumes with Last-Event-ID); 0: never",
+    )
     sse_send_timeout: Seconds = Field(
         60.0, description="abort a downstream stream whose client reads nothing for this long"
     )

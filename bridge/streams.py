@@ -34,6 +34,9 @@ class Stream:
         self._writable.set()
         self.closed = False
         self.detached = False
+        # The client holds an event id of this stream (priming or replay), so
+        # it can resume it: the front door may close it early (polling).
+        self.resumable_by_client = False
 
     async def put(self, message: Outgoing) -> None:
         while len(self._items) >= self._limit and not (self.detached or self.closed):

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from bridge.sse import Decoder
+from bridge.sse import Decoder, Event
 
 ACCEPT_BOTH = "application/json, text/event-stream"
 LATEST = "2025-11-25"
@@ -44,6 +44,12 @@ async def read_reply(response: aiohttp.ClientResponse) -> Reply:
     else:
         await response.read()
     return reply
+
+
+async def read_events(response: aiohttp.ClientResponse) -> tuple[list[Event], bytes]:
+    """Every SSE event until the server closes ``response``, and the raw bytes."""
+    raw = await response.content.read()
+    return Decoder(16 * 1024 * 1024).feed(raw), raw
 
 
 async def next_event(response: aiohttp.ClientResponse) -> dict[str, str]:

@@ -17,6 +17,8 @@ of 2025-11-25 get a priming event with a ``retry`` hint first (§1.9).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,7 +42,7 @@ from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
 from bridge.session import Session
-from bridge.streams import Stream
+from bridge.streams import Outgoing, Stream
 
 log = structlog.get_logger("bridge.frontend")
 
@@ -59,6 +61,7 @@ class FrontDoorConfig:
     keepalive_interval: float
     send_timeout: float
     retry_ms: int  # the SSE retry hint sent with priming events
+    poll_after: float  # seconds; close a resumable 2025-11-25 stream then (0: never)
 
 
 def accepts(header: str, media_type: str) -> bool:
@@ -251,17 +254,31 @@ class StreamableHttpFrontDoor:
             send_timeout=self._config.send_timeout,
         )
         response.headers["Cache-Control"] = "no-cache, no-transform"
+        poll = self._config.poll_after if stream.resumable_by_client else 0.0
+        # spec 2025-11-25 §Sending Messages 6: once the client holds an event id,
+        # the server MAY close the connection without ending the stream; the
+        # client then resumes it with GET and Last-Event-ID (polling).
+        window = asyncio.timeout(poll or None)
         try:
             await response.prepare(request)
-            async with response:
+            async with response, window:
                 while (item := await stream.get()) is not None:
-                    event_id, message = item
-                    if message is None:  # priming: an id to resume from, and when
-                        await response.send("", id=event_id, retry=self._config.retry_ms)
-                    else:
-                        await response.send(jsonrpc.encode(message), id=event_id, event="message")
-        except (ConnectionResetError, TimeoutError) as exc:
+                    await self._send_event(response, item)
+        except TimeoutError as exc:
+            if window.expired():  # a last retry hint, as SHOULD (§1.9), then close
+                with contextlib.suppress(ConnectionResetError):
+                    await response.write(f"retry: {self._config.retry_ms}\r\n\r\n".encode())
+            else:
+                log.info("stream_client_gone", error=exc.__class__.__name__)
+        except ConnectionResetError as exc:
             log.info("stream_client_gone", error=exc.__class__.__name__)
         finally:
             session.detach(stream)
         return response
+
+    async def _send_event(self, response: EventSourceResponse, item: Outgoing) -> None:
+        event_id, message = item
+        if message is None:  # priming: an id to resume from, and when
+            await response.send("", id=event_id, retry=self._config.retry_ms)
+        else:
+            await response.send(jsonrpc.encode(message), id=event_id, event="message")

@@ -25,7 +25,7 @@ import pytest
 from bridge import errors
 from bridge.events.memory import MemoryEventStore
 from tests.conftest import REPO, GatewayFactory, ProcFactory, example_stdio, start_gateway
-from tests.rawclient import RawClient, next_event, read_reply
+from tests.rawclient import RawClient, next_event, read_events, read_reply
 
 RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
 BOUND = 20.0  # seconds
@@ -204,3 +204,33 @@ async def test_delete_of_a_released_session_forgets_record_and_events(
         assert len(events) == 0
         assert await gw.hub.stores.sessions.get(client.session_id) is None
         assert (await client.post(client.request("ping"))).status == 404
+
+
+async def test_streams_close_early_so_that_clients_poll(gateway: GatewayFactory) -> None:
+    """spec 2025-11-25 §1.9: close after BRIDGE_SSE_POLL_AFTER; the client resumes."""
+    gw = await gateway([example_stdio()], sse_poll_after=0.4)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        slow = client.request(
+            "tools/call", {"name": "slow", "arguments": {"steps": 3, "delay": 0.5}}
+        )
+        slow["params"]["_meta"] = {"progressToken": "poll"}
+        seen: list[dict[str, Any]] = []
+        last_id = ""
+        async with asyncio.timeout(BOUND):
+            response = await open_post(client, slow)
+            polls = 0
+            while not seen or "method" in seen[-1]:  # until the response arrives
+                events, raw = await read_events(response)
+                batch = [json.loads(e.data) for e in events if e.data]
+                seen += batch
+                if not any("result" in m for m in batch):  # closed early, with a retry hint
+                    assert raw.endswith(b"retry: 1000\r\n\r\n")
+                last_id = next((e.id for e in reversed(events) if e.id), last_id)
+                response = await resume(client, last_id)
+                polls += 1
+            response.close()
+        assert polls >= 2  # the stream was closed early at least once
+        assert [m["params"]["progress"] for m in seen[:-1]] == [1, 2, 3]  # each once, in order
+        assert seen[-1]["result"]["content"][0]["text"] == "done after 3 steps"
