@@ -27,11 +27,12 @@ import structlog
 from aiohttp import web
 
 from bridge import errors, jsonrpc, tasks
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.context import RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
+from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
@@ -43,6 +44,7 @@ from bridge.upstreams.stdio import StdioUpstream
 log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
+FRONT_DOOR: Final = "streamable_http"
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,6 +53,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _error_response(request: web.Request, status: int, code: int, text: str) -> web.Response:
     body = jsonrpc.error_response(request.get(RPC_ID), code, text)
     return web.json_response(body, status=status)
+
+
+def _observe(request: web.Request, status: int, seconds: float) -> None:
+    hub = request.app.get(HUB)
+    server = request.get(SERVER)
+    if hub is None or server is None:  # not an MCP endpoint (health, metrics, 404s)
+        return
+    metrics = hub.metrics
+    metrics.http_duration.labels(FRONT_DOOR, request.method, f"{status // 100}xx").observe(seconds)
+    if request.method == "POST":
+        outcome = "ok" if status < 400 else ("client_error" if status < 500 else "error")
+        metrics.requests.labels(
+            server, FRONT_DOOR, method_label(request.get(RPC_METHOD)), outcome
+        ).inc()
 
 
 @web.middleware
@@ -80,6 +96,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("request_failed", method=request.method, path=request.path)
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
+        _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
             method=request.method,
@@ -111,6 +128,22 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
     return web.json_response({"status": status, "store": store, "sessions": len(hub)})
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    """Prometheus text format; gauges are computed from live state at scrape time."""
+    hub = request.app[HUB]
+    metrics = hub.metrics
+    metrics.sessions_active.clear()
+    metrics.streams_open.clear()
+    for server in hub.upstreams:
+        metrics.sessions_active.labels(server).set(0)
+    for session in hub.live():
+        server = session.record.server
+        metrics.sessions_active.labels(server).inc()
+        for kind, count in session.open_streams().items():
+            metrics.streams_open.labels(server, FRONT_DOOR, kind).inc(count)
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _timeouts(settings: Settings) -> UpstreamTimeouts:
@@ -165,10 +198,12 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         ttl=settings.session_ttl,
         retry_ms=settings.sse_retry_ms,
     )
+    metrics = Metrics()
     hub = SessionHub(
         upstreams,
         Stores(stores.sessions, stores.events),
         HubConfig(settings.upstream_idle_timeout, settings.shutdown_timeout, limits),
+        metrics,
     )
     app[HUB] = hub
     app[HTTP_CLIENT] = client
@@ -185,7 +220,11 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
         default_server=servers[0].name if len(servers) == 1 else None,
     )
-    routes = [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+    routes = [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", serve_metrics),
+    ]
     for suffix in ("http", "mcp"):
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:

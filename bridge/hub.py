@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import structlog
 
 from bridge import jsonrpc, tasks
-from bridge.errors import SessionNotFound, StoreDown
+from bridge.errors import SessionNotFound, StoreDown, UpstreamError
 from bridge.jsonrpc import Message
 from bridge.log import short
+from bridge.metrics import Metrics
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.streams import Stream
-from bridge.upstreams.base import Upstream
+from bridge.upstreams.base import Upstream, UpstreamConnection
 
 log = structlog.get_logger("bridge.hub")
 
@@ -53,9 +54,14 @@ def new_session_id() -> str:
 
 class SessionHub:
     def __init__(
-        self, upstreams: Mapping[str, Upstream], stores: Stores, config: HubConfig
+        self,
+        upstreams: Mapping[str, Upstream],
+        stores: Stores,
+        config: HubConfig,
+        metrics: Metrics,
     ) -> None:
         self.upstreams = dict(upstreams)
+        self.metrics = metrics
         self.stores = stores
         self._store = stores.sessions
         self._config = config
@@ -64,6 +70,10 @@ class SessionHub:
         self._closing: set[Session] = set()
         # Sliding expiry without a store write per request (issue #3 "Cost").
         self._touch_every = min(config.limits.ttl / 10, 60.0)
+
+    def live(self) -> list[Session]:
+        """Sessions with an upstream connection in this process."""
+        return [s for s in self._sessions.values() if not s.ended.is_set()]
 
     def __len__(self) -> int:
         """Live sessions (with an upstream connection) in this process."""
@@ -84,7 +94,7 @@ class SessionHub:
         return await asyncio.shield(work)
 
     async def _initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
-        connection = await self.upstreams[server].connect()
+        connection = await self._connect(server)
         now = time.time()
         params = jsonrpc.params(request)
         record = SessionRecord(
@@ -95,7 +105,7 @@ class SessionHub:
             created_at=now,
             last_seen_at=now,
         )
-        session = Session(record, connection, self.stores, self._config.limits)
+        session = Session(record, connection, self.stores, self._config.limits, self.metrics)
         try:
             await self._store.create(record, self._config.limits.ttl)
         except StoreUnavailable as exc:
@@ -147,12 +157,28 @@ class SessionHub:
             raise StoreDown(f"session store unavailable: {exc}") from exc
         if record is None or record.server != server or not record.init_result:
             raise SessionNotFound("session not found")
-        upstream = self.upstreams.get(record.server)
-        if upstream is None:  # the server was removed from the configuration
+        if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
-        session = await Session.resume(record, upstream, self.stores, self._config.limits)
+        connection = await self._connect(record.server)
+        try:
+            session = await Session.resume(
+                record, connection, self.stores, self._config.limits, self.metrics
+            )
+        except UpstreamError:
+            self.metrics.resumes.labels(record.server, "failed").inc()
+            raise
+        self.metrics.resumes.labels(record.server, "ok").inc()
         self._sessions[session_id] = session
         return session
+
+    async def _connect(self, server: str) -> UpstreamConnection:
+        try:
+            connection = await self.upstreams[server].connect()
+        except UpstreamError:
+            self.metrics.upstream_connects.labels(server, "failed").inc()
+            raise
+        self.metrics.upstream_connects.labels(server, "ok").inc()
+        return connection
 
     def _touch(self, session: Session) -> None:
         now = time.monotonic()
@@ -171,6 +197,7 @@ class SessionHub:
         try:
             alive = await self._store.touch(session.id, self._config.limits.ttl)
         except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("touch").inc()
             log.warning("store_touch_failed", session_id=short(session.id), error=str(exc))
             return
         if not alive:

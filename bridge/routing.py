@@ -51,6 +51,7 @@ class Delivery:
     message: Message | None
     final: bool = False
     answers: str | None = None  # for a response: the method of its request
+    up_id: int | None = None  # for a response: the upstream id it answered
 
 
 @dataclass(slots=True)
@@ -214,7 +215,8 @@ class Router:
             return None
         client_id = self._pending[up_id].client_id
         done = self._complete(up_id)
-        return Delivery(done.stream, jsonrpc.with_id(message, client_id), done.final, done.answers)
+        restored = jsonrpc.with_id(message, client_id)
+        return Delivery(done.stream, restored, done.final, done.answers, up_id)
 
     def _complete(self, up_id: int) -> Delivery:
         """Forget a pending request; say whether its stream is now final."""

@@ -51,10 +51,11 @@ from bridge.events import ids
 from bridge.events.store import EventStore
 from bridge.jsonrpc import Message
 from bridge.log import short
+from bridge.metrics import Metrics, end_reason, method_label
 from bridge.routing import GET, INTERNAL, Delivery, Router, StreamKey
 from bridge.sessions.store import SessionRecord, SessionStore, StoreUnavailable
 from bridge.streams import Outgoing, Stream
-from bridge.upstreams.base import Upstream, UpstreamConnection
+from bridge.upstreams.base import UpstreamConnection
 
 log = structlog.get_logger("bridge.session")
 
@@ -89,8 +90,11 @@ class Session:
         connection: UpstreamConnection,
         stores: Stores,
         limits: SessionLimits,
+        metrics: Metrics,
     ) -> None:
         self.record = record
+        self._metrics = metrics
+        self._sent_at: dict[int, float] = {}  # upstream id -> monotonic send time
         self.id = record.session_id
         self._conn = connection
         self._stores = stores
@@ -119,15 +123,20 @@ class Session:
 
     @classmethod
     async def resume(
-        cls, record: SessionRecord, upstream: Upstream, stores: Stores, limits: SessionLimits
+        cls,
+        record: SessionRecord,
+        connection: UpstreamConnection,
+        stores: Stores,
+        limits: SessionLimits,
+        metrics: Metrics,
     ) -> Session:
-        """A live session again for a stored record: new connection, replayed handshake.
+        """A live session again for a stored record, on a new connection: replays the handshake.
 
         Raises:
-            UpstreamError: could not connect, or the upstream refused the handshake
-                (the record is kept: a later request may succeed).
+            UpstreamError: the upstream refused or did not finish the handshake
+                (the connection is closed; the record is kept: a later request may succeed).
         """
-        session = cls(record, await upstream.connect(), stores, limits)
+        session = cls(record, connection, stores, limits, metrics)
         session.start()
         try:
             await session._replay_handshake()
@@ -219,6 +228,8 @@ class Session:
         await self._conn.aclose()
         if forget:
             await self._forget_stored()
+        self._sent_at.clear()
+        self._metrics.sessions_ended.labels(self.record.server, end_reason(reason, forget)).inc()
         log.info("session_released", session_id=short(self.id), reason=reason, forgotten=forget)
 
     async def _forget_stored(self) -> None:
@@ -258,6 +269,7 @@ class Session:
             up_id = upstream_message["id"]
             if is_initialize:
                 self._watch_initialize(up_id)
+            self._sent_at[up_id] = time.monotonic()
             try:
                 await self._send(upstream_message)
             except UpstreamError as exc:
@@ -307,8 +319,15 @@ class Session:
                 stream = await self._resume_standalone(event.position)
             else:
                 stream = await self._resume_post_stream(event.stream, event.position)
+        self._metrics.replays.labels(self.record.server).inc()
+        self._metrics.events_replayed.labels(self.record.server).inc(stream.queued())
         stream.resumable_by_client = self.record.protocol_version >= PRIMING_SINCE
         return stream
+
+    def open_streams(self) -> dict[str, int]:
+        """Attached streams by kind ("get", "post"): for the metrics scrape."""
+        get = int(GET in self._streams)
+        return {"get": get, "post": len(self._streams) - get}
 
     def detach(self, stream: Stream) -> None:
         """The HTTP response for ``stream`` ended (finished, or the client left)."""
@@ -402,6 +421,10 @@ class Session:
             stream.extend([(event_id, error)])
         log.info("interrupted_requests", session_id=short(self.id), retried=len(retry),
                  failed=len(missing) - len(retry))  # fmt: skip
+        self._metrics.interrupted.labels(self.record.server, "retried").inc(len(retry))
+        self._metrics.interrupted.labels(self.record.server, "failed").inc(
+            len(missing) - len(retry)
+        )
         if retry:
             await self._send_requests(retry, key)
         else:
@@ -455,6 +478,7 @@ class Session:
         except UpstreamError as exc:
             reason = exc.message
         log.warning("upstream_lost", session_id=short(self.id), reason=reason)
+        self._metrics.upstream_losses.labels(self.record.server).inc()
         # Pending requests get an error now, never a hang. The record stays:
         # the client's next request resumes the session on a new connection.
         await self.close(reason, errors.UPSTREAM_UNAVAILABLE)
@@ -467,6 +491,10 @@ class Session:
             if waiter is not None and message is not None and not waiter.done():
                 waiter.set_result(message)
             return
+        if delivery.up_id is not None and (sent := self._sent_at.pop(delivery.up_id, None)):
+            self._metrics.upstream_latency.labels(
+                self.record.server, method_label(delivery.answers)
+            ).observe(time.monotonic() - sent)
         refused = False
         if delivery.answers == "initialize" and message is not None:
             refused = not await self._record_initialize(message)
@@ -491,17 +519,21 @@ class Session:
 
     async def _store_event(self, name: str, message: Message | None) -> str | None:
         """Store one event; its SSE id, or None if the store is down (sent unresumable)."""
+        started = time.monotonic()
         try:
             position = await self._stores.events.append(self.id, name, message, self._limits.ttl)
         except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("append").inc()
             log.warning("event_store_failed", session_id=short(self.id), error=str(exc))
             return None
+        self._metrics.store_latency.labels("append").observe(time.monotonic() - started)
         return str(ids.EventId(self._tag, name, position))
 
     async def _save_record(self) -> None:
         try:
             await self._stores.sessions.save(self.record, self._limits.ttl)
         except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("save").inc()
             log.warning("record_save_failed", session_id=short(self.id), error=str(exc))
 
     def _watch_initialize(self, up_id: int) -> None:

@@ -61,6 +61,9 @@ class Stream:
         self._items = deque([*replayed, *live])
         self._readable.set()
 
+    def queued(self) -> int:
+        return len(self._items)
+
     def close(self) -> None:
         self.closed = True
         self._readable.set()

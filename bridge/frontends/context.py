@@ -11,3 +11,4 @@ from bridge.jsonrpc import RequestId
 RPC_METHOD: Final = web.RequestKey("rpc_method", str)
 RPC_ID: Final[web.RequestKey[RequestId]] = web.RequestKey("rpc_id")
 SESSION_ID: Final = web.RequestKey("session_id", str)
+SERVER: Final = web.RequestKey("server", str)  # the configured server the request is for

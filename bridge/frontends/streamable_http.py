@@ -37,7 +37,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.context import RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
@@ -185,6 +185,7 @@ class StreamableHttpFrontDoor:
         name = request.match_info.get("server", self._default)
         if name is None or name not in self._hub.upstreams:
             raise UnknownServer(f"no MCP server named {name!r} here")
+        request[SERVER] = name
         return name
 
     def _session_id(self, request: web.Request) -> str:

@@ -1,0 +1,135 @@
+"""Prometheus metrics (prometheus-client), served at ``/metrics``.
+
+Label sets stay bounded: server names come from the configuration, methods
+are MCP method names (unknown ones are counted as ``other``), outcomes and
+front doors are fixed words. Never a session id.
+
+Each gateway app gets its own :class:`Metrics` on its own registry, so that
+several apps in one process (tests) do not collide.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: MCP methods counted by name; anything else is "other" (bounded labels).
+KNOWN_METHODS: Final = frozenset(
+    {
+        "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/read",
+        "resources/templates/list", "resources/subscribe", "resources/unsubscribe",
+        "prompts/list", "prompts/get", "completion/complete", "logging/setLevel",
+        "notifications/initialized", "notifications/cancelled", "notifications/progress",
+        "notifications/roots/list_changed", "tasks/get", "tasks/result", "tasks/cancel",
+        "tasks/list", "response",
+    }
+)  # fmt: skip
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def end_reason(reason: str, forgotten: bool) -> str:
+    """A bounded label for why a live session was released."""
+    if "DELETE" in reason:
+        return "deleted"
+    if reason.startswith("idle"):
+        return "idle"
+    if "shutting down" in reason:
+        return "shutdown"
+    if "deleted elsewhere" in reason:
+        return "evicted"
+    if forgotten:
+        return "initialize_failed"
+    return "upstream_lost"
+
+
+def method_label(method: str | None) -> str:
+    if method is None:
+        return "none"
+    return method if method in KNOWN_METHODS else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.sessions_active = Gauge(
+            "mcp_bridge_sessions_active", "Live sessions (with an upstream connection)",
+            ["server"], registry=r,
+        )  # fmt: skip
+        self.streams_open = Gauge(
+            "mcp_bridge_streams_open", "Open downstream SSE streams",
+            ["server", "front_door", "kind"], registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "mcp_bridge_requests_total", "JSON-RPC messages from clients, by outcome",
+            ["server", "front_door", "method", "outcome"], registry=r,
+        )  # fmt: skip
+        self.http_duration = Histogram(
+            "mcp_bridge_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the start of a stream for SSE)",
+            ["front_door", "http_method", "status_class"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_latency = Histogram(
+            "mcp_bridge_upstream_response_seconds",
+            "From sending a request upstream to its response", ["server", "method"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_connects = Counter(
+            "mcp_bridge_upstream_connects_total", "Upstream connections opened, by outcome",
+            ["server", "outcome"], registry=r,
+        )  # fmt: skip
+        self.upstream_losses = Counter(
+            "mcp_bridge_upstream_losses_total", "Upstream connections lost (crash, cut, error)",
+            ["server"], registry=r,
+        )  # fmt: skip
+        self.resumes = Counter(
+            "mcp_bridge_session_resumes_total",
+            "Sessions resumed from the store (handshake replayed upstream), by outcome",
+            ["server", "outcome"], registry=r,
+        )  # fmt: skip
+        self.replays = Counter(
+            "mcp_bridge_replays_total", "Last-Event-ID resumptions", ["server"], registry=r
+        )
+        self.events_replayed = Counter(
+            "mcp_bridge_events_replayed_total", "Events sent again on resumed streams",
+            ["server"], registry=r,
+        )  # fmt: skip
+        self.interrupted = Counter(
+            "mcp_bridge_interrupted_requests_total",
+            "Requests found interrupted by a restart, by what was done",
+            ["server", "action"], registry=r,
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "mcp_bridge_store_errors_total",
+            "Store operations that failed",
+            ["operation"],
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "mcp_bridge_store_operation_seconds", "Store operation latency", ["operation"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.sessions_ended = Counter(
+            "mcp_bridge_sessions_ended_total", "Sessions released or forgotten, by reason",
+            ["server", "reason"], registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
