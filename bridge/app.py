@@ -45,6 +45,9 @@ log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
 FRONT_DOOR: Final = "streamable_http"
+#: Share of BRIDGE_SHUTDOWN_TIMEOUT given to in-flight requests; the rest
+#: releases sessions and reaps children.
+DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -240,9 +243,11 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         await stores.aclose()
 
     async def on_shutdown(app: web.Application) -> None:
-        # Before aiohttp waits for handlers: pending requests get an error
-        # response on their streams, then every stream closes, so long-lived
-        # SSE handlers return at once instead of holding shutdown.
+        # Runs once the listening sockets are closed, before aiohttp waits for
+        # handlers: GET streams close (clients reconnect elsewhere), requests
+        # in flight get up to the drain grace to finish, then what is left is
+        # handed over and every stream closes, so handlers return at once.
+        await hub.drain(settings.shutdown_timeout * DRAIN_SHARE)
         await hub.aclose()
 
     app.cleanup_ctx.append(lifetime)

@@ -259,8 +259,29 @@ class SessionHub:
             await asyncio.sleep(interval)
             await self.reap()
 
+    async def drain(self, grace: float) -> None:
+        """Shutdown, first part: close GET streams, let in-flight requests finish.
+
+        Waits at most ``grace`` seconds for every request to be answered;
+        what is still pending then is handed over by :meth:`aclose`.
+        """
+        live = self.live()
+        for session in live:
+            session.close_standalone()
+        busy = [s for s in live if s.in_flight()]
+        log.info("draining", sessions=len(live), busy=len(busy), grace_s=grace)
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(s.wait_quiet() for s in busy))
+        except TimeoutError:
+            log.warning("drain_grace_over", still_busy=sum(bool(s.in_flight()) for s in busy))
+
     async def aclose(self) -> None:
-        """Release every session (records kept), bounded by ``shutdown_timeout``."""
+        """Release every session (records kept), bounded by ``shutdown_timeout``.
+
+        Requests still pending on resumable streams are handed over to
+        whichever gateway the client resumes at (see :meth:`Session.close`).
+        """
         sessions = [*self._sessions.values(), *self._closing]
         self._sessions = {}
         if not sessions:
@@ -268,6 +289,8 @@ class SessionHub:
         log.info("releasing_sessions", count=len(sessions))
         try:
             async with asyncio.timeout(self._config.shutdown_timeout):
-                await asyncio.gather(*(s.close("gateway shutting down") for s in sessions))
+                await asyncio.gather(
+                    *(s.close("gateway shutting down", hand_over=True) for s in sessions)
+                )
         except TimeoutError:
             log.error("shutdown_timeout", timeout_s=self._config.shutdown_timeout)

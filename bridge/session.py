@@ -109,6 +109,7 @@ class Session:
         self._close_task: asyncio.Task[None] | None = None
         self._initialize_timer: asyncio.TimerHandle | None = None
         self._internal: dict[int, asyncio.Future[Message]] = {}
+        self._quiet = asyncio.Event()  # set whenever nothing is in flight upstream
         self._on_closed: list[Callable[[], None]] = []
         self.closed = False  # True once close() has finished
         self.last_active = time.monotonic()
@@ -176,22 +177,45 @@ class Session:
         return now - self.last_active
 
     async def close(
-        self, reason: str, code: int = errors.SESSION_TERMINATED, *, forget: bool = False
+        self,
+        reason: str,
+        code: int = errors.SESSION_TERMINATED,
+        *,
+        forget: bool = False,
+        hand_over: bool = False,
     ) -> None:
         """Release the live session: answer what is pending, close streams and upstream.
 
         With ``forget`` the stored record goes too (DELETE, failed initialize);
-        without, the session can be resumed from the store. Idempotent and
+        without, the session can be resumed from the store. With ``hand_over``
+        (gateway shutdown) requests pending on resumable streams are left
+        unanswered: the client resumes them at a gateway sharing the store,
+        which answers each exactly once (a retry, or -32035). Idempotent and
         shielded: concurrent callers wait for the same close.
         """
-        await asyncio.shield(self._begin_close(reason, code, forget))
+        await asyncio.shield(self._begin_close(reason, code, forget, hand_over))
 
-    def _begin_close(self, reason: str, code: int, forget: bool) -> asyncio.Task[None]:
+    def _begin_close(
+        self, reason: str, code: int, forget: bool, hand_over: bool = False
+    ) -> asyncio.Task[None]:
         if self._close_task is None:
             self._close_task = tasks.spawn(
-                self._close(reason, code, forget), name=f"session-close:{short(self.id)}"
+                self._close(reason, code, forget, hand_over),
+                name=f"session-close:{short(self.id)}",
             )
         return self._close_task
+
+    async def wait_quiet(self) -> None:
+        """Until no request of this session waits for the upstream (drain)."""
+        while self._router.in_flight():
+            self._quiet.clear()
+            await self._quiet.wait()
+
+    def close_standalone(self) -> None:
+        """Close the GET stream (drain): it carries no responses; the client reconnects."""
+        stream = self._streams.get(GET)
+        if stream is not None:
+            stream.close()
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` has finished: streams closed, upstream released."""
@@ -206,20 +230,22 @@ class Session:
         else:
             self._on_closed.append(callback)
 
-    async def _close(self, reason: str, code: int, forget: bool) -> None:
+    async def _close(self, reason: str, code: int, forget: bool, hand_over: bool) -> None:
         try:
-            await self._release(reason, code, forget)
+            await self._release(reason, code, forget, hand_over)
         finally:
             self.closed = True
             for callback in self._on_closed:
                 callback()
 
-    async def _release(self, reason: str, code: int, forget: bool) -> None:
+    async def _release(self, reason: str, code: int, forget: bool, hand_over: bool) -> None:
         self.end_reason = reason
         self.ended.set()
         if self._initialize_timer is not None:
             self._initialize_timer.cancel()
         for delivery in self._router.fail_all(code, reason):
+            if hand_over and self._names.get(delivery.stream):
+                continue  # resumable: answered at whichever gateway the client resumes
             await self._deliver(delivery, wait=False)
         for stream in list(self._streams.values()):
             stream.close()
@@ -323,6 +349,10 @@ class Session:
         self._metrics.events_replayed.labels(self.record.server).inc(stream.queued())
         stream.resumable_by_client = self.record.protocol_version >= PRIMING_SINCE
         return stream
+
+    def in_flight(self) -> int:
+        """Requests waiting for the upstream's answer."""
+        return self._router.in_flight()
 
     def open_streams(self) -> dict[str, int]:
         """Attached streams by kind ("get", "post"): for the metrics scrape."""
@@ -514,6 +544,8 @@ class Session:
             self._names.pop(delivery.stream, None)
             if stream is not None:
                 stream.close()
+        if not self._router.in_flight():
+            self._quiet.set()
         if refused:  # after the client has its answer: nothing to resume later
             _ = self._begin_close("upstream refused initialize", errors.SESSION_TERMINATED, True)
 

@@ -234,3 +234,42 @@ async def test_streams_close_early_so_that_clients_poll(gateway: GatewayFactory)
         assert polls >= 2  # the stream was closed early at least once
         assert [m["params"]["progress"] for m in seen[:-1]] == [1, 2, 3]  # each once, in order
         assert seen[-1]["result"]["content"][0]["text"] == "done after 3 steps"
+
+
+async def test_sigterm_drains_then_hands_over_to_another_gateway(
+    procs: ProcFactory, sqlite_url: str
+) -> None:
+    """issue #6 graceful shutdown: no request is lost across a rolling restart."""
+    common = ("--stdio", f"{sys.executable} -m bridge.examples.server", "--store-url", sqlite_url)
+    first, base = await start_gateway(procs, *common, "--shutdown-timeout", "3")
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/http")
+        await client.initialize()
+
+        def slow(steps: int) -> dict[str, Any]:
+            message = client.request(
+                "tools/call", {"name": "slow", "arguments": {"steps": steps, "delay": 0.25}}
+            )
+            message["params"]["_meta"] = {"progressToken": steps}
+            return message
+
+        quick, long = slow(2), slow(40)  # 0.5 s fits the drain grace (1.8 s); 10 s does not
+        async with asyncio.timeout(BOUND):
+            quick_stream = await open_post(client, quick)
+            long_stream = await open_post(client, long)
+            long_id = (await next_event(long_stream))["id"]  # the priming event
+            first.process.send_signal(signal.SIGTERM)
+            quick_reply = await read_reply(quick_stream)
+            long_reply = await read_reply(long_stream)
+            assert await first.exited(BOUND) == 0
+        assert quick_reply.messages[-1]["result"]["content"][0]["text"] == "done after 2 steps"
+        assert all("method" in m for m in long_reply.messages)  # not answered here
+
+        _, base2 = await start_gateway(procs, *common)
+        client.url = f"{base2}/http"
+        async with asyncio.timeout(BOUND):
+            resumed = await read_reply(await resume(client, long_id))
+        answers = [m for m in resumed.messages if "method" not in m]
+        assert len(answers) == 1  # exactly one answer, at the gateway it resumed at
+        assert answers[0]["id"] == long["id"]
+        assert answers[0]["error"]["code"] == errors.REQUEST_INTERRUPTED

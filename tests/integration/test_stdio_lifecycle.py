@@ -134,7 +134,7 @@ async def test_child_crash_fails_pending_request_at_once(gateway: GatewayFactory
 
 async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
     command = f"{sys.executable} -m bridge.examples.server"
-    gateway, base = await start_gateway(procs, "--stdio", command)
+    gateway, base = await start_gateway(procs, "--stdio", command, "--shutdown-timeout", "2")
     async with aiohttp.ClientSession() as http:
         clients = [RawClient(http, f"{base}/http") for _ in range(3)]
         for client in clients:
@@ -144,7 +144,9 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
             clients[0].url, headers=clients[0].headers(Accept="text/event-stream")
         )
         assert stream.status == 200
-        # A request is in flight when the gateway stops: it must get an answer.
+        # A request outlasts the drain grace: its stream is handed over, not answered
+        # here (test_resume.py shows another gateway answering it); a JSON reply
+        # (not resumable) pending at the end gets -32033.
         slow = clients[1].request(
             "tools/call", {"name": "slow", "arguments": {"steps": 100, "delay": 0.1}}
         )
@@ -159,10 +161,8 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
             assert await gateway.exited(BOUND) == 0
         rest = await stream.content.read()  # returns: the stream was ended, not left hanging
         assert b"event: message" not in rest  # only its priming event and keepalives
-        last = reply.messages[-1]
-        assert last["id"] == slow["id"]
-        assert last["error"]["code"] == errors.SESSION_TERMINATED
-        assert last["error"]["message"] == "gateway shutting down"
+        assert reply.messages  # progress arrived before the drain ended the stream
+        assert all(m.get("method") == "notifications/progress" for m in reply.messages)
     for pid in pids:
         assert_gone(pid)
     assert len(gateway.json_events("child_stopped")) == 3
