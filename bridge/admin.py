@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.app import stores_for
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.settings import Settings
-from bridge.stores import open_stores
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -62,13 +62,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 async def _run(settings: Settings, action: str, session_id: str | None, limit: int) -> int:
-    stores = await open_stores(
-        settings.store_url,
-        prefix=settings.store_prefix,
-        max_events=settings.event_max_events,
-        max_age=settings.event_max_age,
-        timeout=settings.store_timeout,
-    )
+    stores = await stores_for(settings)
     try:
         if action == "list":
             for record in await stores.sessions.list(limit):

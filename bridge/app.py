@@ -36,6 +36,7 @@ from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+from bridge.stores import Stores as OpenStores
 from bridge.stores import open_stores
 from bridge.upstreams.base import Upstream, UpstreamTimeouts
 from bridge.upstreams.sse import SseUpstream
@@ -168,6 +169,21 @@ def make_upstream(
     return SseUpstream(spec, client, timeouts)
 
 
+async def stores_for(settings: Settings) -> OpenStores:
+    """The stores ``settings.store_url`` names, with the settings' limits.
+
+    Raises:
+        ConfigError: the store URL is not one this gateway knows.
+    """
+    return await open_stores(
+        settings.store_url,
+        prefix=settings.store_prefix,
+        max_events=settings.event_max_events,
+        max_age=settings.event_max_age,
+        timeout=settings.store_timeout,
+    )
+
+
 async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Application:
     """The gateway application for ``servers``, with the store ``settings.store_url`` names.
 
@@ -178,13 +194,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         ConfigError: the store URL is not one this gateway knows.
     """
     app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
-    stores = await open_stores(
-        settings.store_url,
-        prefix=settings.store_prefix,
-        max_events=settings.event_max_events,
-        max_age=settings.event_max_age,
-        timeout=settings.store_timeout,
-    )
+    stores = await stores_for(settings)
     # The HTTP client and hub exist before startup so that routes can bind to
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
     client = aiohttp.ClientSession(
