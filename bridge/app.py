@@ -208,6 +208,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         standalone_buffer_size=settings.standalone_buffer_size,
         close_timeout=settings.stdio_shutdown_grace * 3 + 1,
         initialize_timeout=settings.initialize_timeout,
+        request_timeout=settings.upstream_request_timeout,
         ttl=settings.session_ttl,
         retry_ms=settings.sse_retry_ms,
     )

@@ -30,6 +30,7 @@ I/O around them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +74,7 @@ class SessionLimits:
     standalone_buffer_size: int
     close_timeout: float
     initialize_timeout: float
+    request_timeout: float
     ttl: float
     retry_ms: int
 
@@ -95,6 +97,7 @@ class Session:
         self.record = record
         self._metrics = metrics
         self._sent_at: dict[int, float] = {}  # upstream id -> monotonic send time
+        self._deadlines: dict[int, asyncio.TimerHandle] = {}  # upstream id -> request timeout
         self.id = record.session_id
         self._conn = connection
         self._stores = stores
@@ -255,6 +258,9 @@ class Session:
         if forget:
             await self._forget_stored()
         self._sent_at.clear()
+        for deadline in self._deadlines.values():
+            deadline.cancel()
+        self._deadlines.clear()
         self._metrics.sessions_ended.labels(self.record.server, end_reason(reason, forget)).inc()
         log.info("session_released", session_id=short(self.id), reason=reason, forgotten=forget)
 
@@ -296,6 +302,9 @@ class Session:
             if is_initialize:
                 self._watch_initialize(up_id)
             self._sent_at[up_id] = time.monotonic()
+            self._deadlines[up_id] = asyncio.get_running_loop().call_later(
+                self._limits.request_timeout, self._request_overdue, up_id
+            )
             try:
                 await self._send(upstream_message)
             except UpstreamError as exc:
@@ -521,6 +530,8 @@ class Session:
             if waiter is not None and message is not None and not waiter.done():
                 waiter.set_result(message)
             return
+        if delivery.up_id is not None and (deadline := self._deadlines.pop(delivery.up_id, None)):
+            deadline.cancel()
         if delivery.up_id is not None and (sent := self._sent_at.pop(delivery.up_id, None)):
             self._metrics.upstream_latency.labels(
                 self.record.server, method_label(delivery.answers)
@@ -567,6 +578,25 @@ class Session:
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("save").inc()
             log.warning("record_save_failed", session_id=short(self.id), error=str(exc))
+
+    def _request_overdue(self, up_id: int) -> None:
+        """No answer in time: error to the client, cancel upstream (spec lifecycle §Timeouts)."""
+        self._deadlines.pop(up_id, None)
+        if not self._router.is_pending(up_id) or self.ended.is_set():
+            return
+        seconds = self._limits.request_timeout
+        text = f"server {self.record.server!r}: no answer within {seconds:g} s"
+        failed = self._router.fail(up_id, errors.UPSTREAM_TIMEOUT, text)
+        cancel = jsonrpc.notification(
+            "notifications/cancelled", {"requestId": up_id, "reason": "gateway timeout"}
+        )
+        log.warning("upstream_request_timeout", session_id=short(self.id), timeout_s=seconds)
+        _ = tasks.spawn(self._time_out(failed, cancel), name=f"timeout:{short(self.id)}")
+
+    async def _time_out(self, failed: Delivery, cancel: Message) -> None:
+        await self._deliver(failed, wait=False)
+        with contextlib.suppress(UpstreamError):  # the upstream may be gone already
+            await self._send(cancel)
 
     def _watch_initialize(self, up_id: int) -> None:
         loop = asyncio.get_running_loop()

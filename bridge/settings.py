@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         30.0, description="one message to an upstream: a legacy POST or a stdio write"
     )
     initialize_timeout: Seconds = Field(30.0, description="upstream answer to initialize")
+    upstream_request_timeout: Seconds = Field(
+        600.0,
+        description="upstream answer to any request (tool calls can be slow); then a "
+        "-32032 error to the client and notifications/cancelled upstream",
+    )
     stdio_shutdown_grace: Seconds = Field(
         2.0, description="stdio: wait after closing stdin, and again after SIGTERM"
     )

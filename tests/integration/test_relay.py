@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bridge import errors
 from bridge.settings import StdioServer
 from tests.conftest import REPO, GatewayFactory, RunningGateway
 from tests.rawclient import RawClient, next_message, read_reply
@@ -161,3 +162,27 @@ async def test_idle_streams_get_keepalive_comments(
         assert priming.startswith(b"id: ")  # 2025-11-25: something to resume from
         assert await stream.content.readuntil(b"\r\n\r\n") == b": ping\r\n\r\n"
         stream.close()
+
+
+async def test_upstream_request_timeout_errors_and_cancels(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """A request the upstream never answers ends in -32032 and a cancel upstream."""
+    path = tmp_path / "received.jsonl"
+    path.touch()
+    spec = StdioServer(name="rec", command=sys.executable, args=(str(RECORDER), str(path)))
+    gw = await gateway([spec], upstream_request_timeout=0.5)
+    record = Recorded(path)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        hold = call(client, "hold")
+        async with asyncio.timeout(BOUND):
+            reply = await client.post(hold)
+            await client.post(client.request("ping"))  # orders the recorder's writes
+        [answer] = reply.messages
+        assert answer["id"] == hold["id"]
+        assert answer["error"]["code"] == errors.UPSTREAM_TIMEOUT
+        [upstream_hold] = record.calls("hold")
+        [cancel] = record.cancels()
+        assert cancel["params"]["requestId"] == upstream_hold["id"]
