@@ -594,9 +594,10 @@ class Session:
         _ = tasks.spawn(self._time_out(failed, cancel), name=f"timeout:{short(self.id)}")
 
     async def _time_out(self, failed: Delivery, cancel: Message) -> None:
-        await self._deliver(failed, wait=False)
+        # Cancel first: once the client has its error, the upstream has been told.
         with contextlib.suppress(UpstreamError):  # the upstream may be gone already
             await self._send(cancel)
+        await self._deliver(failed, wait=False)
 
     def _watch_initialize(self, up_id: int) -> None:
         loop = asyncio.get_running_loop()
