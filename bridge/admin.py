@@ -13,32 +13,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
 
 from bridge.app import stores_for
-from bridge.sessions.store import SessionRecord, StoreUnavailable
+from bridge.sessions.store import StoreUnavailable
 from bridge.settings import Settings
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_STORE_DOWN = 3
-
-
-def _when(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
-
-
-def summary(record: SessionRecord) -> dict[str, Any]:
-    client = record.client_params.get("clientInfo") or {}
-    return {
-        "session_id": record.session_id,
-        "server": record.server,
-        "protocol_version": record.protocol_version,
-        "client": f"{client.get('name', '?')} {client.get('version', '')}".strip(),
-        "created_at": _when(record.created_at),
-        "last_seen_at": _when(record.last_seen_at),
-    }
 
 
 def main(argv: Sequence[str]) -> int:
@@ -66,7 +48,7 @@ async def _run(settings: Settings, action: str, session_id: str | None, limit: i
     try:
         if action == "list":
             for record in await stores.sessions.list(limit):
-                print(json.dumps(summary(record)))
+                print(json.dumps(record.summary()))
             return 0
         assert session_id is not None
         found = await stores.sessions.get(session_id)

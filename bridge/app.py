@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 
 from bridge import errors, jsonrpc, tasks
+from bridge.frontends.admin_http import AdminApi
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
@@ -35,12 +36,14 @@ from bridge.log import short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
-from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+from bridge.settings import ServerSpec, Settings, SseServer, StdioServer, StreamableHttpServer
 from bridge.stores import Stores as OpenStores
 from bridge.stores import open_stores
 from bridge.upstreams.base import Upstream, UpstreamTimeouts
+from bridge.upstreams.detect import AutoHttpUpstream
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.stdio import StdioUpstream
+from bridge.upstreams.streamable_http import StreamableHttpUpstream
 
 log = structlog.get_logger("bridge.access")
 
@@ -90,8 +93,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         status = exc.status
         response = _error_response(request, status, errors.INVALID_REQUEST, exc.reason)
-        if allow := exc.headers.get("Allow"):
-            response.headers["Allow"] = allow
+        for name, value in exc.headers.items():  # Allow, WWW-Authenticate, ...
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
         return response
     except asyncio.CancelledError:
         status = 499  # client closed the connection (nginx's convention)
@@ -131,7 +135,8 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
-    return web.json_response({"status": status, "store": store, "sessions": len(hub)})
+    body = {"status": status, "store": store, "upstreams": hub.upstream_state, "sessions": len(hub)}
+    return web.json_response(body)
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -165,8 +170,11 @@ def make_upstream(
 ) -> Upstream:
     if isinstance(spec, StdioServer):
         return StdioUpstream(spec, timeouts)
-    assert isinstance(spec, SseServer)
-    return SseUpstream(spec, client, timeouts)
+    if isinstance(spec, SseServer):
+        return SseUpstream(spec, client, timeouts)
+    if isinstance(spec, StreamableHttpServer):
+        return StreamableHttpUpstream(spec, client, timeouts)
+    return AutoHttpUpstream(spec, client, timeouts)
 
 
 async def stores_for(settings: Settings) -> OpenStores:
@@ -243,6 +251,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:
             routes += front.routes(f"/{suffix}")
+    if settings.admin_token is not None:
+        routes += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
     app.add_routes(routes)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

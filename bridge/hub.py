@@ -23,6 +23,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
@@ -48,6 +49,10 @@ class HubConfig:
     limits: SessionLimits
 
 
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
@@ -68,6 +73,8 @@ class SessionHub:
         self._sessions: dict[str, Session] = {}
         self._resuming: dict[str, asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
+        #: server -> {"status": "idle" | "up" | "failing", ...}: for /readyz.
+        self.upstream_state: dict[str, dict[str, str]] = {n: {"status": "idle"} for n in upstreams}
         # Sliding expiry without a store write per request (issue #3 "Cost").
         self._touch_every = min(config.limits.ttl / 10, 60.0)
 
@@ -174,10 +181,12 @@ class SessionHub:
     async def _connect(self, server: str) -> UpstreamConnection:
         try:
             connection = await self.upstreams[server].connect()
-        except UpstreamError:
+        except UpstreamError as exc:
             self.metrics.upstream_connects.labels(server, "failed").inc()
+            self.upstream_state[server] = {"status": "failing", "error": exc.message, "at": _now()}
             raise
         self.metrics.upstream_connects.labels(server, "ok").inc()
+        self.upstream_state[server] = {"status": "up", "since": _now()}
         return connection
 
     def _touch(self, session: Session) -> None:

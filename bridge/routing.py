@@ -51,7 +51,8 @@ class Delivery:
     message: Message | None
     final: bool = False
     answers: str | None = None  # for a response: the method of its request
-    up_id: int | None = None  # for a response: the upstream id it answered
+    # For a response: the upstream id it answered (metrics only; not part of equality).
+    up_id: int | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         default_factory=list,
         description="extra browser Origins (scheme://host[:port]) allowed besides same-host ones",
+    )
+
+    admin_token: SecretStr | None = Field(
+        None, description="enables /admin/sessions; callers send it as a Bearer token"
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -106,10 +110,10 @@ class Settings(BaseSettings):
         10.0, description="connect, spawn, and wait for the legacy 'endpoint' event"
     )
     upstream_read_timeout: Seconds = Field(
-        300.0, description="legacy SSE upstream: longest silence before the stream is dead"
+        300.0, description="HTTP upstreams: longest silence on an SSE stream before it is dead"
     )
     upstream_send_timeout: Seconds = Field(
-        30.0, description="one message to an upstream: a legacy POST or a stdio write"
+        30.0, description="one message to an upstream: an HTTP POST or a stdio write"
     )
     initialize_timeout: Seconds = Field(30.0, description="upstream answer to initialize")
     upstream_request_timeout: Seconds = Field(
@@ -146,7 +150,27 @@ class SseServer(_Spec):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-ServerSpec = StdioServer | SseServer
+#: ``type`` spellings of a Streamable HTTP server (mcpServers files differ between clients).
+STREAMABLE_TYPES = ("streamable-http", "http", "streamableHttp")
+
+
+class StreamableHttpServer(_Spec):
+    """A Streamable HTTP upstream (spec 2025-03-26 and later)."""
+
+    url: AnyHttpUrl
+    type: Literal["streamable-http", "http", "streamableHttp"] | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AutoHttpServer(_Spec):
+    """An HTTP upstream of unstated transport: probed on first connect (spec-notes §2.5)."""
+
+    url: AnyHttpUrl
+    type: None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+ServerSpec = StdioServer | SseServer | StreamableHttpServer | AutoHttpServer
 
 
 def expand_vars(value: Any, environ: dict[str, str]) -> Any:
@@ -175,23 +199,22 @@ def expand_vars(value: Any, environ: dict[str, str]) -> Any:
 
 def _server_kind(entry: dict[str, Any]) -> type[ServerSpec]:
     kind = entry.get("type")
-    if kind in ("streamable-http", "http", "streamableHttp"):
-        raise ValueError("type: Streamable HTTP upstreams are not supported yet")
     if "command" in entry:
         if "url" in entry:
             raise ValueError("command/url: give one of them, not both")
         return StdioServer
-    if "url" in entry:
-        if kind in ("sse", None):
-            path = urlsplit(str(entry["url"])).path.rstrip("/")
-            if kind == "sse" or path.endswith("/sse"):
-                return SseServer
-            raise ValueError(
-                "url: only legacy HTTP+SSE URLs are supported yet: "
-                'end the path in /sse or set "type": "sse"'
-            )
-        raise ValueError(f"type: unknown server type {kind!r} (expected 'sse')")
-    raise ValueError('command/url: a server needs "command" (stdio) or "url" (HTTP)')
+    if "url" not in entry:
+        raise ValueError('command/url: a server needs "command" (stdio) or "url" (HTTP)')
+    if kind == "sse":
+        return SseServer
+    if kind in STREAMABLE_TYPES:
+        return StreamableHttpServer
+    if kind is None:
+        # A path ending in /sse is the legacy convention (spec-notes §2.3);
+        # anything else is probed (spec transports §Backwards Compatibility).
+        path = urlsplit(str(entry["url"])).path.rstrip("/")
+        return SseServer if path.endswith("/sse") else AutoHttpServer
+    raise ValueError(f"type: unknown server type {kind!r} (expected 'sse' or 'streamable-http')")
 
 
 def _parse_server(source: str, name: str, entry: Any, environ: dict[str, str]) -> ServerSpec:

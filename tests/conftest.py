@@ -186,6 +186,19 @@ async def start_fixture_sse(procs: ProcFactory) -> str:
     return f"http://127.0.0.1:{port}/sse"
 
 
+async def start_fixture_http(
+    procs: ProcFactory, port: int | None = None, *options: str
+) -> tuple[Proc, str]:
+    """The conformance fixture (FastMCP) over Streamable HTTP; the process and its /mcp URL."""
+    port = port or free_port()
+    proc = await procs(
+        sys.executable, FIXTURE_SERVER, "--transport", "streamable-http", "--port", str(port),
+        *options,
+    )  # fmt: skip
+    await proc.wait_for("Uvicorn running on")
+    return proc, f"http://127.0.0.1:{port}/mcp"
+
+
 async def start_everything_sse(procs: ProcFactory) -> str:
     """@modelcontextprotocol/server-everything in legacy SSE mode; its /sse URL."""
     port = free_port()

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 class StoreUnavailable(Exception):
@@ -35,6 +40,18 @@ class SessionRecord:
     principal: str | None = None  # who created it (front-door auth)
     created_at: float = 0.0  # Unix seconds
     last_seen_at: float = 0.0  # Unix seconds
+
+    def summary(self) -> dict[str, Any]:
+        """What an operator lists: no client params beyond the client's name."""
+        client = self.client_params.get("clientInfo") or {}
+        return {
+            "session_id": self.session_id,
+            "server": self.server,
+            "protocol_version": self.protocol_version,
+            "client": f"{client.get('name', '?')} {client.get('version', '')}".strip(),
+            "created_at": _iso(self.created_at),
+            "last_seen_at": _iso(self.last_seen_at),
+        }
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

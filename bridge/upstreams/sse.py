@@ -55,7 +55,10 @@ class SseUpstream:
         headers = {**self._headers, "Accept": "text/event-stream"}
         try:
             async with asyncio.timeout(self._timeouts.connect):
-                response = await self._client.get(self._url, headers=headers, timeout=timeout)
+                # No redirects: the configured headers may carry credentials.
+                response = await self._client.get(
+                    self._url, headers=headers, timeout=timeout, allow_redirects=False
+                )
                 try:
                     return await self._handshake(response)
                 except BaseException:
@@ -91,7 +94,9 @@ class SseUpstream:
         try:
             async with (
                 asyncio.timeout(self._timeouts.send),
-                self._client.post(endpoint, data=body, headers=headers) as response,
+                self._client.post(
+                    endpoint, data=body, headers=headers, allow_redirects=False
+                ) as response,
             ):
                 await response.read()
         except TimeoutError as exc:

@@ -129,17 +129,24 @@ async def test_another_sessions_stream_of_the_same_name_is_never_replayed(
     theirs = await stores.events.append("theirs", "get", msg(2), TTL)
     await stores.events.append("theirs", "get", msg(3), TTL)
 
-    assert await replay(stores, "theirs", "get", mine) == []
-    assert await replay(stores, "mine", "get", theirs) == []
+    # Positions are per stream: Redis entry ids of two keys may coincide (same
+    # millisecond), so a foreign position may name an event of this stream too.
+    # What must hold is that a replay never yields another session's events.
+    assert set(map(str, await replay(stores, "theirs", "get", mine))) <= {str(msg(3))}
+    assert set(map(str, await replay(stores, "mine", "get", theirs))) <= {str(msg(1))}
     assert await replay(stores, "mine", "get", mine) == [msg(1)]
     assert await replay(stores, "theirs", "get", theirs) == [msg(3)]
 
 
-async def test_a_position_of_another_stream_yields_nothing(stores: Backend) -> None:
+async def test_a_position_of_another_stream_never_yields_that_streams_events(
+    stores: Backend,
+) -> None:
     other = await stores.events.append("s-1", "req:1", msg(0), TTL)
+    await stores.events.append("s-1", "req:1", msg(2), TTL)
     await stores.events.append("s-1", "req:2", msg(1), TTL)
 
-    assert await replay(stores, "s-1", "req:2", other) == []
+    # Nothing, or (a coincident Redis entry id) this stream's own later events.
+    assert set(map(str, await replay(stores, "s-1", "req:2", other))) <= {str(msg(1))}
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ EXIT_TIMEOUT = 30.0
 @pytest.mark.parametrize(
     ("document", "needles"),
     [
-        pytest.param({"mcpServers": {"w": {"url": "http://h/mcp", "type": "streamable-http"}}}, ["'w'", "'type'", "not supported yet"], id="streamable-http"),
-        pytest.param({"mcpServers": {"w": {"url": "http://h/other"}}}, ["'w'", "'url'"], id="url-without-type"),
+        pytest.param({"mcpServers": {"w": {"url": "http://h/mcp", "type": "websocket"}}}, ["'w'", "'type'", "websocket"], id="unknown-type"),
+        pytest.param({"mcpServers": {"w": {"url": "ftp://h/other"}}}, ["'w'", "'url'"], id="url-not-http"),
         pytest.param({"mcpServers": {"f": {"command": "x", "args": "not-a-list"}}}, ["'f'", "'args'"], id="bad-args"),
         pytest.param({"mcpServers": {"f": {"command": "x", "env": {"T": "${NOPE_UNSET_VAR}"}}}}, ["'f'", "'env'", "NOPE_UNSET_VAR"], id="unset-var"),
         pytest.param({"mcpServers": {"bad name!": {"command": "x"}}}, ["'bad name!'"], id="server-name"),

@@ -3,8 +3,8 @@
 ``@modelcontextprotocol/conformance`` (pinned in tests/npm/package.json, run on
 the Node 22 binary that the ``node`` npm package brings) is pointed at the
 gateway's ``/mcp`` on localhost; behind the gateway sits the conformance
-fixture server (tests/fixtures/conformance_server.py), once over stdio and
-once over legacy HTTP+SSE.
+fixture server (tests/fixtures/conformance_server.py), once over stdio, once
+over legacy HTTP+SSE and once over Streamable HTTP.
 
 Every server scenario of revision 2025-11-25 must run, pass its checks and
 fail none; ``server-sse-polling`` must also raise no warning (its priming
@@ -25,6 +25,7 @@ from tests.conftest import (
     NODE22_BIN,
     NPM_BIN,
     ProcFactory,
+    start_fixture_http,
     start_fixture_sse,
     start_gateway,
 )
@@ -75,14 +76,19 @@ async def run_suite(procs: ProcFactory, url: str, out: Path) -> dict[str, Counte
     return results
 
 
-@pytest.mark.parametrize("upstream", ["stdio", "legacy-sse"])
+@pytest.mark.parametrize("upstream", ["stdio", "legacy-sse", "streamable-http"])
 async def test_conformance_suite_through_gateway(
     upstream: str, procs: ProcFactory, tmp_path: Path
 ) -> None:
     if upstream == "stdio":
         args = ["--stdio", f"{sys.executable} {FIXTURE_SERVER}"]
-    else:
+    elif upstream == "legacy-sse":
         args = ["--sse", await start_fixture_sse(procs)]
+    else:  # no flag for it: a config file, beside (not among) the suite's results
+        _, url = await start_fixture_http(procs)
+        config = tmp_path / "servers.json"
+        config.write_text(json.dumps({"mcpServers": {"fixture": {"url": url, "type": upstream}}}))
+        args = ["--config", str(config)]
     _, base = await start_gateway(procs, *args)
     results = await run_suite(procs, base.replace("127.0.0.1", "localhost") + "/mcp", tmp_path)
 

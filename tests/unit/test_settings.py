@@ -1,12 +1,12 @@
 """bridge.settings: Settings sources and the mcpServers file (STYLE §3.3 rule 13).
 
-Pins the contract of :func:`parse_servers` and :func:`load_servers`: stdio and
-legacy SSE entries validate into the ``ServerSpec`` union once; Streamable
-HTTP upstreams are refused as not supported yet; ``${VAR}`` and
-``${VAR:-default}`` expand from the environment; and every ``ConfigError``
-names its source (the file, ``--stdio`` or ``--sse``), the server and the
-field. :class:`Settings` reads CLI flags over ``BRIDGE_*`` variables over
-defaults.
+Pins the contract of :func:`parse_servers` and :func:`load_servers`: stdio,
+legacy SSE and Streamable HTTP entries validate into the ``ServerSpec`` union
+once (a type-less URL not ending in /sse into the spec left to detection);
+``${VAR}`` and ``${VAR:-default}`` expand from the environment; and every
+``ConfigError`` names its source (the file, ``--stdio`` or ``--sse``), the
+server and the field. :class:`Settings` reads CLI flags over ``BRIDGE_*``
+variables over defaults.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from pydantic import ValidationError
 
 from bridge.errors import ConfigError
 from bridge.settings import (
+    AutoHttpServer,
     ServerSpec,
     Settings,
     SseServer,
     StdioServer,
+    StreamableHttpServer,
     expand_vars,
     load_servers,
     parse_servers,
@@ -113,20 +115,16 @@ def test_type_sse_makes_any_http_url_legacy_sse() -> None:
 
 
 @pytest.mark.parametrize("kind", ["streamable-http", "http", "streamableHttp"])
-def test_streamable_http_is_refused_as_not_supported_yet(kind: str) -> None:
-    message = parse_error({"remote": {"url": "http://h/mcp", "type": kind}})
-    assert "not supported yet" in message
-    assert SOURCE in message
-    assert "'remote'" in message
-    assert "'type'" in message
+def test_streamable_http_types_make_a_streamable_http_server(kind: str) -> None:
+    (spec,) = parse({"remote": {"url": "http://h/sse", "type": kind, "headers": {"K": "v"}}})
+    assert spec == StreamableHttpServer(
+        name="remote", url="http://h/sse", type=kind, headers={"K": "v"}
+    )
 
 
-def test_url_that_is_neither_sse_path_nor_typed_is_refused() -> None:
-    message = parse_error({"remote": {"url": "http://h/mcp"}})
-    assert SOURCE in message
-    assert "'remote'" in message
-    assert "'url'" in message
-    assert "/sse" in message
+def test_url_that_is_neither_sse_path_nor_typed_is_detected() -> None:
+    (spec,) = parse({"remote": {"url": "http://h/mcp"}})
+    assert spec == AutoHttpServer(name="remote", url="http://h/mcp")
 
 
 @pytest.mark.parametrize(

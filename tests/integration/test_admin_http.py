@@ -1,0 +1,57 @@
+"""Admin HTTP endpoints and upstream states in /readyz (issue #6 "Health and metrics")."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from bridge import errors
+from tests.conftest import GatewayFactory, example_stdio, free_port, sse_spec
+from tests.rawclient import RawClient
+
+TOKEN = "s3cret-admin-token"
+
+
+async def test_admin_endpoints_need_the_token_and_evict(gateway: GatewayFactory) -> None:
+    gw = await gateway([example_stdio()], admin_token=TOKEN)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = await http.get(f"{gw.url}/admin/sessions", headers=headers)
+            assert response.status == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        listed = await (await http.get(f"{gw.url}/admin/sessions", headers=auth)).json()
+        [entry] = listed["sessions"]
+        assert entry["session_id"] == client.session_id
+        assert entry["live_here"] is True
+        shown = await http.get(f"{gw.url}/admin/sessions/{client.session_id}", headers=auth)
+        assert (await shown.json())["client_params"]["clientInfo"]["name"] == "raw-test-client"
+        evicted = await http.delete(f"{gw.url}/admin/sessions/{client.session_id}", headers=auth)
+        assert await evicted.json() == {"session_id": client.session_id, "evicted": True}
+        reply = await client.post(client.request("ping"))
+        assert (reply.status, reply.error_code) == (404, errors.SESSION_NOT_FOUND)
+        gone = await http.get(f"{gw.url}/admin/sessions/{client.session_id}", headers=auth)
+        assert gone.status == 404
+
+
+async def test_admin_endpoints_absent_without_a_token(gateway: GatewayFactory) -> None:
+    gw = await gateway([example_stdio()])
+    async with aiohttp.ClientSession() as http:
+        assert (await http.get(f"{gw.url}/admin/sessions")).status == 404
+
+
+async def test_readyz_reports_each_upstream(gateway: GatewayFactory) -> None:
+    dead = sse_spec(f"http://127.0.0.1:{free_port()}/sse", name="dead")
+    gw = await gateway([example_stdio(), dead])
+    async with aiohttp.ClientSession() as http:
+        ready = await (await http.get(f"{gw.url}/readyz")).json()
+        assert ready["upstreams"] == {"example": {"status": "idle"}, "dead": {"status": "idle"}}
+        await RawClient(http, f"{gw.url}/servers/example/http").initialize()
+        failing = RawClient(http, f"{gw.url}/servers/dead/http")
+        assert (await failing.post(failing.request("initialize", {}))).status == 503
+        ready = await (await http.get(f"{gw.url}/readyz")).json()
+        assert ready["status"] == "ok"
+        assert ready["upstreams"]["example"]["status"] == "up"
+        assert ready["upstreams"]["dead"]["status"] == "failing"
+        assert "dead" in ready["upstreams"]["dead"]["error"]
