@@ -191,6 +191,15 @@ class StreamableHttpFrontDoor:
     def _session_id(self, request: web.Request) -> str:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
+            version = request.headers.get(VERSION_HEADER, "")
+            if version and version not in jsonrpc.SUPPORTED_VERSIONS:
+                # spec-notes §7: a sessionless request of a later era (2026-07-28)
+                # gets a plain 400, not its own -32020..-32022 codes, so that a
+                # dual-era client falls back to initialize.
+                raise MissingSession(
+                    f"protocol version {version[:40]!r} without a session is not served "
+                    f"here; send initialize (supported: {', '.join(jsonrpc.SUPPORTED_VERSIONS)})"
+                )
             raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
         request[SESSION_ID] = session_id
         if not set(session_id.encode("ascii", "replace")) <= _VISIBLE_ASCII:

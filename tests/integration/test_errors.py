@@ -214,3 +214,17 @@ async def test_upstream_silent_on_initialize_times_out(gateway: GatewayFactory) 
         assert answer["error"]["code"] == errors.UPSTREAM_TIMEOUT
         client.session_id = reply.headers["Mcp-Session-Id"]
         assert (await client.post(client.request("ping"))).status == 404
+
+
+async def test_sessionless_later_era_request_gets_a_plain_400(client: RawClient) -> None:
+    """spec-notes §7: a 2026-07-28 style request (no session) → 400 without -32020..-32022."""
+    client.session_id = None
+    discover = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "server/discover",
+        "params": {"_meta": {"protocolVersion": "2026-07-28"}},
+    }
+    reply = await client.post(discover, **{"MCP-Protocol-Version": "2026-07-28"})
+    assert (reply.status, reply.error_code) == (400, errors.INVALID_REQUEST)
+    assert "initialize" in reply.messages[0]["error"]["message"]
