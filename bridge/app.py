@@ -6,8 +6,9 @@ URL layout (README "URLs"):
 - ``/http`` and ``/mcp``: the same, when exactly one server is configured;
 - ``/healthz``: 200 while the process serves.
 
-``/sse``, ``/messages/``, ``/servers/NAME/sse`` and ``/servers/NAME/messages/``
-are reserved for the legacy front door.
+- ``/servers/NAME/sse`` (GET) and ``/servers/NAME/messages/`` (POST): the
+  legacy HTTP+SSE front door (spec 2024-11-05); ``/sse`` and ``/messages/``
+  when exactly one server is configured.
 
 Errors never reach a client as a traceback: :func:`observe` turns every
 :class:`BridgeError` into its HTTP status with a JSON-RPC error body, anything
@@ -28,8 +29,9 @@ from aiohttp import web
 
 from bridge import errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SERVER, SESSION_ID
+from bridge.frontends.context import DOOR, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard
+from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
@@ -68,12 +70,11 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
     if hub is None or server is None:  # not an MCP endpoint (health, metrics, 404s)
         return
     metrics = hub.metrics
-    metrics.http_duration.labels(FRONT_DOOR, request.method, f"{status // 100}xx").observe(seconds)
+    door = request.get(DOOR, FRONT_DOOR)
+    metrics.http_duration.labels(door, request.method, f"{status // 100}xx").observe(seconds)
     if request.method == "POST":
         outcome = "ok" if status < 400 else ("client_error" if status < 500 else "error")
-        metrics.requests.labels(
-            server, FRONT_DOOR, method_label(request.get(RPC_METHOD)), outcome
-        ).inc()
+        metrics.requests.labels(server, door, method_label(request.get(RPC_METHOD)), outcome).inc()
 
 
 @web.middleware
@@ -113,6 +114,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             session_id=short(request.get(SESSION_ID)),
             rpc_method=request.get(RPC_METHOD),
+            front_door=request.get(DOOR, FRONT_DOOR),
         )
 
 
@@ -230,6 +232,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     app[HUB] = hub
     app[HTTP_CLIENT] = client
 
+    guard = Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins)
+    default_server = servers[0].name if len(servers) == 1 else None
     front = StreamableHttpFrontDoor(
         hub,
         FrontDoorConfig(
@@ -239,8 +243,22 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             retry_ms=settings.sse_retry_ms,
             poll_after=settings.sse_poll_after,
         ),
-        Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins),
-        default_server=servers[0].name if len(servers) == 1 else None,
+        guard,
+        default_server=default_server,
+    )
+    legacy = LegacySseFrontDoor(
+        hub,
+        LegacyConfig(
+            max_body_bytes=settings.max_body_bytes,
+            keepalive_interval=settings.sse_keepalive_interval,
+            send_timeout=settings.sse_send_timeout,
+            queue_size=settings.stream_queue_size,
+            public_path_prefix=settings.public_path_prefix,
+            grace=settings.legacy_grace,
+            deprecation=settings.legacy_deprecation_header,
+        ),
+        guard,
+        default_server=default_server,
     )
     routes = [
         web.get("/healthz", healthz),
@@ -251,6 +269,9 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:
             routes += front.routes(f"/{suffix}")
+    routes += legacy.routes("/servers/{server}/sse", "/servers/{server}/messages/")
+    if len(servers) == 1:
+        routes += legacy.routes("/sse", "/messages/")
     if settings.admin_token is not None:
         routes += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
     app.add_routes(routes)
@@ -259,6 +280,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
         yield
         await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
+        await legacy.aclose()
         await hub.aclose()
         await client.close()
         await stores.aclose()

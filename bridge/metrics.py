@@ -10,6 +10,7 @@ several apps in one process (tests) do not collide.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,6 +44,18 @@ LATENCY_BUCKETS: Final = (
     60,
 )
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: clientInfo.name labels: at most this many distinct names, then "other".
+MAX_CLIENT_NAMES: Final = 50
+_CLIENT_NAME_LENGTH: Final = 40
+_NOT_IN_CLIENT_LABEL = re.compile(r"[^a-z0-9._-]+")
+
+
+def client_label(name: object) -> str:
+    """clientInfo.name as a bounded label: lowercase, [a-z0-9._-], 40 chars."""
+    if not isinstance(name, str):
+        return "unknown"
+    label = _NOT_IN_CLIENT_LABEL.sub("_", name.lower())[:_CLIENT_NAME_LENGTH]
+    return label or "unknown"
 
 
 def end_reason(reason: str, forgotten: bool) -> str:
@@ -51,6 +64,8 @@ def end_reason(reason: str, forgotten: bool) -> str:
         return "deleted"
     if reason.startswith("idle"):
         return "idle"
+    if "legacy client left" in reason:
+        return "legacy_client_left"
     if "shutting down" in reason:
         return "shutdown"
     if "deleted elsewhere" in reason:
@@ -130,6 +145,23 @@ class Metrics:
             "mcp_bridge_sessions_ended_total", "Sessions released or forgotten, by reason",
             ["server", "reason"], registry=r,
         )  # fmt: skip
+
+        self.client_sessions = Counter(
+            "mcp_bridge_client_sessions_total",
+            "Sessions initialized, by front door and clientInfo.name (bounded; then other)",
+            ["front_door", "client"], registry=r,
+        )  # fmt: skip
+        self._client_names: set[str] = set()
+
+    def count_client(self, front_door: str, name: object) -> None:
+        """Count one initialize by client name; past 50 names new ones are "other"."""
+        label = client_label(name)
+        if label not in self._client_names:
+            if len(self._client_names) >= MAX_CLIENT_NAMES:
+                label = "other"
+            else:
+                self._client_names.add(label)
+        self.client_sessions.labels(front_door, label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -125,6 +125,21 @@ class Settings(BaseSettings):
         2.0, description="stdio: wait after closing stdin, and again after SIGTERM"
     )
     shutdown_timeout: Seconds = Field(10.0, description="graceful shutdown budget")
+    public_path_prefix: str = Field(
+        "",
+        pattern=r"^(/[^?#\s]*)?$",
+        description="path the gateway is mounted under behind a reverse proxy (e.g. /mcp-gw); "
+        "prefixes the legacy 'endpoint' URL",
+    )
+    legacy_grace: Seconds = Field(
+        30.0,
+        description="a legacy SSE session is ended this long after its GET stream closed",
+    )
+    legacy_deprecation_header: str = Field(
+        "",
+        description="value of a Deprecation header on legacy SSE responses ('true' or an "
+        "HTTP-date); empty: none",
+    )
 
 
 class _Spec(BaseModel):

@@ -37,7 +37,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SERVER, SESSION_ID
+from bridge.frontends.context import DOOR, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
@@ -51,6 +51,7 @@ VERSION_HEADER: Final = "MCP-Protocol-Version"
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
 _VISIBLE_ASCII = frozenset(range(0x21, 0x7F))
+FRONT_DOOR: Final = "streamable_http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,9 @@ class StreamableHttpFrontDoor:
                 raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
             session, stream = await self._hub.initialize(server, messages[0][0])
             request[SESSION_ID] = session.id
+            client = jsonrpc.params(messages[0][0]).get("clientInfo")
+            name = client.get("name") if isinstance(client, dict) else None
+            self._hub.metrics.count_client(FRONT_DOOR, name)
             return await self._relay(request, session, stream)
         session = await self._session(request, server)
         if batch and session.record.protocol_version != jsonrpc.PROTOCOL_VERSION_2025_03_26:
@@ -181,6 +185,7 @@ class StreamableHttpFrontDoor:
     # -- checks ------------------------------------------------------------
 
     def _server(self, request: web.Request) -> str:
+        request[DOOR] = FRONT_DOOR
         self._guard.check(request)
         name = request.match_info.get("server", self._default)
         if name is None or name not in self._hub.upstreams:
