@@ -9,6 +9,7 @@ Deprecation header and the migration metrics.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -16,10 +17,27 @@ from mcp import ClientSession, types
 from mcp.client.sse import sse_client
 
 from bridge.metrics import MAX_CLIENT_NAMES, Metrics, client_label
-from bridge.settings import StdioServer
-from tests.conftest import GatewayFactory, example_stdio, fixture_stdio
+from bridge.settings import ServerSpec, StdioServer, StreamableHttpServer
+from tests.conftest import (
+    GatewayFactory,
+    ProcFactory,
+    example_stdio,
+    fixture_stdio,
+    sse_spec,
+    start_everything_sse,
+    start_fixture_http,
+    start_fixture_sse,
+)
 from tests.integration.test_metrics import scrape, value
-from tests.integration.test_sdk_clients import FASTMCP, SAMPLED, Profile, _sampling, _text
+from tests.integration.test_sdk_clients import (
+    EVERYTHING,
+    FASTMCP,
+    SAMPLED,
+    Profile,
+    _sampling,
+    _text,
+)
+from tests.integration.test_streamable_upstream import start_everything_http
 
 BOUND = 20.0  # seconds
 EXAMPLE = Profile(
@@ -241,3 +259,41 @@ def test_client_label_is_bounded() -> None:
     }
     assert len(names) == MAX_CLIENT_NAMES + 1
     assert "other" in names
+
+
+Setup = Callable[[ProcFactory], Awaitable[ServerSpec]]
+
+
+async def _fastmcp_over_sse(procs: ProcFactory) -> ServerSpec:
+    return sse_spec(await start_fixture_sse(procs))
+
+
+async def _fastmcp_over_http(procs: ProcFactory) -> ServerSpec:
+    _, url = await start_fixture_http(procs)
+    return StreamableHttpServer(name="remote", url=url, type="streamable-http")
+
+
+async def _everything_over_sse(procs: ProcFactory) -> ServerSpec:
+    return sse_spec(await start_everything_sse(procs))
+
+
+async def _everything_over_http(procs: ProcFactory) -> ServerSpec:
+    _, url = await start_everything_http(procs)
+    return StreamableHttpServer(name="remote", url=url, type="streamable-http")
+
+
+@pytest.mark.parametrize(
+    ("setup", "profile"),
+    [
+        pytest.param(_fastmcp_over_sse, FASTMCP, id="fastmcp-legacy-sse"),
+        pytest.param(_fastmcp_over_http, FASTMCP, id="fastmcp-streamable-http"),
+        pytest.param(_everything_over_sse, EVERYTHING, id="everything-legacy-sse"),
+        pytest.param(_everything_over_http, EVERYTHING, id="everything-streamable-http"),
+    ],
+)
+async def test_legacy_door_over_http_upstreams(
+    setup: Setup, profile: Profile, procs: ProcFactory, gateway: GatewayFactory
+) -> None:
+    """The rest of issue #4's matrix: legacy front door x {legacy SSE, Streamable HTTP} upstreams."""
+    gw = await gateway([await setup(procs)])
+    await run_legacy_scenario(f"{gw.url}/sse", profile)
