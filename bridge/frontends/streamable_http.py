@@ -31,13 +31,12 @@ from bridge.errors import (
     InvalidRequest,
     MissingSession,
     NotAcceptable,
-    PayloadTooLarge,
     SessionNotFound,
-    UnknownServer,
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from bridge.frontends.context import DOOR, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
+from bridge.frontends.common import read_body, resolve_server
+from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
@@ -185,13 +184,7 @@ class StreamableHttpFrontDoor:
     # -- checks ------------------------------------------------------------
 
     def _server(self, request: web.Request) -> str:
-        request[DOOR] = FRONT_DOOR
-        self._guard.check(request)
-        name = request.match_info.get("server", self._default)
-        if name is None or name not in self._hub.upstreams:
-            raise UnknownServer(f"no MCP server named {name!r} here")
-        request[SERVER] = name
-        return name
+        return resolve_server(request, self._hub, self._guard, self._default, FRONT_DOOR)
 
     def _session_id(self, request: web.Request) -> str:
         session_id = request.headers.get(SESSION_HEADER)
@@ -228,13 +221,7 @@ class StreamableHttpFrontDoor:
             )
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"request body over {limit} bytes") from None
+        return await read_body(request, self._config.max_body_bytes)
 
     @staticmethod
     def _parse(body: bytes) -> tuple[list[tuple[Message, Kind]], bool]:
