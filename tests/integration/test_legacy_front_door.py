@@ -32,10 +32,9 @@ from tests.integration.test_metrics import scrape, value
 from tests.integration.test_sdk_clients import (
     EVERYTHING,
     FASTMCP,
-    SAMPLED,
     Profile,
     _sampling,
-    _text,
+    exercise,
 )
 from tests.integration.test_streamable_upstream import start_everything_http
 
@@ -59,42 +58,7 @@ async def run_legacy_scenario(url: str, profile: Profile) -> None:
         init = await session.initialize()
         assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
 
-        tools = {t.name for t in (await session.list_tools()).tools}
-        assert {profile.tool[0], profile.progress_tool[0]} <= tools
-
-        name, args, expected = profile.tool
-        assert expected in _text(await session.call_tool(name, args))
-
-        order: list[str] = []
-        seen: list[float] = []
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            order.append("progress")
-            seen.append(progress)
-
-        name, args = profile.progress_tool
-        _text(await session.call_tool(name, args, progress_callback=on_progress))
-        order.append("result")
-        assert len(seen) >= 3
-        assert seen == sorted(seen)
-        assert order == ["progress"] * len(seen) + ["result"]
-
-        name, args = profile.sampling_tool
-        if name:
-            assert SAMPLED in _text(await session.call_tool(name, args))
-
-        uri, needle = profile.resource
-        contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
-        assert any(needle in getattr(c, "text", "") for c in contents)
-
-        name, pargs, needle = profile.prompt
-        prompt = await session.get_prompt(name, pargs)
-        texts = [
-            m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)
-        ]
-        assert any(needle in t for t in texts)
-
-        assert isinstance(await session.send_ping(), types.EmptyResult)
+        await exercise(session, profile)
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,48 @@ def _text(result: types.CallToolResult) -> str:
     return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
+async def exercise(session: ClientSession, profile: Profile) -> None:
+    """After initialize: tools, progress before the result, sampling, resources, prompts, ping.
+
+    Shared by both front doors' SDK tests; a profile with no sampling tool skips sampling.
+    """
+    tools = {t.name for t in (await session.list_tools()).tools}
+    expected_tools = {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} - {""}
+    assert expected_tools <= tools
+
+    name, args, expected = profile.tool
+    assert expected in _text(await session.call_tool(name, args))
+
+    order: list[str] = []
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        order.append("progress")
+        seen.append(progress)
+
+    name, args = profile.progress_tool
+    _text(await session.call_tool(name, args, progress_callback=on_progress))
+    order.append("result")
+    assert len(seen) >= 3
+    assert seen == sorted(seen)
+    assert order == ["progress"] * len(seen) + ["result"]
+
+    name, args = profile.sampling_tool
+    if name:
+        assert SAMPLED in _text(await session.call_tool(name, args))
+
+    uri, needle = profile.resource
+    contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
+    assert any(needle in getattr(c, "text", "") for c in contents)
+
+    name, pargs, needle = profile.prompt
+    prompt = await session.get_prompt(name, pargs)
+    texts = [m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)]
+    assert any(needle in t for t in texts)
+
+    assert isinstance(await session.send_ping(), types.EmptyResult)
+
+
 async def run_scenario(url: str, profile: Profile) -> None:
     async with (
         streamable_http_client(url) as (read, write, get_session_id),
@@ -82,43 +124,7 @@ async def run_scenario(url: str, profile: Profile) -> None:
         session_id = get_session_id()
         assert session_id
 
-        tools = await session.list_tools()
-        names = {t.name for t in tools.tools}
-        assert {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} <= names
-
-        name, args, expected = profile.tool
-        assert expected in _text(await session.call_tool(name, args))
-
-        order: list[str] = []
-        seen: list[float] = []
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            order.append("progress")
-            seen.append(progress)
-
-        name, args = profile.progress_tool
-        result = await session.call_tool(name, args, progress_callback=on_progress)
-        order.append("result")
-        _text(result)
-        assert len(seen) >= 3
-        assert seen == sorted(seen)
-        assert order == ["progress"] * len(seen) + ["result"]
-
-        name, args = profile.sampling_tool
-        assert SAMPLED in _text(await session.call_tool(name, args))
-
-        uri, needle = profile.resource
-        contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
-        assert any(needle in getattr(c, "text", "") for c in contents)
-
-        name, pargs, needle = profile.prompt
-        prompt = await session.get_prompt(name, pargs)
-        texts = [
-            m.content.text for m in prompt.messages if isinstance(m.content, types.TextContent)
-        ]
-        assert any(needle in t for t in texts)
-
-        assert isinstance(await session.send_ping(), types.EmptyResult)
+        await exercise(session, profile)
     # Leaving streamable_http_client sends DELETE; the session must be gone now.
     assert await _status_after_delete(url, session_id) == 404
 
