@@ -424,6 +424,8 @@ class Session:
     async def _resume_post_stream(self, name: str, position: str) -> Stream:
         key = next((k for k, n in self._names.items() if n == name and isinstance(k, int)), None)
         if key is not None:  # still open here: replay, then live
+            if (previous := self._streams.get(key)) is not None:
+                previous.close()  # the newer resume wins; the old reader ends, not hangs
             stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
             self._router.attach(key)
             stream.prepend_replay(await self._stored(name, position))

@@ -273,3 +273,24 @@ async def test_sigterm_drains_then_hands_over_to_another_gateway(
         assert len(answers) == 1  # exactly one answer, at the gateway it resumed at
         assert answers[0]["id"] == long["id"]
         assert answers[0]["error"]["code"] == errors.REQUEST_INTERRUPTED
+
+
+async def test_a_second_resume_of_a_live_stream_ends_the_first(gateway: GatewayFactory) -> None:
+    gw = await gateway([example_stdio()])
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        slow = client.request(
+            "tools/call", {"name": "slow", "arguments": {"steps": 3, "delay": 0.3}}
+        )
+        slow["params"]["_meta"] = {"progressToken": "twice"}
+        async with asyncio.timeout(BOUND):
+            response = await open_post(client, slow)
+            priming = (await next_event(response))["id"]
+            response.close()
+            first = await resume(client, priming)
+            second = await resume(client, priming)
+            ended = await read_reply(first)  # it ends, not left hanging on keepalives
+            assert all("method" in m for m in ended.messages)  # the answer goes to the second
+            reply = await read_reply(second)
+        assert reply.messages[-1]["result"]["content"][0]["text"] == "done after 3 steps"
