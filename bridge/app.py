@@ -24,13 +24,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
 import aiohttp
+import aiohttp_cors
 import structlog
 from aiohttp import web
 
-from bridge import errors, jsonrpc, tasks
+from bridge import auth, errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
 from bridge.frontends.context import DOOR, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
-from bridge.frontends.guard import Guard
+from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
@@ -41,7 +42,7 @@ from bridge.sessions.store import StoreUnavailable
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer, StreamableHttpServer
 from bridge.stores import Stores as OpenStores
 from bridge.stores import open_stores
-from bridge.upstreams.base import Upstream, UpstreamTimeouts
+from bridge.upstreams.base import RestartPolicy, Upstream, UpstreamTimeouts, upstream_report
 from bridge.upstreams.detect import AutoHttpUpstream
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.stdio import StdioUpstream
@@ -55,6 +56,22 @@ FRONT_DOOR: Final = "streamable_http"
 #: releases sessions and reaps children.
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
+#: CORS for browser clients (spec-notes §1.17): what they may send and read.
+CORS_ALLOW_HEADERS: Final = (
+    "Accept",
+    "Authorization",
+    "Content-Type",
+    "Last-Event-ID",
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+)
+CORS_EXPOSE_HEADERS: Final = (
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+    "Last-Event-ID",
+    "WWW-Authenticate",
+    "Retry-After",
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -88,7 +105,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except errors.BridgeError as exc:
         status = exc.http_status
-        return _error_response(request, status, exc.jsonrpc_code, exc.message)
+        response = _error_response(request, status, exc.jsonrpc_code, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -137,7 +156,8 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
-    body = {"status": status, "store": store, "upstreams": hub.upstream_state, "sessions": len(hub)}
+    upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
     return web.json_response(body)
 
 
@@ -164,6 +184,12 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
         send=settings.upstream_send_timeout,
         shutdown_grace=settings.stdio_shutdown_grace,
         max_message_bytes=settings.max_message_bytes,
+        restart=RestartPolicy(
+            backoff_base=settings.stdio_restart_backoff_base,
+            backoff_max=settings.stdio_restart_backoff_max,
+            wait=settings.stdio_restart_wait,
+            healthy_after=settings.stdio_healthy_after,
+        ),
     )
 
 
@@ -194,6 +220,31 @@ async def stores_for(settings: Settings) -> OpenStores:
     )
 
 
+def endpoint_paths(servers: Sequence[ServerSpec]) -> frozenset[str]:
+    """Every MCP endpoint path (README "URLs"), e.g. for RFC 9728 metadata lookups."""
+    names = [f"/servers/{spec.name}" for spec in servers] + ([""] if len(servers) == 1 else [])
+    return frozenset(f"{base}/{leaf}" for base in names for leaf in ("http", "mcp", "sse"))
+
+
+def allow_cors(app: web.Application, routes: Sequence[web.AbstractRoute]) -> None:
+    """CORS on the MCP routes for browser clients (spec-notes §1.17), via aiohttp-cors.
+
+    Preflights are answered for any Origin; the real request then meets the
+    Host/Origin guard (403 for a foreign Origin), which is what enforces the
+    allowlist. No cookies are used, so credentials are not allowed.
+    """
+    cors = aiohttp_cors.setup(app)
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]  # untyped library
+        allow_credentials=False,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        allow_headers=CORS_ALLOW_HEADERS,
+        allow_methods=["GET", "POST", "DELETE"],
+        max_age=600,
+    )
+    for route in routes:
+        cors.add(route, {"*": options})
+
+
 async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Application:
     """The gateway application for ``servers``, with the store ``settings.store_url`` names.
 
@@ -221,12 +272,19 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         request_timeout=settings.upstream_request_timeout,
         ttl=settings.session_ttl,
         retry_ms=settings.sse_retry_ms,
+        max_requests=settings.max_requests_per_session,
     )
     metrics = Metrics()
     hub = SessionHub(
         upstreams,
         Stores(stores.sessions, stores.events),
-        HubConfig(settings.upstream_idle_timeout, settings.shutdown_timeout, limits),
+        HubConfig(
+            settings.upstream_idle_timeout,
+            settings.shutdown_timeout,
+            limits,
+            max_sessions=settings.max_sessions,
+            max_sessions_per_principal=settings.max_sessions_per_principal,
+        ),
         metrics,
     )
     app[HUB] = hub
@@ -234,6 +292,15 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
 
     guard = Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins)
     default_server = servers[0].name if len(servers) == 1 else None
+    endpoints = endpoint_paths(servers)
+    authenticator, metadata = auth.from_settings(settings, endpoints.__contains__)
+    if not settings.auth_enabled and not is_loopback(settings.host):
+        log.warning(
+            "auth_disabled_on_network",
+            host=settings.host,
+            hint="anyone who reaches this address can use every server; set "
+            "BRIDGE_API_KEYS or BRIDGE_OAUTH_ISSUER",
+        )
     front = StreamableHttpFrontDoor(
         hub,
         FrontDoorConfig(
@@ -244,6 +311,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             poll_after=settings.sse_poll_after,
         ),
         guard,
+        authenticator,
         default_server=default_server,
     )
     legacy = LegacySseFrontDoor(
@@ -258,6 +326,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             deprecation=settings.legacy_deprecation_header,
         ),
         guard,
+        authenticator,
         default_server=default_server,
     )
     routes = [
@@ -272,9 +341,14 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     routes += legacy.routes("/servers/{server}/sse", "/servers/{server}/messages/")
     if len(servers) == 1:
         routes += legacy.routes("/sse", "/messages/")
+    mcp_routes = app.add_routes(routes)
+    others: list[web.RouteDef] = []
     if settings.admin_token is not None:
-        routes += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
-    app.add_routes(routes)
+        others += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
+    if metadata is not None:
+        others += metadata.routes()
+    app.add_routes(others)
+    allow_cors(app, mcp_routes)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")

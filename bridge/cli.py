@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bridge import admin  # only the admin command needs it
 
         return admin.main(args[1:])
+    if args[:1] == ["api-key"]:
+        return new_api_key(args[1:])
     args = _expand_aliases(args)
     try:
         settings = Settings(_cli_parse_args=args)
@@ -52,9 +56,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     bridge_log.configure(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings, servers))
+    except ConfigError as exc:  # found while building the app: store URL, API keys
+        print(f"mcp-bridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:  # e.g. the port is taken
         log.error("cannot_listen", host=settings.host, port=settings.port, error=str(exc))
         return 1
+    return 0
+
+
+def new_api_key(args: Sequence[str]) -> int:
+    """``mcp-bridge api-key NAME``: print a new random key and its config entry.
+
+    The first line is the token to give the client; the second, the
+    ``NAME:sha256:HEX`` entry for ``BRIDGE_API_KEYS``, so the gateway's config
+    never holds the key itself.
+    """
+    if len(args) != 1 or not args[0] or ":" in args[0] or "," in args[0]:
+        print("usage: mcp-bridge api-key NAME (no ':' or ',' in NAME)", file=sys.stderr)
+        return EXIT_CONFIG
+    token = secrets.token_urlsafe(32)
+    print(token)
+    print(f"{args[0]}:sha256:{hashlib.sha256(token.encode()).hexdigest()}")
     return 0
 
 

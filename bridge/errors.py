@@ -13,10 +13,15 @@
     │   ├── UnsupportedProtocolVersion bad MCP-Protocol-Version                 400
     │   ├── SessionNotFound            unknown, ended or foreign session        404 -32001
     │   ├── UnknownServer              no server by that name                   404
+    │   ├── Unauthorized               no or bad credentials (spec §Authz)      401 -32036
+    │   ├── InsufficientScope          token lacks a required scope             403 -32036
     │   ├── ForbiddenOrigin            Origin not allowed (spec §Security)      403
     │   ├── MisdirectedHost            Host not allowed (DNS rebinding)         421
-    │   └── StreamConflict             a second standalone GET stream           409
+    │   ├── StreamConflict             a second standalone GET stream           409
+    │   └── TooManyRequests            a per-client limit is reached            429 -32037
+    ├── GatewayFull                    the gateway's session limit is reached   503 -32037
     ├── StoreDown                      the session store cannot be reached     503 -32034
+    ├── AuthServerDown                 the issuer's keys cannot be fetched      503 -32036
     ├── UpstreamError                  the upstream MCP server failed us       5xx
     │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
     │   ├── UpstreamProtocolError      upstream spoke nonsense                  502 -32031
@@ -25,9 +30,10 @@
 
 Each class carries ``http_status`` (used while no response has started) and
 ``jsonrpc_code`` (used in the JSON-RPC error body, or in an error response on
-an SSE stream that has already started; STYLE rule 12).
+an SSE stream that has already started; STYLE rule 12), and may carry
+``headers`` for the HTTP response (``WWW-Authenticate``, ``Retry-After``).
 
-The gateway-specific codes -32030..-32035 sit in JSON-RPC's implementation
+The gateway-specific codes -32030..-32037 sit in JSON-RPC's implementation
 defined server-error range (-32000..-32099), away from -32001/-32002 that SDKs
 already use and from -32020..-32022 that MCP 2026-07-28 reserves.
 """
@@ -51,6 +57,8 @@ UPSTREAM_TIMEOUT: Final = -32032
 SESSION_TERMINATED: Final = -32033
 STORE_UNAVAILABLE: Final = -32034
 REQUEST_INTERRUPTED: Final = -32035
+UNAUTHORIZED: Final = -32036
+LIMIT_EXCEEDED: Final = -32037
 
 
 class BridgeError(Exception):
@@ -59,9 +67,11 @@ class BridgeError(Exception):
     http_status: ClassVar[int] = 500
     jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: Extra HTTP response headers, e.g. ``WWW-Authenticate`` or ``Retry-After``.
+        self.headers: dict[str, str] = headers or {}
 
 
 class ClientProtocolError(BridgeError):
@@ -113,6 +123,23 @@ class UnknownServer(ClientProtocolError):
     jsonrpc_code = METHOD_NOT_FOUND
 
 
+class Unauthorized(ClientProtocolError):
+    """spec 2025-11-25 authorization §Error Handling: missing or invalid credentials -> 401.
+
+    ``headers`` carries ``WWW-Authenticate`` (RFC 6750 §3; RFC 9728 §5.1).
+    """
+
+    http_status = 401
+    jsonrpc_code = UNAUTHORIZED
+
+
+class InsufficientScope(ClientProtocolError):
+    """spec 2025-11-25 authorization §Scope Challenge: a valid token without the scope -> 403."""
+
+    http_status = 403
+    jsonrpc_code = UNAUTHORIZED
+
+
 class ForbiddenOrigin(ClientProtocolError):
     """spec 2025-11-25 transports §Security Warning: invalid Origin -> 403."""
 
@@ -129,11 +156,32 @@ class StreamConflict(ClientProtocolError):
     http_status = 409
 
 
+class TooManyRequests(ClientProtocolError):
+    """A per-principal or per-session limit is reached; ``Retry-After`` says when to retry."""
+
+    http_status = 429
+    jsonrpc_code = LIMIT_EXCEEDED
+
+
+class GatewayFull(BridgeError):
+    """The gateway holds as many sessions as it may; another replica or later may serve."""
+
+    http_status = 503
+    jsonrpc_code = LIMIT_EXCEEDED
+
+
 class StoreDown(BridgeError):
     """The session store cannot be reached: the session may well exist (not a 404)."""
 
     http_status = 503
     jsonrpc_code = STORE_UNAVAILABLE
+
+
+class AuthServerDown(BridgeError):
+    """OAuth mode: the issuer's JWKS cannot be fetched, so no token can be checked now."""
+
+    http_status = 503
+    jsonrpc_code = UNAUTHORIZED
 
 
 class UpstreamError(BridgeError):

@@ -19,16 +19,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import structlog
 
 from bridge import jsonrpc, tasks
-from bridge.errors import SessionNotFound, StoreDown, UpstreamError
+from bridge.errors import GatewayFull, SessionNotFound, StoreDown, TooManyRequests, UpstreamError
 from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
@@ -39,6 +42,9 @@ from bridge.upstreams.base import Upstream, UpstreamConnection
 
 log = structlog.get_logger("bridge.hub")
 
+#: Seconds a client turned away by a session limit is told to wait (Retry-After).
+LIMIT_RETRY_AFTER: Final = 5
+
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
@@ -47,6 +53,8 @@ class HubConfig:
     idle_timeout: float
     shutdown_timeout: float
     limits: SessionLimits
+    max_sessions: int = 1000  # live sessions in this process
+    max_sessions_per_principal: int = 100
 
 
 def _now() -> str:
@@ -73,6 +81,8 @@ class SessionHub:
         self._sessions: dict[str, Session] = {}
         self._resuming: dict[str, asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
+        #: principal -> sessions being started or resumed (not yet in _sessions).
+        self._starting: Counter[str | None] = Counter()
         #: server -> {"status": "idle" | "up" | "failing", ...}: for /readyz.
         self.upstream_state: dict[str, dict[str, str]] = {n: {"status": "idle"} for n in upstreams}
         # Sliding expiry without a store write per request (issue #3 "Cost").
@@ -88,20 +98,30 @@ class SessionHub:
 
     # -- create ------------------------------------------------------------
 
-    async def initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
-        """Open a session on ``server`` and post its ``initialize`` request.
+    async def initialize(
+        self, server: str, request: Message, principal: str | None = None
+    ) -> tuple[Session, Stream]:
+        """Open a session on ``server`` for ``principal`` and post its ``initialize`` request.
+
+        The session is bound to ``principal``: :meth:`get` and :meth:`end`
+        treat it as unknown for anyone else (spec-notes §1.16).
 
         Raises:
             UpstreamError: the upstream could not be reached or started.
             StoreDown: the store could not record the session.
         """
         work = tasks.spawn(
-            self._initialize(server, request), name=f"initialize:{server}", awaited=True
+            self._initialize(server, request, principal),
+            name=f"initialize:{server}",
+            awaited=True,
         )
         return await asyncio.shield(work)
 
-    async def _initialize(self, server: str, request: Message) -> tuple[Session, Stream]:
-        connection = await self._connect(server)
+    async def _initialize(
+        self, server: str, request: Message, principal: str | None
+    ) -> tuple[Session, Stream]:
+        with self._making_room(principal):
+            connection = await self._connect(server)
         now = time.time()
         params = jsonrpc.params(request)
         record = SessionRecord(
@@ -109,6 +129,7 @@ class SessionHub:
             server=server,
             protocol_version=str(params.get("protocolVersion", jsonrpc.LATEST_VERSION)),
             client_params=params,
+            principal=principal,
             created_at=now,
             last_seen_at=now,
         )
@@ -125,12 +146,13 @@ class SessionHub:
 
     # -- find --------------------------------------------------------------
 
-    async def get(self, session_id: str, server: str) -> Session:
-        """The live session, resumed from the store if need be.
+    async def get(self, session_id: str, server: str, principal: str | None = None) -> Session:
+        """``principal``'s live session, resumed from the store if need be.
 
         Raises:
-            SessionNotFound: unknown, deleted, expired, or another server's
-                (all look alike, spec 2025-11-25 §Session Management 3).
+            SessionNotFound: unknown, deleted, expired, another server's or
+                another principal's (all look alike, spec 2025-11-25 §Session
+                Management 3, spec-notes §1.16).
             StoreDown: the store cannot say (503, never a misleading 404).
             UpstreamError: the session exists but its upstream cannot be resumed now.
         """
@@ -139,17 +161,17 @@ class SessionHub:
             self._forget(session)
             session = None
         if session is None:
-            session = await self._resume(session_id, server)
-        if session.record.server != server:
+            session = await self._resume(session_id, server, principal)
+        if (session.record.server, session.record.principal) != (server, principal):
             raise SessionNotFound("session not found")
         self._touch(session)
         return session
 
-    async def _resume(self, session_id: str, server: str) -> Session:
+    async def _resume(self, session_id: str, server: str, principal: str | None) -> Session:
         task = self._resuming.get(session_id)
         if task is None:
             task = tasks.spawn(
-                self._load_and_resume(session_id, server),
+                self._load_and_resume(session_id, server, principal),
                 name=f"resume:{short(session_id)}",
                 awaited=True,
             )
@@ -157,16 +179,21 @@ class SessionHub:
             task.add_done_callback(lambda _: self._resuming.pop(session_id, None))
         return await asyncio.shield(task)
 
-    async def _load_and_resume(self, session_id: str, server: str) -> Session:
+    async def _load_and_resume(
+        self, session_id: str, server: str, principal: str | None
+    ) -> Session:
         try:
             record = await self._store.get(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
-        if record is None or record.server != server or not record.init_result:
+        if record is None or not record.init_result:
             raise SessionNotFound("session not found")
+        if (record.server, record.principal) != (server, principal):
+            raise SessionNotFound("session not found")  # a stranger must not start an upstream
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
-        connection = await self._connect(record.server)
+        with self._making_room(principal):
+            connection = await self._connect(record.server)
         try:
             session = await Session.resume(
                 record, connection, self.stores, self._config.limits, self.metrics
@@ -182,12 +209,63 @@ class SessionHub:
         try:
             connection = await self.upstreams[server].connect()
         except UpstreamError as exc:
+            # A refusal during a restart delay (Retry-After) was logged once, when
+            # the crash loop began (upstream_crash_loop): not again per request.
+            level = log.info if "Retry-After" in exc.headers else log.warning
+            level("upstream_connect_failed", server=server, error=exc.message)
             self.metrics.upstream_connects.labels(server, "failed").inc()
             self.upstream_state[server] = {"status": "failing", "error": exc.message, "at": _now()}
             raise
         self.metrics.upstream_connects.labels(server, "ok").inc()
         self.upstream_state[server] = {"status": "up", "since": _now()}
         return connection
+
+    @contextlib.contextmanager
+    def _making_room(self, principal: str | None) -> Iterator[None]:
+        """Count a session being started for ``principal`` against the limits.
+
+        At a limit, the longest-idle session in scope (no stream, nothing in
+        flight) has its upstream released to make room: its record stays, so
+        its client resumes it transparently on its next request. If none is
+        idle, the request is refused with ``Retry-After``.
+
+        Raises:
+            TooManyRequests: ``principal`` holds ``max_sessions_per_principal`` busy ones (429).
+            GatewayFull: this process holds ``max_sessions`` busy ones (503).
+        """
+        live = self.live()
+        mine = [s for s in live if s.record.principal == principal]
+        retry = {"Retry-After": str(LIMIT_RETRY_AFTER)}
+        full = len(mine) + self._starting[principal] >= self._config.max_sessions_per_principal
+        if full and not self._release_idlest(mine):
+            self.metrics.limited.labels("sessions_per_principal").inc()
+            raise TooManyRequests("too many sessions for this client", headers=retry)
+        live = self.live()  # without a session just released for room
+        full = len(live) + self._starting.total() >= self._config.max_sessions
+        if full and not self._release_idlest(live):
+            self.metrics.limited.labels("sessions").inc()
+            raise GatewayFull("this gateway holds as many sessions as it may", headers=retry)
+        self._starting[principal] += 1
+        try:
+            yield
+        finally:
+            self._starting[principal] -= 1
+            if self._starting[principal] <= 0:
+                del self._starting[principal]
+
+    def _release_idlest(self, sessions: list[Session]) -> bool:
+        now = time.monotonic()
+        idle = [s for s in sessions if s.idle_for(now) > 0 and not s.in_flight()]
+        if not idle:
+            return False
+        victim = max(idle, key=lambda s: s.idle_for(now))
+        log.info("session_released_for_room", session_id=short(victim.id))
+        self._forget(victim)
+        _ = tasks.spawn(
+            victim.close("limit: upstream released for a new session"),
+            name=f"release:{short(victim.id)}",
+        )
+        return True
 
     def _touch(self, session: Session) -> None:
         now = time.monotonic()
@@ -215,25 +293,25 @@ class SessionHub:
 
     # -- end ---------------------------------------------------------------
 
-    async def end(self, session_id: str, server: str, reason: str) -> None:
+    async def end(self, session_id: str, server: str, principal: str | None, reason: str) -> None:
         """End a session for good (DELETE): release it and forget its record.
 
         A session that is stored but not live is forgotten without resuming it.
 
         Raises:
-            SessionNotFound: as for :meth:`get`.
+            SessionNotFound: as for :meth:`get` (another principal's session included).
             StoreDown: the store cannot be reached.
         """
         session = self._sessions.get(session_id)
         try:
             if session is not None and not session.ended.is_set():
-                if session.record.server != server:
+                if (session.record.server, session.record.principal) != (server, principal):
                     raise SessionNotFound("session not found")
                 await session.close(reason, forget=True)
                 self._sessions.pop(session_id, None)
                 return
             record = await self._store.get(session_id)
-            if record is None or record.server != server:
+            if record is None or (record.server, record.principal) != (server, principal):
                 raise SessionNotFound("session not found")
             await self._store.delete(session_id)
             await self.stores.events.delete_session(session_id)

@@ -70,6 +70,8 @@ def end_reason(reason: str, forgotten: bool) -> str:
         return "shutdown"
     if "deleted elsewhere" in reason:
         return "evicted"
+    if reason.startswith("limit"):
+        return "limit"
     if forgotten:
         return "initialize_failed"
     return "upstream_lost"
@@ -131,6 +133,12 @@ class Metrics:
             "Requests found interrupted by a restart, by what was done",
             ["server", "action"], registry=r,
         )  # fmt: skip
+        self.limited = Counter(
+            "mcp_bridge_limited_total",
+            "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session)",
+            ["limit"],
+            registry=r,
+        )
         self.store_errors = Counter(
             "mcp_bridge_store_errors_total",
             "Store operations that failed",

@@ -62,6 +62,8 @@ log = structlog.get_logger("bridge.session")
 
 #: Key of the stored first event of a POST stream: the requests it carries.
 META: Final = "io.github.mcp-bridge/stream"
+#: Seconds a client told "too many requests in flight" waits before it retries.
+REQUEST_RETRY_AFTER: Final = 1
 #: spec-notes §1.9: priming events only for clients of this revision or later.
 PRIMING_SINCE: Final = jsonrpc.PROTOCOL_VERSION_2025_11_25
 
@@ -77,6 +79,7 @@ class SessionLimits:
     request_timeout: float
     ttl: float
     retry_ms: int
+    max_requests: int = 64  # requests in flight at once (429 above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,8 @@ class Session:
         answer = await waiter
         if not isinstance(answer.get("result"), dict):
             error = answer.get("error") or {}
+            if self.ended.is_set():  # our own error: the upstream went away mid-call (503)
+                raise errors.UpstreamUnavailable(str(error.get("message", "upstream lost")))
             raise UpstreamProtocolError(
                 f"server {self.record.server!r}: {method} failed: {error.get('message', answer)}"
             )
@@ -242,6 +247,9 @@ class Session:
                 callback()
 
     async def _release(self, reason: str, code: int, forget: bool, hand_over: bool) -> None:
+        # A session whose initialize never completed cannot be resumed (hub
+        # answers 404 for it): its record would only wait for the TTL.
+        forget = forget or not self.record.init_result
         self.end_reason = reason
         self.ended.set()
         if self._initialize_timer is not None:
@@ -278,8 +286,18 @@ class Session:
 
         ``resumable=False`` is for a plain JSON reply: nothing is stored, and
         the stream carries only the response.
+
+        Raises:
+            SessionNotFound: the session has ended.
+            TooManyRequests: ``max_requests`` would be in flight (429, ``Retry-After``).
         """
         self._check_open()
+        if self.in_flight() + len(requests) > self._limits.max_requests:
+            self._metrics.limited.labels("requests_per_session").inc()
+            raise errors.TooManyRequests(
+                f"more than {self._limits.max_requests} requests in flight in this session",
+                headers={"Retry-After": str(REQUEST_RETRY_AFTER)},
+            )
         self.last_active = time.monotonic()
         key = self._router.open_stream(unrelated=resumable)
         stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)

@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
@@ -58,6 +66,49 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr | None = Field(
         None, description="enables /admin/sessions; callers send it as a Bearer token"
+    )
+
+    api_keys: SecretStr | None = Field(
+        None,
+        description="front-door API keys, comma-separated: NAME:TOKEN or NAME:sha256:HEX; "
+        "clients send 'Authorization: Bearer TOKEN'",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="file of API keys, one NAME:TOKEN or NAME:sha256:HEX per line"
+    )
+    oauth_issuer: str | None = Field(
+        None, description="OAuth 2.1 resource-server mode: the trusted issuer (iss)"
+    )
+    oauth_jwks_url: str | None = Field(
+        None, description="the issuer's JWKS URL (required with oauth_issuer)"
+    )
+    oauth_audience: list[str] = Field(
+        default_factory=list,
+        description="accepted token audiences; empty: the endpoint's URL or public_url",
+    )
+    oauth_scopes: list[str] = Field(
+        default_factory=list, description="scopes every token must carry (403 without)"
+    )
+    oauth_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"], description="accepted JWT signing algorithms"
+    )
+    oauth_leeway: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    oauth_jwks_timeout: Seconds = Field(5.0, description="one JWKS fetch from the issuer")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="the gateway's external base URL (e.g. https://mcp.example.com); "
+        "required with oauth_issuer; names the resource in RFC 9728 metadata",
+    )
+
+    max_sessions: int = Field(
+        1000, ge=1, description="live sessions per gateway process (503 above)"
+    )
+    max_sessions_per_principal: int = Field(
+        100, ge=1, description="live sessions one principal may hold per process (429 above)"
+    )
+    max_requests_per_session: int = Field(
+        64, ge=1, description="requests in flight in one session (429 above)"
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -124,6 +175,22 @@ class Settings(BaseSettings):
     stdio_shutdown_grace: Seconds = Field(
         2.0, description="stdio: wait after closing stdin, and again after SIGTERM"
     )
+    stdio_restart_backoff_base: Seconds = Field(
+        0.5,
+        description="stdio: delay before a server whose child crashed (exited by itself within "
+        "stdio_healthy_after, or failed to start) starts another; doubles with each crash in a "
+        "row, with jitter (half to all of it)",
+    )
+    stdio_restart_backoff_max: Seconds = Field(30.0, description="stdio: longest restart delay")
+    stdio_restart_wait: float = Field(
+        1.0,
+        ge=0,
+        description="stdio: a request that needs a child during the restart delay waits at most "
+        "this long for it; if the delay is longer, it gets 503 with Retry-After at once",
+    )
+    stdio_healthy_after: Seconds = Field(
+        10.0, description="stdio: a child that runs this long resets the restart delay"
+    )
     shutdown_timeout: Seconds = Field(10.0, description="graceful shutdown budget")
     public_path_prefix: str = Field(
         "",
@@ -140,6 +207,20 @@ class Settings(BaseSettings):
         description="value of a Deprecation header on legacy SSE responses ('true' or an "
         "HTTP-date); empty: none",
     )
+
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> Settings:
+        # The audience check must not trust a client's Host header (a token
+        # minted for another server would pass): the resource URL is configured.
+        incomplete = self.oauth_jwks_url is None or self.public_url is None
+        if self.oauth_issuer is not None and incomplete:
+            raise ValueError("oauth_issuer needs oauth_jwks_url and public_url")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether the front doors ask for credentials."""
+        return bool(self.api_keys or self.api_keys_file or self.oauth_issuer)
 
 
 class _Spec(BaseModel):

@@ -75,5 +75,5 @@ class AdminApi:
             raise StoreDown(f"session store unavailable: {exc}") from exc
         if record is None:
             raise SessionNotFound("session not found")
-        await self._hub.end(session_id, record.server, "evicted by an operator")
+        await self._hub.end(session_id, record.server, record.principal, "evicted by an operator")
         return web.json_response({"session_id": session_id, "evicted": True})

@@ -26,6 +26,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from bridge import jsonrpc, tasks
+from bridge.auth import Authenticator
 from bridge.errors import (
     BridgeError,
     InvalidRequest,
@@ -33,7 +34,7 @@ from bridge.errors import (
     SessionNotFound,
     UnsupportedMediaType,
 )
-from bridge.frontends.common import read_body, resolve_server
+from bridge.frontends.common import admit, read_body
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub, new_session_id
@@ -66,9 +67,12 @@ class LegacyConfig:
 class LegacyConnection:
     """One legacy GET stream: its outbox, its session, and the pumps feeding it."""
 
-    def __init__(self, connection_id: str, server: str, queue_size: int) -> None:
+    def __init__(
+        self, connection_id: str, server: str, principal: str | None, queue_size: int
+    ) -> None:
         self.id = connection_id
         self.server = server
+        self.principal = principal  # only its creator may POST to it (spec-notes §1.16)
         self.outbox = Stream(_OUTBOX_KEY, queue_size)
         self.session: Session | None = None
         self.initializing = False
@@ -113,11 +117,13 @@ class LegacySseFrontDoor:
         hub: SessionHub,
         config: LegacyConfig,
         guard: Guard,
+        auth: Authenticator,
         default_server: str | None,
     ) -> None:
         self._hub = hub
         self._config = config
         self._guard = guard
+        self._auth = auth
         self._default = default_server
         self._connections: dict[str, LegacyConnection] = {}
         self._grace: set[asyncio.Task[None]] = set()
@@ -135,8 +141,8 @@ class LegacySseFrontDoor:
     # -- handlers ----------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        server = self._server(request)
-        connection = LegacyConnection(new_session_id(), server, self._config.queue_size)
+        server, principal = await self._admit(request)
+        connection = LegacyConnection(new_session_id(), server, principal, self._config.queue_size)
         self._connections[connection.id] = connection
         request[SESSION_ID] = connection.id
         response = EventSourceResponse(
@@ -166,7 +172,7 @@ class LegacySseFrontDoor:
         return response
 
     async def post(self, request: web.Request) -> web.StreamResponse:
-        server = self._server(request)
+        server, principal = await self._admit(request)
         connection_id = request.query.get(QUERY_PARAM)
         if not connection_id:
             raise MissingSession(f"missing {QUERY_PARAM} query parameter (GET the SSE URL first)")
@@ -179,7 +185,7 @@ class LegacySseFrontDoor:
         if jsonrpc.is_request_id(message.get("id")):
             request[RPC_ID] = message["id"]
         connection = self._connections.get(connection_id)
-        if connection is None or connection.server != server:
+        if connection is None or (connection.server, connection.principal) != (server, principal):
             raise SessionNotFound(
                 "legacy SSE connection not found or closed; open a new one with GET"
             )
@@ -203,7 +209,9 @@ class LegacySseFrontDoor:
             raise InvalidRequest("this legacy connection is already initialized")
         connection.initializing = True
         try:
-            session, stream = await self._hub.initialize(connection.server, message)
+            session, stream = await self._hub.initialize(
+                connection.server, message, connection.principal
+            )
         finally:
             connection.initializing = False
         request[SESSION_ID] = session.id
@@ -234,20 +242,21 @@ class LegacySseFrontDoor:
             return
         log.info("legacy_client_left", session_id=short(session.id), grace_s=self._config.grace)
         task = tasks.spawn(
-            self._end_later(session.id, connection.server), name=f"legacy-end:{short(session.id)}"
+            self._end_later(session.id, connection.server, connection.principal),
+            name=f"legacy-end:{short(session.id)}",
         )
         self._grace.add(task)
         task.add_done_callback(self._grace.discard)
 
-    async def _end_later(self, session_id: str, server: str) -> None:
+    async def _end_later(self, session_id: str, server: str, principal: str | None) -> None:
         await asyncio.sleep(self._config.grace)
         with contextlib.suppress(BridgeError):
-            await self._hub.end(session_id, server, "legacy client left")
+            await self._hub.end(session_id, server, principal, "legacy client left")
 
     # -- checks ------------------------------------------------------------
 
-    def _server(self, request: web.Request) -> str:
-        return resolve_server(request, self._hub, self._guard, self._default, FRONT_DOOR)
+    async def _admit(self, request: web.Request) -> tuple[str, str | None]:
+        return await admit(request, self._hub, self._guard, self._auth, self._default, FRONT_DOOR)
 
     def _headers(self) -> dict[str, str]:
         return {"Deprecation": self._config.deprecation} if self._config.deprecation else {}

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from bridge import handshake, jsonrpc
+from bridge.auth import Authenticator
 from bridge.errors import (
     InvalidRequest,
     MissingSession,
@@ -35,7 +36,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from bridge.frontends.common import read_body, resolve_server
+from bridge.frontends.common import admit, read_body
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub
@@ -112,11 +113,13 @@ class StreamableHttpFrontDoor:
         hub: SessionHub,
         config: FrontDoorConfig,
         guard: Guard,
+        auth: Authenticator,
         default_server: str | None,
     ) -> None:
         self._hub = hub
         self._config = config
         self._guard = guard
+        self._auth = auth
         self._default = default_server
 
     def routes(self, path: str) -> list[web.RouteDef]:
@@ -129,7 +132,7 @@ class StreamableHttpFrontDoor:
     # -- handlers ----------------------------------------------------------
 
     async def post(self, request: web.Request) -> web.StreamResponse:
-        server = self._server(request)
+        server, principal = await self._admit(request)
         accept = request.headers.get("Accept", "")
         if not (accepts(accept, JSON) and accepts(accept, EVENT_STREAM)):
             raise NotAcceptable(f"Accept must list both {JSON} and {EVENT_STREAM}")
@@ -144,13 +147,13 @@ class StreamableHttpFrontDoor:
         if any(m.get("method") == "initialize" for m, _ in messages):
             if batch:
                 raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
-            session, stream = await self._hub.initialize(server, messages[0][0])
+            session, stream = await self._hub.initialize(server, messages[0][0], principal)
             request[SESSION_ID] = session.id
             client = jsonrpc.params(messages[0][0]).get("clientInfo")
             name = client.get("name") if isinstance(client, dict) else None
             self._hub.metrics.count_client(FRONT_DOOR, name)
             return await self._relay(request, session, stream)
-        session = await self._session(request, server)
+        session = await self._session(request, server, principal)
         if batch and session.record.protocol_version != jsonrpc.PROTOCOL_VERSION_2025_03_26:
             raise InvalidRequest(
                 f"JSON-RPC batches are not allowed in protocol version "
@@ -168,23 +171,23 @@ class StreamableHttpFrontDoor:
         return await self._relay(request, session, await session.post_requests(requests))
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        server = self._server(request)
+        server, principal = await self._admit(request)
         if not accepts(request.headers.get("Accept", ""), EVENT_STREAM):
             raise NotAcceptable(f"Accept must list {EVENT_STREAM}")
-        session = await self._session(request, server)
+        session = await self._session(request, server, principal)
         last_event_id = request.headers.get("Last-Event-ID") or None  # empty: none (WHATWG)
         return await self._relay(request, session, await session.open_standalone(last_event_id))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        server = self._server(request)
+        server, principal = await self._admit(request)
         session_id = self._session_id(request)
-        await self._hub.end(session_id, server, "client sent DELETE")
+        await self._hub.end(session_id, server, principal, "client sent DELETE")
         return web.Response(status=200)
 
     # -- checks ------------------------------------------------------------
 
-    def _server(self, request: web.Request) -> str:
-        return resolve_server(request, self._hub, self._guard, self._default, FRONT_DOOR)
+    async def _admit(self, request: web.Request) -> tuple[str, str | None]:
+        return await admit(request, self._hub, self._guard, self._auth, self._default, FRONT_DOOR)
 
     def _session_id(self, request: web.Request) -> str:
         session_id = request.headers.get(SESSION_HEADER)
@@ -204,8 +207,8 @@ class StreamableHttpFrontDoor:
             raise SessionNotFound("session not found")
         return session_id
 
-    async def _session(self, request: web.Request, server: str) -> Session:
-        session = await self._hub.get(self._session_id(request), server)
+    async def _session(self, request: web.Request, server: str, principal: str | None) -> Session:
+        session = await self._hub.get(self._session_id(request), server, principal)
         self._check_version(request, session)
         return session
 

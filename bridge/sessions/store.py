@@ -48,6 +48,7 @@ class SessionRecord:
             "session_id": self.session_id,
             "server": self.server,
             "protocol_version": self.protocol_version,
+            "principal": self.principal,
             "client": f"{client.get('name', '?')} {client.get('version', '')}".strip(),
             "created_at": _iso(self.created_at),
             "last_seen_at": _iso(self.last_seen_at),

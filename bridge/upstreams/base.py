@@ -2,14 +2,16 @@
 
 :class:`Session` sees only :class:`UpstreamConnection`; whether frames travel
 over a child's pipes or a legacy SSE stream is the implementation's business.
+An upstream that supervises what it runs (stdio) may also implement
+:class:`ReportsHealth`; :func:`upstream_report` merges that into ``/readyz``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import structlog
 
@@ -57,6 +59,43 @@ class Upstream(Protocol):
         """
 
 
+#: A JSON object for ``/readyz``: counters, timestamps, short lists of text.
+Health: TypeAlias = dict[str, str | int | float | list[str]]
+
+
+@runtime_checkable
+class ReportsHealth(Protocol):
+    """An upstream that knows more about its health than whether connects succeed."""
+
+    def health(self) -> Health:
+        """Its state for ``/readyz``; a ``"status"`` key overrides the hub's.
+
+        Cheap and synchronous: called on every ``/readyz`` request.
+        """
+
+
+def upstream_report(
+    upstreams: Mapping[str, Upstream], states: Mapping[str, Mapping[str, str]]
+) -> dict[str, Health]:
+    """``/readyz``'s ``upstreams`` object: the hub's view of each, with its own health merged in."""
+    report: dict[str, Health] = {}
+    for name, upstream in upstreams.items():
+        report[name] = {**states.get(name, {})}
+        if isinstance(upstream, ReportsHealth):
+            report[name].update(upstream.health())
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When a crashed stdio child may be started again; seconds (see Settings ``stdio_*``)."""
+
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    wait: float = 1.0
+    healthy_after: float = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamTimeouts:
     """Seconds; see :class:`bridge.settings.Settings` for each one's meaning."""
@@ -66,6 +105,7 @@ class UpstreamTimeouts:
     send: float
     shutdown_grace: float
     max_message_bytes: int
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 def decode_frames(text: str | bytes, server: str) -> Iterator[Message]:

@@ -13,14 +13,26 @@ Contract (spec 2025-11-25 transports §stdio, lifecycle §Shutdown; spec-notes �
   sends SIGTERM to the group, waits ``shutdown_grace`` again, then SIGKILLs
   the group, and always reaps the child: no zombie and no orphan on any path.
   It runs shielded, so a cancelled caller cannot leave a child behind.
+
+Supervision (issue #5): a child that dies ends its connection at once, and
+the session answers every pending request with a -32030 error naming the
+server and how the child ended (exit status or signal, and after how long).
+Its stderr goes to the log only: it may hold anything, a token included, and
+clients are not the operator. Each server's :class:`Supervisor` decides when
+the next child may start (see :mod:`bridge.upstreams.supervisor`); a request
+that needs a child during the restart delay waits if the delay ends within
+``restart.wait`` seconds, and otherwise fails fast with 503, ``Retry-After``
+and -32030: it never hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Final
@@ -31,13 +43,16 @@ from bridge import jsonrpc, tasks
 from bridge.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.jsonrpc import Message
 from bridge.settings import StdioServer
-from bridge.upstreams.base import UpstreamTimeouts, decode_frames
+from bridge.upstreams.base import Health, UpstreamTimeouts, decode_frames
+from bridge.upstreams.supervisor import Supervisor, describe_exit
 
 log = structlog.get_logger("bridge.upstream.stdio")
 
 #: Passed through from the gateway's environment (the SDKs pass a similar set).
 SAFE_ENV: Final = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TMPDIR")
-STDERR_TAIL: Final = 20  # last stderr lines kept for error messages
+STDERR_TAIL: Final = 20  # last stderr lines kept for the log and /readyz
+#: Bytes a child's pipe reader asks for at a time; it buffers at most twice this.
+READ_CHUNK: Final = 64 * 1024
 STDERR_LINE_MAX: Final = 2000  # characters of one stderr line that reach the log
 
 
@@ -46,13 +61,25 @@ class StdioUpstream:
         self.name = spec.name
         self._spec = spec
         self._timeouts = timeouts
+        self.supervisor = Supervisor(spec.name, timeouts.restart)
 
     def child_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
         env.update(self._spec.env)
         return env
 
+    def health(self) -> Health:
+        return self.supervisor.health()
+
     async def connect(self) -> StdioConnection:
+        """Start a child, once the restart delay allows.
+
+        Raises:
+            UpstreamUnavailable: the restart delay has more than ``restart.wait``
+                seconds to run (503 with ``Retry-After``), or the command cannot start.
+            UpstreamTimeout: the spawn took longer than ``connect``.
+        """
+        await self._admit()
         spec = self._spec
         try:
             async with asyncio.timeout(self._timeouts.connect):
@@ -65,25 +92,83 @@ class StdioUpstream:
                     env=self.child_env(),
                     cwd=spec.cwd,
                     start_new_session=True,
-                    limit=self._timeouts.max_message_bytes,
+                    limit=READ_CHUNK,
                 )
         except TimeoutError as exc:
+            self.supervisor.failed_to_start("spawn timed out")
             raise UpstreamTimeout(f"server {self.name!r}: spawn timed out") from exc
         except OSError as exc:
+            self.supervisor.failed_to_start(str(exc.strerror))
             raise UpstreamUnavailable(
                 f"server {self.name!r}: cannot start {spec.command!r}: {exc.strerror}"
             ) from exc
         log.info("child_started", server=self.name, pid=process.pid)
-        return StdioConnection(self.name, process, self._timeouts)
+        return StdioConnection(self.name, process, self._timeouts, self.supervisor)
+
+    async def _admit(self) -> None:
+        """Wait out the restart delay if it ends within ``restart.wait``; else fail fast."""
+        deadline = time.monotonic() + self._timeouts.restart.wait
+        while (delay := self.supervisor.retry_in()) > 0:
+            if time.monotonic() + delay > deadline:
+                retry_after = str(max(1, math.ceil(delay)))
+                raise UpstreamUnavailable(
+                    self.supervisor.refusal(), headers={"Retry-After": retry_after}
+                )
+            await asyncio.sleep(delay)
+
+
+async def read_line(reader: asyncio.StreamReader, max_bytes: int, server: str) -> bytes:
+    """One line of up to ``max_bytes`` (b"" at end of file), read ``READ_CHUNK`` at a time.
+
+    The reader itself buffers at most twice its limit (``READ_CHUNK``) before
+    it stops reading the pipe, so a session whose client reads nothing holds
+    back its child after about that much, not after ``max_bytes`` (issue #5
+    "Limits and backpressure"); only a message actually that long costs more.
+
+    Raises:
+        UpstreamProtocolError: the line exceeds ``max_bytes``.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            parts.append(await reader.readuntil(b"\n"))
+        except asyncio.IncompleteReadError as exc:  # end of file, maybe mid-line
+            parts.append(exc.partial)
+        except asyncio.LimitOverrunError as exc:  # no newline in the buffer yet
+            parts.append(await reader.readexactly(exc.consumed))
+            size += exc.consumed
+            if size <= max_bytes:
+                continue
+            raise UpstreamProtocolError(
+                f"server {server!r}: a stdout line exceeds {max_bytes} bytes"
+            ) from None
+        line = b"".join(parts)
+        if len(line) > max_bytes + 1:  # + the newline
+            raise UpstreamProtocolError(
+                f"server {server!r}: a stdout line exceeds {max_bytes} bytes"
+            )
+        return line
 
 
 class StdioConnection:
     def __init__(
-        self, name: str, process: asyncio.subprocess.Process, timeouts: UpstreamTimeouts
+        self,
+        name: str,
+        process: asyncio.subprocess.Process,
+        timeouts: UpstreamTimeouts,
+        supervisor: Supervisor,
     ) -> None:
         self._name = name
         self._process = process
         self._timeouts = timeouts
+        self._supervisor = supervisor
+        self._round = supervisor.started()
+        self._started = time.monotonic()
+        self._ended_at: float | None = None  # when its end was recorded
+        self._healthy_timer = asyncio.get_running_loop().call_later(
+            timeouts.restart.healthy_after, supervisor.healthy, self._round
+        )
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._stderr_task = tasks.spawn(self._pump_stderr(), name=f"stdio-stderr:{name}")
         self._close_task: asyncio.Task[None] | None = None
@@ -93,16 +178,35 @@ class StdioConnection:
         return self._process.pid
 
     def _exited(self) -> str:
-        # Goes to clients: the status only. The stderr tail goes to the log.
-        code = self._process.returncode
-        status = "exited" if code is None else f"exited with status {code}"
-        return f"server {self._name!r}: child {status}"
+        # Goes to clients: how it ended, not what it said (stderr may hold secrets).
+        ran_for = (self._ended_at or time.monotonic()) - self._started
+        text = f"server {self._name!r}: child {describe_exit(self._process.returncode)}"
+        text += f" after {ran_for:.1f} s"
+        if self._stderr_tail:
+            text += "; its stderr is in the gateway log"
+        return text
+
+    def _note_end(self, *, by_itself: bool) -> None:
+        """Tell the supervisor how the child ended; once, whichever path sees it first."""
+        if self._ended_at is not None:
+            return
+        self._ended_at = time.monotonic()
+        self._healthy_timer.cancel()
+        self._supervisor.exited(
+            self._round,
+            status=describe_exit(self._process.returncode),
+            ran_for=self._ended_at - self._started,
+            by_itself=by_itself,
+            stderr=list(self._stderr_tail),
+        )
 
     async def send(self, message: Message) -> None:
         stdin = self._process.stdin
         assert stdin is not None
-        if stdin.is_closing():
-            raise UpstreamUnavailable(self._exited())
+        if self._close_task is not None:
+            raise UpstreamUnavailable(f"server {self._name!r}: connection closed")
+        if stdin.is_closing():  # an earlier write found the pipe broken
+            raise await self._gone()
         try:
             stdin.write(jsonrpc.encode(message).encode() + b"\n")
             async with asyncio.timeout(self._timeouts.send):
@@ -110,22 +214,25 @@ class StdioConnection:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"server {self._name!r}: child is not reading stdin") from exc
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise UpstreamUnavailable(self._exited()) from exc
+            raise await self._gone() from exc
+
+    async def _gone(self) -> UpstreamUnavailable:
+        """The error for a child that stopped reading: with its exit status once reaped."""
+        await self._wait(self._timeouts.shutdown_grace)
+        return UpstreamUnavailable(self._exited())
 
     async def messages(self) -> AsyncIterator[Message]:
         stdout = self._process.stdout
         assert stdout is not None
         while True:
-            try:
-                line = await stdout.readline()
-            except ValueError as exc:  # LimitOverrunError surfaces as ValueError
-                raise UpstreamProtocolError(
-                    f"server {self._name!r}: a stdout line exceeds "
-                    f"{self._timeouts.max_message_bytes} bytes"
-                ) from exc
+            line = await read_line(stdout, self._timeouts.max_message_bytes, self._name)
             if not line:
-                # stdout closed: the child is gone or going. Say how it ended.
-                await self._wait(self._timeouts.shutdown_grace)
+                # stdout closed: the child is gone or going. Say how it ended,
+                # with its last stderr lines (they follow the exit closely).
+                grace = self._timeouts.shutdown_grace
+                if await self._wait(grace):
+                    await asyncio.wait([self._stderr_task], timeout=grace)
+                    self._note_end(by_itself=self._close_task is None)
                 raise UpstreamUnavailable(self._exited())
             if line.strip():
                 for message in decode_frames(line, self._name):
@@ -138,6 +245,7 @@ class StdioConnection:
 
     async def _terminate(self) -> None:
         process, grace = self._process, self._timeouts.shutdown_grace
+        by_itself = process.returncode is not None  # it was gone before we asked
         if process.returncode is None and process.stdin is not None:
             process.stdin.close()
             if not await self._wait(grace):
@@ -149,6 +257,7 @@ class StdioConnection:
         self._signal_group(signal.SIGKILL)
         await self._wait(grace)
         await tasks.cancel_and_wait(self._stderr_task, grace, "stdio connection closed")
+        self._note_end(by_itself=by_itself)
         log.info(
             "child_stopped",
             server=self._name,

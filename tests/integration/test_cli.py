@@ -120,3 +120,50 @@ def test_example_config_is_valid() -> None:
     [server] = load_servers(settings, environ={})
     assert isinstance(server, StdioServer)
     assert server.args == ("-m", "bridge.examples.server")
+
+
+async def test_api_key_command_and_a_gateway_that_asks_for_it(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    made = await procs(sys.executable, "-m", "bridge", "api-key", "ci")
+    assert await made.exited(EXIT_TIMEOUT) == 0
+    token, entry = made.lines
+    assert entry.startswith("ci:sha256:")
+    assert token not in entry
+    keys = tmp_path / "keys"
+    keys.write_text(f"# rotated 2026-11\n{entry}\n")
+    example = f"{sys.executable} -m bridge.examples.server"
+    proc, base = await start_gateway(
+        procs, "--stdio", example, env={"BRIDGE_API_KEYS_FILE": str(keys)}
+    )
+    async with aiohttp.ClientSession() as http:
+        anonymous = RawClient(http, f"{base}/mcp")
+        assert (await anonymous.post(anonymous.request("ping"))).status == 401
+        client = RawClient(http, f"{base}/mcp")
+        plain = client.headers
+        client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
+        await client.initialize()
+        assert (await client.post(client.request("ping"))).status == 200
+    assert token not in "\n".join(proc.lines)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        pytest.param("just-a-token-no-name", "entry 1 is not NAME:TOKEN", id="no-name"),
+        pytest.param("ok:tok\nci:sha256:abc", "'ci' has a bad sha256 digest", id="bad-digest"),
+        pytest.param("# nothing but comments\n", "no API keys found", id="empty"),
+    ],
+)
+async def test_bad_api_keys_file_exits_2(
+    content: str, needle: str, procs: ProcFactory, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(content)
+    proc = await procs(
+        sys.executable, "-m", "bridge", "--stdio", "true", "--api-keys-file", keys, "--port", "0"
+    )
+    assert await proc.exited(EXIT_TIMEOUT) == 2
+    message = "\n".join(proc.lines)
+    assert needle in message, message
+    assert "Traceback" not in message
