@@ -7,13 +7,29 @@ envelope is checked (spec 2025-11-25 basic/index §Messages).
 A message is kept as the decoded JSON object (``Message``, a ``dict``) and
 classified by :func:`kind`. The gateway rewrites ids with :func:`with_id`,
 which copies; it never mutates a message it did not create.
+
+Contract (issue #5 "Bad input"): for any bytes, :func:`decode` returns a value
+or raises :class:`ParseError`, and :func:`parse_message` / :func:`kind` return
+or raise :class:`InvalidRequest`; any other exception is a bug. What
+:func:`decode` accepts, :func:`encode` writes back as UTF-8-safe text that
+decodes to an equal value. So :func:`decode` refuses what JSON text may spell
+but the gateway could not pass on faithfully (RFC 8259, RFC 7493 I-JSON):
+
+- ``NaN``, ``Infinity`` and numbers too large for a float (``1e999``);
+- integers of more than 4300 digits (CPython's int/str conversion limit);
+- strings holding an unpaired UTF-16 surrogate (``"\\ud800"``): no UTF-8
+  text can carry one, and MCP SDKs' parsers refuse it (I-JSON §2.1);
+- nesting deeper than :data:`MAX_DEPTH`;
+- bytes that are not UTF-8 (RFC 8259 §8.1; one leading BOM is ignored).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from bridge.errors import InvalidRequest, ParseError
 
@@ -34,6 +50,17 @@ SUPPORTED_VERSIONS: Final = (
 LATEST_VERSION: Final = SUPPORTED_VERSIONS[-1]
 #: spec 2025-06-18 transports §Protocol Version Header: assume this when absent.
 DEFAULT_HEADER_VERSION: Final = PROTOCOL_VERSION_2025_03_26
+#: Deepest nesting of arrays and objects :func:`decode` accepts (the top level
+#: is 1). serde_json's default limit; pydantic-core, which the Python SDK's
+#: servers parse with, stops near 200, and a deeper request would only be
+#: dropped upstream and leave its client waiting. It also keeps every later
+#: ``json.dumps`` of a decoded message far from Python's recursion limit.
+MAX_DEPTH: Final = 128
+# An unpaired surrogate can only enter a decoded str through a \uD800-\uDFFF
+# escape (strict UTF-8 decoding refuses raw ones), so bodies without such an
+# escape skip the per-string check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Kind(Enum):
@@ -48,12 +75,27 @@ def is_request_id(value: object) -> bool:
 
 
 def kind(message: Message) -> Kind:
-    """Classify one decoded object, or raise :class:`InvalidRequest`."""
+    """Classify one decoded object (JSON-RPC 2.0 §4-5, spec-notes §4.4).
+
+    - a request has a string ``method`` and an ``id`` that is a string or an
+      integer (never bool, null or a float);
+    - a notification has a string ``method`` and no ``id``;
+    - a response has exactly one of ``result`` and ``error`` (an object), no
+      ``method``, and a string or integer ``id``; only an error may carry
+      ``id: null`` (the request it answers could not be read).
+
+    ``params``, ``result`` and ``error`` contents stay opaque.
+
+    Raises:
+        InvalidRequest: anything else (400, -32600).
+    """
     if message.get("jsonrpc") != "2.0":
         raise InvalidRequest('not a JSON-RPC 2.0 message: "jsonrpc" must be "2.0"')
     if "method" in message:
         if not isinstance(message["method"], str):
             raise InvalidRequest('"method" must be a string')
+        if "result" in message or "error" in message:
+            raise InvalidRequest('a message with "method" must not carry "result" or "error"')
         params = message.get("params")
         if params is not None and not isinstance(params, dict | list):
             raise InvalidRequest('"params" must be an object')
@@ -69,16 +111,62 @@ def kind(message: Message) -> Kind:
             raise InvalidRequest('"error" must be an object')
         if "id" not in message or not (message["id"] is None or is_request_id(message["id"])):
             raise InvalidRequest('response "id" must be a string or an integer')
+        if message["id"] is None and "result" in message:
+            raise InvalidRequest('only an error response may have "id": null')
         return Kind.RESPONSE
     raise InvalidRequest('not a JSON-RPC message: no "method", "result" or "error"')
 
 
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def decode(body: bytes) -> Any:
-    """Decode a body as UTF-8 JSON, or raise :class:`ParseError`."""
+    """Decode a body of UTF-8 JSON text into Python values (see the module docstring).
+
+    Raises:
+        ParseError: not UTF-8, not JSON, or JSON the gateway refuses (400, -32700).
+    """
     try:
-        return json.loads(body)
+        value = json.loads(
+            body.decode("utf-8-sig"),
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise ParseError(f"body is not valid JSON: nested deeper than {MAX_DEPTH}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise ParseError(f"body is not valid JSON: {exc}") from exc
+    _check_tree(value, strings=_SURROGATE_ESCAPE.search(body) is not None)
+    return value
+
+
+def _check_tree(value: Any, *, strings: bool) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and, with ``strings``, lone surrogates.
+
+    Iterative, so that the check itself cannot overflow the stack.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[Any] = [*item, *item.values()] if strings else [*item.values()]
+        elif isinstance(item, list):
+            children = item
+        else:
+            if strings and isinstance(item, str) and _SURROGATE.search(item):
+                raise ParseError("body is not valid JSON: a string holds an unpaired surrogate")
+            continue
+        if depth > MAX_DEPTH:
+            raise ParseError(f"body is not valid JSON: nested deeper than {MAX_DEPTH}")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def parse_message(obj: Any) -> tuple[Message, Kind]:
@@ -89,8 +177,20 @@ def parse_message(obj: Any) -> tuple[Message, Kind]:
 
 
 def encode(message: Message | list[Message]) -> str:
-    """Compact JSON with no newlines (spec 2025-11-25 transports §stdio)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON on one line (spec 2025-11-25 transports §stdio) that UTF-8 can carry.
+
+    Non-ASCII text is written as is, except that a str holding an unpaired
+    surrogate (an upstream may send one; :func:`decode` refuses them) makes
+    the whole message ASCII with ``\\u`` escapes, instead of text that
+    ``str.encode()`` would fail on.
+
+    Raises:
+        ValueError: an integer of more than 4300 digits (never from :func:`decode`).
+    """
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if _SURROGATE.search(text):
+        return json.dumps(message, separators=(",", ":"))
+    return text
 
 
 def with_id(message: Message, new_id: RequestId) -> Message:

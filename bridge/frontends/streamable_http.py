@@ -125,7 +125,9 @@ class StreamableHttpFrontDoor:
     def routes(self, path: str) -> list[web.RouteDef]:
         return [
             web.post(path, self.post),
-            web.get(path, self.get),
+            # No HEAD: the GET handler opens the session's one standalone
+            # stream and writes events, which a HEAD answer must not carry.
+            web.get(path, self.get, allow_head=False),
             web.delete(path, self.delete),
         ]
 

@@ -9,6 +9,8 @@ keep the last event id across events, and never buffer more than
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from bridge.errors import UpstreamProtocolError
@@ -203,6 +205,22 @@ def test_endless_line_raises() -> None:
         assert decoder.feed(b"x" * 10) == []
     with pytest.raises(UpstreamProtocolError, match="64"):
         decoder.feed(b"x" * 10)
+
+
+def test_an_endless_line_in_small_chunks_costs_linear_time() -> None:
+    """A line trickled in 4 KiB chunks up to the default 16 MiB bound (issue #5).
+
+    Rescanning the whole partial line at every chunk made this take about a
+    minute of CPU, with the event loop blocked meanwhile; now it is a few ms.
+    """
+    limit, chunk = 16 * BIG, b"x" * 4096
+    decoder = Decoder(max_event_bytes=limit)
+    started = time.process_time()
+    for _ in range(limit // len(chunk)):
+        assert decoder.feed(chunk) == []
+    with pytest.raises(UpstreamProtocolError):
+        decoder.feed(chunk)
+    assert time.process_time() - started < 2.0
 
 
 def test_endless_line_in_one_chunk_raises() -> None:
