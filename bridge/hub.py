@@ -141,7 +141,9 @@ class SessionHub:
             raise StoreDown(f"session store unavailable: {exc}") from exc
         self._sessions[session.id] = session
         session.start()
-        log.info("session_started", session_id=short(session.id), server=server)
+        log.info(
+            "session_started", session_id=short(session.id), server=server, principal=principal
+        )
         return session, await session.post_requests([request])
 
     # -- find --------------------------------------------------------------

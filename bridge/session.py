@@ -524,6 +524,7 @@ class Session:
 
     async def _read_upstream(self) -> None:
         reason = f"server {self.record.server!r}: upstream closed the connection"
+        code = errors.UPSTREAM_UNAVAILABLE
         try:
             async for message in self._conn.messages():
                 try:
@@ -534,13 +535,13 @@ class Session:
                 delivery = self._router.upstream_message(message, kind)
                 if delivery is not None:
                     await self._deliver(delivery)
-        except UpstreamError as exc:
-            reason = exc.message
+        except UpstreamError as exc:  # its code: -32031 for nonsense (an oversized message)
+            reason, code = exc.message, exc.jsonrpc_code
         log.warning("upstream_lost", session_id=short(self.id), reason=reason)
         self._metrics.upstream_losses.labels(self.record.server).inc()
         # Pending requests get an error now, never a hang. The record stays:
         # the client's next request resumes the session on a new connection.
-        await self.close(reason, errors.UPSTREAM_UNAVAILABLE)
+        await self.close(reason, code)
 
     async def _deliver(self, delivery: Delivery, *, wait: bool = True) -> None:
         """Store, then queue, one message; ``wait=False`` never waits for room."""

@@ -116,7 +116,7 @@ def decode_frames(text: str | bytes, server: str) -> Iterator[Message]:
     """
     try:
         value = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[" x 5000
         log.warning("upstream_garbage", server=server, size=len(text))
         return
     for item in value if isinstance(value, list) else [value]:

@@ -22,6 +22,9 @@ one extra initialize per server and process, and a server that refuses DELETE
 A 2xx counts only with a JSON-RPC answer to the probe in its body (a result
 or an error both mean an MCP server spoke); anything else is a protocol error
 and, like every failure, is not remembered: the next connect probes again.
+Other statuses and aiohttp failures map to errors as :mod:`.http` says; a
+body or event over ``max_message_bytes`` is a protocol error, and the whole
+probe is bounded by ``upstream_connect_timeout``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ from bridge.jsonrpc import Message
 from bridge.settings import AutoHttpServer, SseServer, StreamableHttpServer
 from bridge.sse import Decoder
 from bridge.upstreams.base import UpstreamConnection, UpstreamTimeouts, decode_frames
+from bridge.upstreams.http import client_error, feed, read_limited, status_error
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.streamable_http import (
     ACCEPT_POST,
     EVENT_STREAM,
     SESSION_HEADER,
     StreamableHttpUpstream,
-    read_limited,
 )
 
 log = structlog.get_logger("bridge.upstream.detect")
@@ -113,8 +116,7 @@ class AutoHttpUpstream:
             connection = await self._legacy_connect(status)
             self._chosen = self._legacy
         else:
-            kind = UpstreamUnavailable if status >= 500 else UpstreamProtocolError
-            raise kind(f"server {self.name!r}: POST initialize answered HTTP {status}")
+            raise status_error(self.name, "POST initialize", status)
         log.info(
             "upstream_transport_detected",
             server=self.name,
@@ -155,7 +157,7 @@ class AutoHttpUpstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"server {self.name!r}: no answer to the probe in time") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"server {self.name!r}: {type(exc).__name__}") from exc
+            raise client_error(self.name, "POST initialize", exc) from exc
         finally:
             if session_id is not None:
                 await self._end_probe_session(session_id)
@@ -164,12 +166,13 @@ class AutoHttpUpstream:
         """The answer to the probe in a JSON body or an SSE stream; None if there is none."""
         limit = self._timeouts.max_message_bytes
         if response.content_type == "application/json":
-            return _probe_answer(decode_frames(await read_limited(response, limit), self.name))
+            body = await read_limited(response, limit, self.name)
+            return _probe_answer(decode_frames(body, self.name))
         if response.content_type != EVENT_STREAM:
             return None
         decoder = Decoder(limit)
         async for chunk in response.content.iter_any():
-            for event in decoder.feed(chunk):
+            for event in feed(decoder, chunk, self.name):
                 if event.event == "message" and event.data.strip():  # not a priming event
                     answer = _probe_answer(decode_frames(event.data, self.name))
                     if answer is not None:

@@ -5,8 +5,13 @@ Contract (spec-notes §2):
 - ``connect`` GETs the SSE URL and waits, within ``upstream_connect_timeout``,
   for the ``endpoint`` event; its data is resolved against the SSE URL and
   must stay on the same origin (an upstream must not redirect our POSTs, and
-  the credentials in ``headers``, elsewhere).
-- Messages are POSTed there; any 2xx is success (both SDKs answer 202).
+  the credentials in ``headers``, elsewhere). The answer must be a 200 event
+  stream; events before ``endpoint`` are kept for messages(), up to
+  ``max_message_bytes`` of them in all, past which the upstream is flooding
+  rather than shaking hands (UpstreamProtocolError).
+- Messages are POSTed there; any 2xx is success (both SDKs answer 202). A
+  failed POST is logged (``upstream_post_failed``) and raised.
+- HTTP statuses and aiohttp failures map to errors as :mod:`.http` says.
 - Every server message, responses included, arrives as a ``message`` event.
 - The stream has no total timeout; ``upstream_read_timeout`` bounds silence.
 - URLs may carry credentials in their query, so only the server name is logged.
@@ -16,21 +21,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Final
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import structlog
 
 from bridge import jsonrpc
-from bridge.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from bridge.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.jsonrpc import Message
 from bridge.settings import SseServer
 from bridge.sse import Decoder, Event
 from bridge.upstreams.base import UpstreamTimeouts, decode_frames
+from bridge.upstreams.http import client_error, feed, status_error
 
 log = structlog.get_logger("bridge.upstream.sse")
 
-CHUNK_BYTES = 64 * 1024
+EVENT_STREAM: Final = "text/event-stream"
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
@@ -52,7 +59,7 @@ class SseUpstream:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.read
         )
-        headers = {**self._headers, "Accept": "text/event-stream"}
+        headers = {**self._headers, "Accept": EVENT_STREAM}
         try:
             async with asyncio.timeout(self._timeouts.connect):
                 # No redirects: the configured headers may carry credentials.
@@ -67,16 +74,29 @@ class SseUpstream:
         except TimeoutError as exc:
             raise UpstreamTimeout(f"server {self.name!r}: no endpoint event in time") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"server {self.name!r}: {exc.__class__.__name__}") from exc
+            raise client_error(self.name, "GET", exc) from exc
 
     async def _handshake(self, response: aiohttp.ClientResponse) -> SseConnection:
         if response.status != 200:
-            raise UpstreamUnavailable(f"server {self.name!r}: GET answered HTTP {response.status}")
-        decoder = Decoder(self._timeouts.max_message_bytes)
+            raise status_error(self.name, "GET", response.status)
+        if response.content_type != EVENT_STREAM:
+            raise UpstreamProtocolError(
+                f"server {self.name!r}: GET answered Content-Type {response.content_type!r}, "
+                f"not {EVENT_STREAM}"
+            )
+        limit = self._timeouts.max_message_bytes
+        decoder = Decoder(limit)
         early: list[Event] = []
+        early_bytes = 0
         async for chunk in response.content.iter_any():
-            for event in decoder.feed(chunk):
+            for event in feed(decoder, chunk, self.name):
                 if event.event != "endpoint":
+                    early_bytes += len(event.data)
+                    if early_bytes > limit:  # a flood that is not the handshake
+                        raise UpstreamProtocolError(
+                            f"server {self.name!r}: more than {limit} bytes of events "
+                            "before the endpoint event"
+                        )
                     early.append(event)
                     continue
                 endpoint = urljoin(self._url, event.data.strip())
@@ -89,6 +109,14 @@ class SseUpstream:
         raise UpstreamProtocolError(f"server {self.name!r}: stream ended before endpoint event")
 
     async def post(self, endpoint: str, message: Message) -> None:
+        """POST one message to the endpoint; bounded by ``upstream_send_timeout``.
+
+        Raises:
+            UpstreamUnavailable: unreachable, cut off, a 5xx, or 404/410 (the
+                upstream session is gone).
+            UpstreamProtocolError: another non-2xx answer, or a malformed one.
+            UpstreamTimeout: no answer in time.
+        """
         headers = {**self._headers, "Content-Type": "application/json"}
         body = jsonrpc.encode(message).encode()
         try:
@@ -99,14 +127,12 @@ class SseUpstream:
                 ) as response,
             ):
                 await response.read()
-        except TimeoutError as exc:
-            raise UpstreamTimeout(f"server {self.name!r}: POST timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"server {self.name!r}: {exc.__class__.__name__}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise client_error(self.name, "POST", exc) from exc
         if response.status in (404, 410):
             raise UpstreamUnavailable(f"server {self.name!r}: upstream session is gone")
         if not 200 <= response.status < 300:
-            raise UpstreamProtocolError(f"server {self.name!r}: POST answered {response.status}")
+            raise status_error(self.name, "POST", response.status)
 
 
 class SseConnection:
@@ -127,7 +153,11 @@ class SseConnection:
     async def send(self, message: Message) -> None:
         if self._response.closed:
             raise UpstreamUnavailable(f"server {self._upstream.name!r}: SSE stream closed")
-        await self._upstream.post(self._endpoint, message)
+        try:
+            await self._upstream.post(self._endpoint, message)
+        except UpstreamError as exc:
+            log.warning("upstream_post_failed", server=self._upstream.name, error=exc.message)
+            raise
 
     async def messages(self) -> AsyncIterator[Message]:
         events, self._early = self._early, []
@@ -135,7 +165,7 @@ class SseConnection:
             yield message
         try:
             async for chunk in self._response.content.iter_any():
-                for message in self._messages(self._decoder.feed(chunk)):
+                for message in self._messages(feed(self._decoder, chunk, self._upstream.name)):
                     yield message
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamUnavailable(

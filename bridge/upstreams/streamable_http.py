@@ -14,12 +14,18 @@ Contract (spec-notes §1):
   owns, so a long stream never holds up another send. A server that answers
   in JSON sends its status only with the answer: past ``upstream_send_timeout``
   send() stops waiting and the task reads on, bounded by ``upstream_read_timeout``.
+  A JSON body must hold the answer (spec-notes §1.4), and no body or event
+  may exceed ``max_message_bytes``; else the request gets -32031. HTTP
+  statuses and aiohttp failures map to errors as :mod:`.http` says, and
+  every failed POST is logged (``upstream_post_failed``).
 - :meth:`~StreamableHttpConnection.messages` is the one output: what every
   POST answer and the standalone GET stream carry (each stream in order,
   streams interleaved as they arrive) goes through one bounded
-  :class:`~bridge.upstreams.inbox.Inbox`. The GET stream opens once
-  ``notifications/initialized`` is accepted; 405 means the server has none
-  (§1.6).
+  :class:`~bridge.upstreams.inbox.Inbox`, whose room goes to the streams in
+  turn: a flooding stream cannot hold up the answer on another. The GET stream
+  opens once ``notifications/initialized`` is accepted; 405 means the server
+  has none (§1.6); a refused or garbled one (an event over the bound) is given
+  up and logged (``upstream_get_stream_failed``), and requests go on.
 - A stream that breaks before it is finished is resumed with GET and
   ``Last-Event-ID`` when its events carried ids (§1.8), after the server's
   ``retry`` hint (§1.9), until ``RESUME_ATTEMPTS`` tries in a row bring
@@ -59,6 +65,7 @@ from bridge.log import short
 from bridge.settings import StreamableHttpServer
 from bridge.sse import Decoder, Event
 from bridge.upstreams.base import UpstreamTimeouts, decode_frames
+from bridge.upstreams.http import client_error, feed, read_limited, status_error
 from bridge.upstreams.inbox import Inbox
 
 log = structlog.get_logger("bridge.upstream.streamable_http")
@@ -81,16 +88,6 @@ ERROR_BODY_BYTES: Final = 4096
 _NO_SESSION: Final = re.compile(r"(no valid|invalid|unknown|missing) session", re.IGNORECASE)
 #: spec 2025-11-25 transports §Session Management 1: visible ASCII (0x21-0x7E).
 _VISIBLE_ASCII: Final = re.compile(r"^[\x21-\x7E]{1,1024}$")
-
-
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or UpstreamProtocolError past ``limit`` bytes."""
-    body = bytearray()
-    async for chunk in response.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise UpstreamProtocolError(f"upstream body larger than {limit} bytes")
-    return bytes(body)
 
 
 class StreamableHttpUpstream:
@@ -200,7 +197,9 @@ class StreamableHttpConnection:
                 log.debug("upstream_answer_pending", server=self._name)
                 return None
             task.cancel("not accepted in time")
-            return UpstreamTimeout(f"server {self._name!r}: POST not accepted in time")
+            error = UpstreamTimeout(f"server {self._name!r}: POST not accepted in time")
+            log.warning("upstream_post_failed", server=self._name, error=error.message)
+            return error
         finally:
             post.detached = not post.accepted.done()
 
@@ -225,6 +224,7 @@ class StreamableHttpConnection:
             _settle(post, UpstreamUnavailable(f"server {self._name!r}: connection closed"))
 
     async def _post_failed(self, post: _Post, error: UpstreamError) -> None:
+        log.warning("upstream_post_failed", server=self._name, error=error.message)
         if not post.accepted.done() and not post.detached:
             _settle(post, error)  # send() raises it
             return
@@ -260,8 +260,7 @@ class StreamableHttpConnection:
             )
             self._lose(error)
             raise error
-        kind = UpstreamUnavailable if status in (502, 503, 504) else UpstreamProtocolError
-        raise kind(f"server {self._name!r}: {what} answered HTTP {status}")
+        raise status_error(self._name, what, status)
 
     def _learn_session(self, response: aiohttp.ClientResponse) -> None:
         value = response.headers.get(SESSION_HEADER)
@@ -272,12 +271,12 @@ class StreamableHttpConnection:
         self._session_id = value
         log.debug("upstream_session", server=self._name, upstream_session=short(value))
 
-    def _mapped(self, exc: Exception, what: str) -> UpstreamError:
+    def _mapped(
+        self, exc: aiohttp.ClientError | TimeoutError | UpstreamError, what: str
+    ) -> UpstreamError:
         if isinstance(exc, UpstreamError):
             return exc
-        if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(f"server {self._name!r}: {what} timed out")
-        error = UpstreamUnavailable(f"server {self._name!r}: {what} failed ({type(exc).__name__})")
+        error = client_error(self._name, what, exc)
         if isinstance(exc, aiohttp.ClientConnectorError):
             self._lose(error)  # nothing listens there now: a new connection must find out
         return error
@@ -292,9 +291,13 @@ class StreamableHttpConnection:
         if response.status == 202 or not cursor.waiting:
             return  # a notification or response; or a request answered on the GET stream
         if response.content_type == "application/json":
-            body = await read_limited(response, self._timeouts.max_message_bytes)
+            body = await read_limited(response, self._timeouts.max_message_bytes, self._name)
             for message in decode_frames(body, self._name):
                 await self._deliver(message, cursor)
+            if cursor.waiting:  # the whole body is in and holds no answer (spec-notes §1.4)
+                raise UpstreamProtocolError(
+                    f"server {self._name!r}: POST answered JSON with no answer to the request"
+                )
         elif response.content_type == EVENT_STREAM:
             await self._read_events(response, cursor)
             await self._resume(cursor)
@@ -309,12 +312,19 @@ class StreamableHttpConnection:
         count = 0
         try:
             async for chunk in response.content.iter_any():
-                for event in decoder.feed(chunk):
+                for event in feed(decoder, chunk, self._name):
                     count += 1
                     cursor.advance(event)
                     if event.event == "message" and event.data.strip():  # else priming (§1.9)
                         for message in decode_frames(event.data, self._name):
                             await self._deliver(message, cursor)
+                # A block with no data dispatches no event but may still set the
+                # id or the retry hint (WHATWG; our own front door ends a polled
+                # stream with a bare "retry:" block).
+                if decoder.reconnection_ms is not None:
+                    cursor.retry_ms = decoder.reconnection_ms
+                if decoder.last_event_id is not None:
+                    cursor.last_id = decoder.last_event_id or None
                 if cursor.finished:
                     break  # the server SHOULD close now; no need to wait for it
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -380,8 +390,8 @@ class StreamableHttpConnection:
                         return
                     failures = 0
                     await self._read_events(response, cursor)
-            except UpstreamProtocolError as exc:  # refused (not a lost session): do without
-                log.warning("upstream_get_refused", server=self._name, error=exc.message)
+            except UpstreamProtocolError as exc:  # refused, or garbage: do without
+                log.warning("upstream_get_stream_failed", server=self._name, error=exc.message)
                 return
             except (aiohttp.ClientError, TimeoutError, UpstreamError) as exc:
                 failures += 1
@@ -392,7 +402,9 @@ class StreamableHttpConnection:
                     return
             await asyncio.sleep(self._delay(cursor))
 
-    def _unreachable(self, exc: Exception) -> UpstreamUnavailable:
+    def _unreachable(
+        self, exc: aiohttp.ClientError | TimeoutError | UpstreamError
+    ) -> UpstreamUnavailable:
         error = self._mapped(exc, "GET")
         if isinstance(error, UpstreamUnavailable):
             return error

@@ -79,3 +79,34 @@ async def test_end_wakes_waiting_putters_and_getters() -> None:
         await putter
         assert await getter is None
     assert len(full) == 1
+
+
+async def test_waiting_puts_get_room_in_turn() -> None:
+    """A reader with an endless supply cannot starve another one (issue #5, a flooding stream)."""
+    inbox = Inbox(1)
+    await inbox.put(msg(0))
+    flood = asyncio.ensure_future(inbox.put(msg(1)))
+    answer = asyncio.ensure_future(inbox.put(msg(2)))
+    await asyncio.sleep(0)  # one turn: both puts wait for room
+    async with asyncio.timeout(BOUND):
+        assert await inbox.get() == msg(0)
+        await flood
+        late = asyncio.ensure_future(inbox.put(msg(3)))  # the flood's next put queues behind
+        assert await inbox.get() == msg(1)
+        await answer
+        assert await inbox.get() == msg(2)
+        await late
+        assert await inbox.get() == msg(3)
+
+
+async def test_a_put_cancelled_while_waiting_delivers_nothing() -> None:
+    inbox = Inbox(1)
+    await inbox.put(msg(1))
+    cancelled = asyncio.ensure_future(inbox.put(msg(2)))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    async with asyncio.timeout(BOUND):
+        assert await inbox.get() == msg(1)
+        await inbox.put(msg(3))
+        assert await inbox.get() == msg(3)
+    assert len(inbox) == 0
