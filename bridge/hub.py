@@ -99,29 +99,39 @@ class SessionHub:
     # -- create ------------------------------------------------------------
 
     async def initialize(
-        self, server: str, request: Message, principal: str | None = None
+        self,
+        server: str,
+        request: Message,
+        principal: str | None = None,
+        client_headers: Mapping[str, str] | None = None,
     ) -> tuple[Session, Stream]:
         """Open a session on ``server`` for ``principal`` and post its ``initialize`` request.
 
         The session is bound to ``principal``: :meth:`get` and :meth:`end`
         treat it as unknown for anyone else (spec-notes §1.16).
+        ``client_headers`` are the HTTP request's, for a server's opt-in
+        ``forward_headers``.
 
         Raises:
             UpstreamError: the upstream could not be reached or started.
             StoreDown: the store could not record the session.
         """
         work = tasks.spawn(
-            self._initialize(server, request, principal),
+            self._initialize(server, request, principal, client_headers),
             name=f"initialize:{server}",
             awaited=True,
         )
         return await asyncio.shield(work)
 
     async def _initialize(
-        self, server: str, request: Message, principal: str | None
+        self,
+        server: str,
+        request: Message,
+        principal: str | None,
+        client_headers: Mapping[str, str] | None,
     ) -> tuple[Session, Stream]:
         with self._making_room(principal):
-            connection = await self._connect(server)
+            connection = await self._connect(server, client_headers)
         now = time.time()
         params = jsonrpc.params(request)
         record = SessionRecord(
@@ -148,7 +158,13 @@ class SessionHub:
 
     # -- find --------------------------------------------------------------
 
-    async def get(self, session_id: str, server: str, principal: str | None = None) -> Session:
+    async def get(
+        self,
+        session_id: str,
+        server: str,
+        principal: str | None = None,
+        client_headers: Mapping[str, str] | None = None,
+    ) -> Session:
         """``principal``'s live session, resumed from the store if need be.
 
         Raises:
@@ -163,17 +179,23 @@ class SessionHub:
             self._forget(session)
             session = None
         if session is None:
-            session = await self._resume(session_id, server, principal)
+            session = await self._resume(session_id, server, principal, client_headers)
         if (session.record.server, session.record.principal) != (server, principal):
             raise SessionNotFound("session not found")
         self._touch(session)
         return session
 
-    async def _resume(self, session_id: str, server: str, principal: str | None) -> Session:
+    async def _resume(
+        self,
+        session_id: str,
+        server: str,
+        principal: str | None,
+        client_headers: Mapping[str, str] | None,
+    ) -> Session:
         task = self._resuming.get(session_id)
         if task is None:
             task = tasks.spawn(
-                self._load_and_resume(session_id, server, principal),
+                self._load_and_resume(session_id, server, principal, client_headers),
                 name=f"resume:{short(session_id)}",
                 awaited=True,
             )
@@ -182,7 +204,11 @@ class SessionHub:
         return await asyncio.shield(task)
 
     async def _load_and_resume(
-        self, session_id: str, server: str, principal: str | None
+        self,
+        session_id: str,
+        server: str,
+        principal: str | None,
+        client_headers: Mapping[str, str] | None,
     ) -> Session:
         try:
             record = await self._store.get(session_id)
@@ -195,7 +221,7 @@ class SessionHub:
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
         with self._making_room(principal):
-            connection = await self._connect(record.server)
+            connection = await self._connect(record.server, client_headers)
         try:
             session = await Session.resume(
                 record, connection, self.stores, self._config.limits, self.metrics
@@ -207,9 +233,11 @@ class SessionHub:
         self._sessions[session_id] = session
         return session
 
-    async def _connect(self, server: str) -> UpstreamConnection:
+    async def _connect(
+        self, server: str, client_headers: Mapping[str, str] | None = None
+    ) -> UpstreamConnection:
         try:
-            connection = await self.upstreams[server].connect()
+            connection = await self.upstreams[server].connect(client_headers)
         except UpstreamError as exc:
             # A refusal during a restart delay (Retry-After) was logged once, when
             # the crash loop began (upstream_crash_loop): not again per request.

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -238,32 +239,56 @@ class StdioServer(_Spec):
     cwd: str | None = None
 
 
-class SseServer(_Spec):
+#: Headers a server's ``forward_headers`` may not name: the transport's own,
+#: hop-by-hop ones, and what would let a client steer the gateway's requests.
+UNFORWARDABLE = frozenset(
+    {
+        "accept", "connection", "content-encoding", "content-length", "content-type",
+        "cookie", "expect", "host", "keep-alive", "last-event-id", "mcp-protocol-version",
+        "mcp-session-id", "proxy-authorization", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade",
+    }
+)  # fmt: skip
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class _HttpSpec(_Spec):
+    url: AnyHttpUrl
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: Client request headers passed on to this server, e.g. ``["Authorization"]``:
+    #: token passthrough, off unless listed (spec 2025-11-25 authorization
+    #: §Access Token Privilege Restriction; spec-notes §1.15).
+    forward_headers: tuple[str, ...] = ()
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not _TOKEN.match(name) or name.lower() in UNFORWARDABLE:
+                raise ValueError(f"header {name!r} cannot be forwarded")
+        return names
+
+
+class SseServer(_HttpSpec):
     """A legacy HTTP+SSE upstream (spec 2024-11-05)."""
 
-    url: AnyHttpUrl
     type: Literal["sse"] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
 
 
 #: ``type`` spellings of a Streamable HTTP server (mcpServers files differ between clients).
 STREAMABLE_TYPES = ("streamable-http", "http", "streamableHttp")
 
 
-class StreamableHttpServer(_Spec):
+class StreamableHttpServer(_HttpSpec):
     """A Streamable HTTP upstream (spec 2025-03-26 and later)."""
 
-    url: AnyHttpUrl
     type: Literal["streamable-http", "http", "streamableHttp"] | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
 
 
-class AutoHttpServer(_Spec):
+class AutoHttpServer(_HttpSpec):
     """An HTTP upstream of unstated transport: probed on first connect (spec-notes §2.5)."""
 
-    url: AnyHttpUrl
     type: None = None
-    headers: dict[str, str] = Field(default_factory=dict)
 
 
 ServerSpec = StdioServer | SseServer | StreamableHttpServer | AutoHttpServer

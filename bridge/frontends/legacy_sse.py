@@ -210,7 +210,7 @@ class LegacySseFrontDoor:
         connection.initializing = True
         try:
             session, stream = await self._hub.initialize(
-                connection.server, message, connection.principal
+                connection.server, message, connection.principal, request.headers
             )
         finally:
             connection.initializing = False

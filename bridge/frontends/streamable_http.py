@@ -149,7 +149,9 @@ class StreamableHttpFrontDoor:
         if any(m.get("method") == "initialize" for m, _ in messages):
             if batch:
                 raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
-            session, stream = await self._hub.initialize(server, messages[0][0], principal)
+            session, stream = await self._hub.initialize(
+                server, messages[0][0], principal, request.headers
+            )
             request[SESSION_ID] = session.id
             client = jsonrpc.params(messages[0][0]).get("clientInfo")
             name = client.get("name") if isinstance(client, dict) else None
@@ -210,7 +212,7 @@ class StreamableHttpFrontDoor:
         return session_id
 
     async def _session(self, request: web.Request, server: str, principal: str | None) -> Session:
-        session = await self._hub.get(self._session_id(request), server, principal)
+        session = await self._hub.get(self._session_id(request), server, principal, request.headers)
         self._check_version(request, session)
         return session
 

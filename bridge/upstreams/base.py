@@ -49,8 +49,12 @@ class Upstream(Protocol):
 
     name: str
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self, client_headers: Mapping[str, str] | None = None) -> UpstreamConnection:
         """Open a connection, bounded by ``upstream_connect_timeout``.
+
+        ``client_headers`` are the headers of the client request that needs
+        the connection; an HTTP upstream sends those its config lists in
+        ``forward_headers`` (none by default), stdio ignores them.
 
         Raises:
             UpstreamUnavailable: could not connect or start the server.

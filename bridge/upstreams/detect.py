@@ -30,7 +30,7 @@ probe is bounded by ``upstream_connect_timeout``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import aiohttp
@@ -43,7 +43,13 @@ from bridge.jsonrpc import Message
 from bridge.settings import AutoHttpServer, SseServer, StreamableHttpServer
 from bridge.sse import Decoder
 from bridge.upstreams.base import UpstreamConnection, UpstreamTimeouts, decode_frames
-from bridge.upstreams.http import client_error, feed, read_limited, status_error
+from bridge.upstreams.http import (
+    client_error,
+    feed,
+    forwarded,
+    read_limited,
+    status_error,
+)
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.streamable_http import (
     ACCEPT_POST,
@@ -78,9 +84,15 @@ class AutoHttpUpstream:
         self.name = spec.name
         self._url = str(spec.url)
         self._headers = dict(spec.headers)
+        self._forward = spec.forward_headers
         self._client = client
         self._timeouts = timeouts
-        fields = {"name": spec.name, "url": spec.url, "headers": spec.headers}
+        fields = {
+            "name": spec.name,
+            "url": spec.url,
+            "headers": spec.headers,
+            "forward_headers": spec.forward_headers,
+        }
         self._streamable = StreamableHttpUpstream(
             StreamableHttpServer.model_validate(fields), client, timeouts
         )
@@ -95,25 +107,26 @@ class AutoHttpUpstream:
             return None
         return STREAMABLE if self._chosen is self._streamable else LEGACY_SSE
 
-    async def connect(self) -> UpstreamConnection:
+    async def connect(self, client_headers: Mapping[str, str] | None = None) -> UpstreamConnection:
         """Detect on the first call (bounded by the probe's and the legacy GET's timeouts)."""
         async with self._lock:
             if self._chosen is None:
-                return await self._detect()
-        return await self._chosen.connect()
+                return await self._detect(client_headers)
+        return await self._chosen.connect(client_headers)
 
-    async def _detect(self) -> UpstreamConnection:
-        status, answer = await self._probe()
+    async def _detect(self, client_headers: Mapping[str, str] | None) -> UpstreamConnection:
+        extra = forwarded(self._forward, client_headers)
+        status, answer = await self._probe(extra)
         connection: UpstreamConnection
         if 200 <= status < 300:
             if answer is None:
                 raise UpstreamProtocolError(
                     f"server {self.name!r}: POST initialize answered {status} without JSON-RPC"
                 )
-            connection = await self._streamable.connect()
+            connection = await self._streamable.connect(client_headers)
             self._chosen = self._streamable
         elif status in FALLBACK_STATUSES:
-            connection = await self._legacy_connect(status)
+            connection = await self._legacy_connect(status, client_headers)
             self._chosen = self._legacy
         else:
             raise status_error(self.name, "POST initialize", status)
@@ -125,9 +138,11 @@ class AutoHttpUpstream:
         )
         return connection
 
-    async def _legacy_connect(self, status: int) -> UpstreamConnection:
+    async def _legacy_connect(
+        self, status: int, client_headers: Mapping[str, str] | None
+    ) -> UpstreamConnection:
         try:
-            return await self._legacy.connect()
+            return await self._legacy.connect(client_headers)
         except UpstreamTimeout:
             raise
         except UpstreamError as exc:
@@ -136,9 +151,10 @@ class AutoHttpUpstream:
                 f"(POST initialize answered {status}; then {exc.message})"
             ) from exc
 
-    async def _probe(self) -> tuple[int, Message | None]:
+    async def _probe(self, extra: dict[str, str]) -> tuple[int, Message | None]:
         """POST a throwaway initialize: the status, and the answer if it was a 2xx."""
         headers = CIMultiDict(self._headers)
+        headers.update(extra)
         headers["Accept"] = ACCEPT_POST
         headers["Content-Type"] = "application/json"
         body = jsonrpc.encode(probe_request()).encode()
@@ -160,7 +176,7 @@ class AutoHttpUpstream:
             raise client_error(self.name, "POST initialize", exc) from exc
         finally:
             if session_id is not None:
-                await self._end_probe_session(session_id)
+                await self._end_probe_session(session_id, extra)
 
     async def _answer(self, response: aiohttp.ClientResponse) -> Message | None:
         """The answer to the probe in a JSON body or an SSE stream; None if there is none."""
@@ -179,8 +195,9 @@ class AutoHttpUpstream:
                         return answer
         return None
 
-    async def _end_probe_session(self, session_id: str) -> None:
+    async def _end_probe_session(self, session_id: str, extra: dict[str, str]) -> None:
         headers = CIMultiDict(self._headers)
+        headers.update(extra)
         headers[SESSION_HEADER] = session_id
         try:
             async with (

@@ -25,10 +25,22 @@ answer is whatever junk the upstream sent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import aiohttp
 
 from bridge.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.sse import Decoder, Event
+
+
+def forwarded(names: Sequence[str], client_headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The client's values of the headers a server's ``forward_headers`` lists (opt-in).
+
+    ``client_headers`` is the client request's (case-insensitive) header map.
+    """
+    if not names or not client_headers:
+        return {}
+    return {name: client_headers[name] for name in names if name in client_headers}
 
 
 def status_error(server: str, what: str, status: int) -> UpstreamError:

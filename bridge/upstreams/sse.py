@@ -20,7 +20,7 @@ Contract (spec-notes §2):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 from urllib.parse import urljoin, urlsplit
 
@@ -33,7 +33,7 @@ from bridge.jsonrpc import Message
 from bridge.settings import SseServer
 from bridge.sse import Decoder, Event
 from bridge.upstreams.base import UpstreamTimeouts, decode_frames
-from bridge.upstreams.http import client_error, feed, status_error
+from bridge.upstreams.http import client_error, feed, forwarded, status_error
 
 log = structlog.get_logger("bridge.upstream.sse")
 
@@ -52,14 +52,16 @@ class SseUpstream:
         self.name = spec.name
         self._url = str(spec.url)
         self._headers = dict(spec.headers)
+        self._forward = spec.forward_headers
         self._client = client
         self._timeouts = timeouts
 
-    async def connect(self) -> SseConnection:
+    async def connect(self, client_headers: Mapping[str, str] | None = None) -> SseConnection:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeouts.connect, sock_read=self._timeouts.read
         )
-        headers = {**self._headers, "Accept": EVENT_STREAM}
+        extra = forwarded(self._forward, client_headers)
+        headers = {**self._headers, **extra, "Accept": EVENT_STREAM}
         try:
             async with asyncio.timeout(self._timeouts.connect):
                 # No redirects: the configured headers may carry credentials.
@@ -67,7 +69,7 @@ class SseUpstream:
                     self._url, headers=headers, timeout=timeout, allow_redirects=False
                 )
                 try:
-                    return await self._handshake(response)
+                    return await self._handshake(response, extra)
                 except BaseException:
                     response.close()
                     raise
@@ -76,7 +78,9 @@ class SseUpstream:
         except aiohttp.ClientError as exc:
             raise client_error(self.name, "GET", exc) from exc
 
-    async def _handshake(self, response: aiohttp.ClientResponse) -> SseConnection:
+    async def _handshake(
+        self, response: aiohttp.ClientResponse, extra: dict[str, str]
+    ) -> SseConnection:
         if response.status != 200:
             raise status_error(self.name, "GET", response.status)
         if response.content_type != EVENT_STREAM:
@@ -105,11 +109,13 @@ class SseUpstream:
                         f"server {self.name!r}: endpoint event points to another origin"
                     )
                 log.debug("upstream_endpoint", server=self.name)
-                return SseConnection(self, response, decoder, endpoint, early)
+                return SseConnection(self, response, decoder, endpoint, early, extra)
         raise UpstreamProtocolError(f"server {self.name!r}: stream ended before endpoint event")
 
-    async def post(self, endpoint: str, message: Message) -> None:
-        """POST one message to the endpoint; bounded by ``upstream_send_timeout``.
+    async def post(self, endpoint: str, message: Message, extra: dict[str, str]) -> None:
+        """POST one message to the endpoint, with the connection's forwarded headers ``extra``.
+
+        Bounded by ``upstream_send_timeout``.
 
         Raises:
             UpstreamUnavailable: unreachable, cut off, a 5xx, or 404/410 (the
@@ -117,7 +123,7 @@ class SseUpstream:
             UpstreamProtocolError: another non-2xx answer, or a malformed one.
             UpstreamTimeout: no answer in time.
         """
-        headers = {**self._headers, "Content-Type": "application/json"}
+        headers = {**self._headers, **extra, "Content-Type": "application/json"}
         body = jsonrpc.encode(message).encode()
         try:
             async with (
@@ -143,8 +149,10 @@ class SseConnection:
         decoder: Decoder,
         endpoint: str,
         early: list[Event],
+        extra: dict[str, str],
     ) -> None:
         self._upstream = upstream
+        self._extra = extra  # forwarded client headers (forward_headers), for every POST
         self._response = response
         self._decoder = decoder
         self._endpoint = endpoint
@@ -154,7 +162,7 @@ class SseConnection:
         if self._response.closed:
             raise UpstreamUnavailable(f"server {self._upstream.name!r}: SSE stream closed")
         try:
-            await self._upstream.post(self._endpoint, message)
+            await self._upstream.post(self._endpoint, message, self._extra)
         except UpstreamError as exc:
             log.warning("upstream_post_failed", server=self._upstream.name, error=exc.message)
             raise

@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import structlog
@@ -71,8 +71,8 @@ class StdioUpstream:
     def health(self) -> Health:
         return self.supervisor.health()
 
-    async def connect(self) -> StdioConnection:
-        """Start a child, once the restart delay allows.
+    async def connect(self, client_headers: Mapping[str, str] | None = None) -> StdioConnection:
+        """Start a child, once the restart delay allows (``client_headers`` play no part).
 
         Raises:
             UpstreamUnavailable: the restart delay has more than ``restart.wait``

@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,7 +65,13 @@ from bridge.log import short
 from bridge.settings import StreamableHttpServer
 from bridge.sse import Decoder, Event
 from bridge.upstreams.base import UpstreamTimeouts, decode_frames
-from bridge.upstreams.http import client_error, feed, read_limited, status_error
+from bridge.upstreams.http import (
+    client_error,
+    feed,
+    forwarded,
+    read_limited,
+    status_error,
+)
 from bridge.upstreams.inbox import Inbox
 
 log = structlog.get_logger("bridge.upstream.streamable_http")
@@ -100,6 +106,7 @@ class StreamableHttpUpstream:
         self.name = spec.name
         self.url = str(spec.url)
         self.headers = dict(spec.headers)
+        self.forward = spec.forward_headers
         self.client = client
         self.timeouts = timeouts
         # No total (aiohttp's default of 300 s would cut long streams): silence is what we bound.
@@ -107,9 +114,11 @@ class StreamableHttpUpstream:
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
 
-    async def connect(self) -> StreamableHttpConnection:
+    async def connect(
+        self, client_headers: Mapping[str, str] | None = None
+    ) -> StreamableHttpConnection:
         """A new connection. No I/O yet: its first request, ``initialize``, opens the session."""
-        return StreamableHttpConnection(self)
+        return StreamableHttpConnection(self, forwarded(self.forward, client_headers))
 
 
 @dataclass(slots=True)
@@ -140,8 +149,9 @@ class _Post:
 
 
 class StreamableHttpConnection:
-    def __init__(self, upstream: StreamableHttpUpstream) -> None:
+    def __init__(self, upstream: StreamableHttpUpstream, extra: dict[str, str]) -> None:
         self._up = upstream
+        self._extra = extra  # forwarded client headers (forward_headers), on every request
         self._name = upstream.name
         self._timeouts = upstream.timeouts
         self._inbox = Inbox(INBOX_SIZE)
@@ -237,6 +247,7 @@ class StreamableHttpConnection:
 
     def _headers(self, accept: str, *, post: bool = False) -> CIMultiDict[str]:
         headers = CIMultiDict(self._up.headers)
+        headers.update(self._extra)
         headers["Accept"] = accept
         if post:
             headers["Content-Type"] = "application/json"

@@ -17,6 +17,7 @@ SDK clients or raw HTTP in front:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -38,7 +39,7 @@ from pydantic import SecretStr
 
 from bridge.app import build_app
 from bridge.errors import SESSION_NOT_FOUND, UNAUTHORIZED
-from bridge.settings import Settings, StreamableHttpServer
+from bridge.settings import Settings, SseServer, StreamableHttpServer
 from tests.conftest import GatewayFactory, RunningGateway, example_stdio, free_port
 from tests.rawclient import ACCEPT_BOTH, RawClient, next_event
 
@@ -513,26 +514,102 @@ class HeaderRecorder:
         return web.json_response(body, headers={"Mcp-Session-Id": "upstream-1"})
 
 
-@pytest.mark.parametrize("configured", [True, False])
-async def test_client_credentials_never_reach_the_upstream(
+@pytest.mark.parametrize(
+    ("configured", "forward", "expected"),
+    [
+        ({"Authorization": "Bearer upstream-credential"}, (), "Bearer upstream-credential"),
+        ({}, (), None),
+        # Opt-in passthrough: the server's config lists the header by name.
+        ({"Authorization": "Bearer upstream-credential"}, ("authorization",), "Bearer tok-alice"),
+    ],
+    ids=["configured-credential", "nothing", "forward_headers"],
+)
+async def test_client_credentials_reach_the_upstream_only_when_listed(
     gateway: GatewayFactory,
     aiohttp_server: AiohttpServer,
     http: aiohttp.ClientSession,
-    configured: bool,
+    configured: dict[str, str],
+    forward: tuple[str, ...],
+    expected: str | None,
 ) -> None:
     recorder = HeaderRecorder()
     app = web.Application()
     app.router.add_route("*", "/mcp", recorder.handle)
     upstream = await aiohttp_server(app)
-    headers = {"Authorization": "Bearer upstream-credential"} if configured else {}
     spec = StreamableHttpServer(
-        name="up", url=f"http://127.0.0.1:{upstream.port}/mcp", type="http", headers=headers
+        name="up",
+        url=f"http://127.0.0.1:{upstream.port}/mcp",
+        type="http",
+        headers=configured,
+        forward_headers=forward,
     )
     gw = await gateway([spec], api_keys=SecretStr(KEYS))
-    alice = raw(http, f"{gw.url}/mcp", ALICE)
+    alice = raw(http, f"{gw.url}/mcp", {**ALICE, "Cookie": "c=1", "X-Other": "o"})
     await alice.initialize()
     assert (await alice.post(alice.request("tools/list"))).status == 200
-    assert recorder.seen
+    assert len(recorder.seen) >= 3  # initialize, initialized, tools/list
     for seen in recorder.seen:
-        assert "tok-alice" not in json.dumps(seen)
-        assert seen.get("Authorization") == headers.get("Authorization")
+        assert seen.get("Authorization") == expected
+        assert "Cookie" not in seen
+        assert "X-Other" not in seen
+        assert ("tok-alice" in json.dumps(seen)) == (expected == "Bearer tok-alice")
+
+
+@pytest.mark.parametrize("name", ["Host", "mcp-session-id", "Content-Length", "Bad Name"])
+def test_transport_headers_cannot_be_forwarded(name: str) -> None:
+    with pytest.raises(ValueError, match="cannot be forwarded"):
+        StreamableHttpServer(url="http://127.0.0.1/mcp", forward_headers=(name,))
+
+
+@dataclass
+class LegacyRecorder:
+    """A minimal legacy HTTP+SSE MCP server (spec 2024-11-05) that records request headers."""
+
+    seen: list[dict[str, str]] = field(default_factory=list)
+    outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(dict(request.headers))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: endpoint\ndata: /messages?session_id=1\n\n")
+        while True:
+            message = await self.outbox.get()
+            await response.write(f"event: message\ndata: {json.dumps(message)}\n\n".encode())
+
+    async def post(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        message = await request.json()
+        if "id" in message:
+            result: dict[str, Any] = {"tools": []}
+            if message["method"] == "initialize":
+                result = {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "legacy-recorder", "version": "0"},
+                }
+            self.outbox.put_nowait({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        return web.Response(status=202)
+
+
+async def test_forward_headers_reach_a_legacy_sse_upstream(
+    gateway: GatewayFactory, aiohttp_server: AiohttpServer, http: aiohttp.ClientSession
+) -> None:
+    recorder = LegacyRecorder()
+    app = web.Application()
+    app.router.add_get("/sse", recorder.stream)
+    app.router.add_post("/messages", recorder.post)
+    upstream = await aiohttp_server(app)
+    spec = SseServer(
+        name="old",
+        url=f"http://127.0.0.1:{upstream.port}/sse",
+        type="sse",
+        forward_headers=("Authorization", "X-Tenant"),
+    )
+    gw = await gateway([spec], api_keys=SecretStr(KEYS))
+    alice = raw(http, f"{gw.url}/mcp", {**ALICE, "X-Tenant": "acme"})
+    await alice.initialize("2024-11-05")
+    assert (await alice.post(alice.request("tools/list"))).status == 200
+    assert len(recorder.seen) >= 4  # GET /sse, then initialize, initialized, tools/list
+    for seen in recorder.seen:
+        assert (seen.get("Authorization"), seen.get("X-Tenant")) == ("Bearer tok-alice", "acme")
