@@ -588,6 +588,7 @@ def test_configmap_servers_file_parses_with_the_deployment_env(
     settings = Settings()
     assert settings.store_url.startswith("redis://")
     assert "mcp.example.com" in settings.allowed_hosts
+    assert settings.auth_enabled  # exposed through the Ingress: credentials required
 
 
 def test_secret_holds_placeholders_only() -> None:
