@@ -266,6 +266,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     upstreams = {spec.name: make_upstream(spec, client, timeouts) for spec in servers}
     limits = SessionLimits(
         stream_queue_size=settings.stream_queue_size,
+        stream_queue_bytes=settings.stream_queue_bytes,
         standalone_buffer_size=settings.standalone_buffer_size,
         close_timeout=settings.stdio_shutdown_grace * 3 + 1,
         initialize_timeout=settings.initialize_timeout,
@@ -321,6 +322,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             keepalive_interval=settings.sse_keepalive_interval,
             send_timeout=settings.sse_send_timeout,
             queue_size=settings.stream_queue_size,
+            queue_bytes=settings.stream_queue_bytes,
             public_path_prefix=settings.public_path_prefix,
             grace=settings.legacy_grace,
             deprecation=settings.legacy_deprecation_header,

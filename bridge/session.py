@@ -80,6 +80,7 @@ class SessionLimits:
     ttl: float
     retry_ms: int
     max_requests: int = 64  # requests in flight at once (429 above)
+    stream_queue_bytes: int = 16 * 1024 * 1024  # per stream, and for the standalone buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,9 @@ class Session:
         self._tag = ids.session_tag(self.id)
         self._names: dict[StreamKey, str] = {GET: ids.GET_STREAM}  # open streams' store names
         self._streams: dict[StreamKey, Stream] = {}  # attached outboxes
-        self._standalone: deque[Outgoing] = deque(maxlen=limits.standalone_buffer_size)
+        # Events for a GET stream not yet open: the newest, within count and bytes.
+        self._standalone: deque[tuple[Outgoing, int]] = deque()
+        self._standalone_bytes = 0
         self._resume_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -300,7 +303,7 @@ class Session:
             )
         self.last_active = time.monotonic()
         key = self._router.open_stream(unrelated=resumable)
-        stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+        stream = self._streams[key] = self._new_stream(key)
         if resumable:
             name = self._names[key] = ids.new_post_stream()
             event_id = await self._store_event(name, {META: {"requests": requests}})
@@ -418,24 +421,43 @@ class Session:
 
     # -- resuming streams --------------------------------------------------
 
+    def _new_stream(self, key: StreamKey) -> Stream:
+        return Stream(key, self._limits.stream_queue_size, self._limits.stream_queue_bytes)
+
+    def _buffer_standalone(self, item: Outgoing) -> None:
+        """Keep an event for a GET stream not yet open; drop the oldest past the limits."""
+        assert item[1] is not None
+        size = len(jsonrpc.encode(item[1]))
+        self._standalone.append((item, size))
+        self._standalone_bytes += size
+        limits = self._limits
+        while len(self._standalone) > 1 and (
+            len(self._standalone) > limits.standalone_buffer_size
+            or self._standalone_bytes > limits.stream_queue_bytes
+        ):
+            _, dropped = self._standalone.popleft()
+            self._standalone_bytes -= dropped
+
     async def _fresh_standalone(self) -> Stream:
         if not self._router.attach_get():
             raise StreamConflict("a standalone GET stream is already open for this session")
-        stream = self._streams[GET] = Stream(GET, self._limits.stream_queue_size)
+        stream = self._streams[GET] = self._new_stream(GET)
         if self.record.protocol_version >= PRIMING_SINCE:
             event_id = await self._store_event(ids.GET_STREAM, None)
             if event_id is not None:
                 stream.extend([(event_id, None)])
                 stream.resumable_by_client = True
-        stream.extend(list(self._standalone))
+        stream.extend([item for item, _ in self._standalone])
         self._standalone.clear()
+        self._standalone_bytes = 0
         return stream
 
     async def _resume_standalone(self, position: str) -> Stream:
         if not self._router.attach_get():
             raise StreamConflict("a standalone GET stream is already open for this session")
-        stream = self._streams[GET] = Stream(GET, self._limits.stream_queue_size)
+        stream = self._streams[GET] = self._new_stream(GET)
         self._standalone.clear()  # everything queued is in the store too
+        self._standalone_bytes = 0
         stream.prepend_replay(await self._stored(ids.GET_STREAM, position))
         return stream
 
@@ -444,7 +466,7 @@ class Session:
         if key is not None:  # still open here: replay, then live
             if (previous := self._streams.get(key)) is not None:
                 previous.close()  # the newer resume wins; the old reader ends, not hangs
-            stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+            stream = self._streams[key] = self._new_stream(key)
             self._router.attach(key)
             stream.prepend_replay(await self._stored(name, position))
             return stream
@@ -454,7 +476,7 @@ class Session:
         missing = [r for r in requests if r.get("id") not in answered]
         after = _after(events, position)
         key = self._router.open_stream()
-        stream = self._streams[key] = Stream(key, self._limits.stream_queue_size)
+        stream = self._streams[key] = self._new_stream(key)
         stream.extend([e for e in after if e[1] is not None])
         if not missing:
             stream.close()
@@ -567,11 +589,11 @@ class Session:
         stream = self._streams.get(delivery.stream)
         if message is not None:
             if stream is not None and wait:
-                await stream.put((event_id, message))
+                await stream.put((event_id, message), len(jsonrpc.encode(message)))
             elif stream is not None:
                 stream.extend([(event_id, message)])
             elif delivery.stream == GET:
-                self._standalone.append((event_id, message))
+                self._buffer_standalone((event_id, message))
         if delivery.final:
             self._names.pop(delivery.stream, None)
             if stream is not None:

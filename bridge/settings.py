@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     stream_queue_size: Bytes = Field(
         256, description="messages buffered per downstream stream before the upstream waits"
     )
+    stream_queue_bytes: Bytes = Field(
+        16 * 1024 * 1024,
+        description="bytes of messages buffered per downstream stream (queued for its client, "
+        "or kept for a GET stream not yet open); a single larger message still passes",
+    )
     standalone_buffer_size: Bytes = Field(
         1024, description="messages kept for a standalone GET stream not yet open"
     )

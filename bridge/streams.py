@@ -19,16 +19,20 @@ Outgoing = tuple[str | None, Message | None]
 class Stream:
     """One downstream SSE stream's outbox: bounded, closable, detachable.
 
-    The upstream reader :meth:`put`\\ s and waits while the outbox is full
-    (backpressure, STYLE rule 8); once the HTTP response goes away the stream
-    is detached and puts return at once, so a vanished client can never block
-    the session.
+    The upstream reader :meth:`put`\\ s and waits while the outbox holds
+    ``limit`` messages or ``max_bytes`` bytes of them (backpressure, STYLE
+    rule 8); a lone message larger than ``max_bytes`` still goes through.
+    Once the HTTP response goes away the stream is detached and puts return
+    at once, so a vanished client can never block the session. Events
+    queued without waiting (replays, priming, errors) are not counted.
     """
 
-    def __init__(self, key: StreamKey, limit: int) -> None:
+    def __init__(self, key: StreamKey, limit: int, max_bytes: int = 0) -> None:
         self.key = key
         self._limit = limit
-        self._items: deque[Outgoing] = deque()
+        self._max_bytes = max_bytes  # 0: no byte budget
+        self._items: deque[tuple[str | None, Message | None, int]] = deque()
+        self._bytes = 0
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -38,16 +42,23 @@ class Stream:
         # it can resume it: the front door may close it early (polling).
         self.resumable_by_client = False
 
-    async def put(self, message: Outgoing) -> None:
-        while len(self._items) >= self._limit and not (self.detached or self.closed):
+    def _full(self, size: int) -> bool:
+        if len(self._items) >= self._limit:
+            return True
+        return bool(self._max_bytes) and self._bytes > 0 and self._bytes + size > self._max_bytes
+
+    async def put(self, message: Outgoing, size: int = 0) -> None:
+        """Queue one event of ``size`` bytes (its encoded length), waiting for room."""
+        while self._full(size) and not (self.detached or self.closed):
             self._writable.clear()
             await self._writable.wait()
         if not self.detached and not self.closed:
-            self._items.append(message)
+            self._items.append((*message, size))
+            self._bytes += size
             self._readable.set()
 
     def extend(self, messages: list[Outgoing]) -> None:
-        self._items.extend(messages)
+        self._items.extend((event_id, message, 0) for event_id, message in messages)
         self._readable.set()
 
     def prepend_replay(self, replayed: list[Outgoing]) -> None:
@@ -58,11 +69,17 @@ class Stream:
         """
         seen = {event_id for event_id, _ in replayed}
         live = [item for item in self._items if item[0] is None or item[0] not in seen]
-        self._items = deque([*replayed, *live])
+        self._items = deque([*((e, m, 0) for e, m in replayed), *live])
+        self._bytes = sum(item[2] for item in live)
         self._readable.set()
+        self._writable.set()
 
     def queued(self) -> int:
         return len(self._items)
+
+    def queued_bytes(self) -> int:
+        """Bytes of the events :meth:`put` queued and no one has taken yet."""
+        return self._bytes
 
     def close(self) -> None:
         self.closed = True
@@ -75,11 +92,17 @@ class Stream:
 
     async def get(self) -> Outgoing | None:
         """The next event, or None once the stream is closed and drained."""
+        taken = await self.take()
+        return None if taken is None else taken[0]
+
+    async def take(self) -> tuple[Outgoing, int] | None:
+        """The next event and the size it was :meth:`put` with; None once closed and drained."""
         while not self._items:
             if self.closed:
                 return None
             self._readable.clear()
             await self._readable.wait()
-        item = self._items.popleft()
+        event_id, message, size = self._items.popleft()
+        self._bytes -= size
         self._writable.set()
-        return item
+        return (event_id, message), size

@@ -59,6 +59,7 @@ class LegacyConfig:
     keepalive_interval: float
     send_timeout: float
     queue_size: int
+    queue_bytes: int  # byte budget of the outbox (0: none)
     public_path_prefix: str  # mount path behind a reverse proxy, no trailing slash
     grace: float  # seconds the session outlives its GET stream
     deprecation: str  # value of the Deprecation header; empty: none
@@ -68,12 +69,17 @@ class LegacyConnection:
     """One legacy GET stream: its outbox, its session, and the pumps feeding it."""
 
     def __init__(
-        self, connection_id: str, server: str, principal: str | None, queue_size: int
+        self,
+        connection_id: str,
+        server: str,
+        principal: str | None,
+        queue_size: int,
+        queue_bytes: int = 0,
     ) -> None:
         self.id = connection_id
         self.server = server
         self.principal = principal  # only its creator may POST to it (spec-notes §1.16)
-        self.outbox = Stream(_OUTBOX_KEY, queue_size)
+        self.outbox = Stream(_OUTBOX_KEY, queue_size, queue_bytes)
         self.session: Session | None = None
         self.initializing = False
         self._pumps: set[asyncio.Task[None]] = set()
@@ -89,9 +95,10 @@ class LegacyConnection:
 
     async def _pump(self, stream: Stream, standalone: bool) -> None:
         try:
-            while (item := await stream.get()) is not None:
+            while (taken := await stream.take()) is not None:
+                item, size = taken
                 if item[1] is not None:  # skip priming events: no resume here
-                    await self.outbox.put(item)
+                    await self.outbox.put(item, size)
         finally:
             self._streams.discard(stream)
             if self.session is not None:
@@ -142,7 +149,9 @@ class LegacySseFrontDoor:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
-        connection = LegacyConnection(new_session_id(), server, principal, self._config.queue_size)
+        connection = LegacyConnection(
+            new_session_id(), server, principal, self._config.queue_size, self._config.queue_bytes
+        )
         self._connections[connection.id] = connection
         request[SESSION_ID] = connection.id
         response = EventSourceResponse(

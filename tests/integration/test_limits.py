@@ -151,11 +151,10 @@ INIT = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"nam
 
 # -- a client that reads nothing ---------------------------------------------------
 
-FLOOD_COUNT = 6000
-FLOOD_SIZE = 16 * 1024  # 6000 x 16 KiB: about 94 MiB offered to a client that reads nothing
 
-
-async def stalled_flood(url: str, session_id: str) -> asyncio.StreamWriter:
+async def stalled_flood(
+    url: str, session_id: str, arguments: dict[str, int]
+) -> asyncio.StreamWriter:
     """POST a flooding tools/call over a raw socket, then never read a byte."""
     base = url.removeprefix("http://")
     host, _, rest = base.partition(":")
@@ -165,11 +164,7 @@ async def stalled_flood(url: str, session_id: str) -> asyncio.StreamWriter:
             "jsonrpc": "2.0",
             "id": 1,
             "method": "tools/call",
-            "params": {
-                "name": "flood",
-                "arguments": {"count": FLOOD_COUNT, "size": FLOOD_SIZE},
-                "_meta": {"progressToken": "p"},
-            },
+            "params": {"name": "flood", "arguments": arguments, "_meta": {"progressToken": "p"}},
         }
     ).encode()
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -196,20 +191,41 @@ async def echo_latencies(client: RawClient, rounds: int) -> list[float]:
     return seconds
 
 
-async def test_a_client_that_reads_nothing_hurts_nobody(procs: ProcFactory, tmp_path: Path) -> None:
+MiB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("flood", "options", "max_offered"),
+    [
+        # Many small messages: the count limit (64 queued) holds the child back.
+        pytest.param(
+            {"count": 6000, "size": 16 * 1024, "every": 100},
+            ["--stream-queue-size", "64", "--event-max-events", "200"],
+            1000,
+            id="6000x16KiB",
+        ),
+        # Few large ones: 256 would fit the count limit (256 MiB); the byte budget
+        # (4 MiB) holds the child back instead.
+        pytest.param(
+            {"count": 300, "size": MiB, "every": 2},
+            ["--stream-queue-bytes", str(4 * MiB)],
+            50,
+            id="300x1MiB",
+        ),
+    ],
+)
+async def test_a_client_that_reads_nothing_hurts_nobody(
+    procs: ProcFactory,
+    tmp_path: Path,
+    flood: dict[str, int],
+    options: list[str],
+    max_offered: int,
+) -> None:
     config = tmp_path / "servers.json"
-    flood = {"command": sys.executable, "args": [str(FIXTURES / "flood_server.py")]}
-    config.write_text(json.dumps({"mcpServers": {"flood": flood}}))
+    server = {"command": sys.executable, "args": [str(FIXTURES / "flood_server.py")]}
+    config.write_text(json.dumps({"mcpServers": {"flood": server}}))
     proc, base = await start_gateway(
-        procs,
-        "--config",
-        str(config),
-        "--sse-send-timeout",
-        "60",
-        "--stream-queue-size",
-        "64",
-        "--event-max-events",
-        "200",
+        procs, "--config", str(config), "--sse-send-timeout", "60", *options
     )
     gateway = psutil.Process(proc.pid)
     url = f"{base}/mcp"
@@ -220,9 +236,9 @@ async def test_a_client_that_reads_nothing_hurts_nobody(procs: ProcFactory, tmp_
         assert slow.session_id is not None
         before = await echo_latencies(fast, 50)
         rss_before = gateway.memory_info().rss
-        writer = await stalled_flood(url, slow.session_id)
+        writer = await stalled_flood(url, slow.session_id, flood)
         try:
-            await proc.wait_for(r"flooded 200\b", within=20)  # the flood is under way
+            await proc.wait_for(rf"flooded {2 * flood['every']}\b", within=20)  # under way
             during = await echo_latencies(fast, 200)
             offered = max(int(e["line"].split()[1]) for e in proc.json_events("child_stderr")
                           if e.get("line", "").startswith("flooded"))  # fmt: skip
@@ -231,16 +247,16 @@ async def test_a_client_that_reads_nothing_hurts_nobody(procs: ProcFactory, tmp_
             writer.close()
         after = await echo_latencies(fast, 20)
     ratio = statistics.median(during) / statistics.median(before)
+    offered_mib = offered * flood["size"] / MiB
     print(
         f"\nfast client echo p50: before {statistics.median(before) * 1000:.2f} ms, "
         f"during the stall {statistics.median(during) * 1000:.2f} ms (x{ratio:.2f}), "
-        f"max {max(during) * 1000:.1f} ms; flood got {offered} of {FLOOD_COUNT} messages "
-        f"out of its child; gateway RSS grew {rss_growth / 2**20:.1f} MiB"
+        f"max {max(during) * 1000:.1f} ms; flood got {offered} of {flood['count']} messages "
+        f"({offered_mib:.0f} MiB) out of its child; gateway RSS grew {rss_growth / MiB:.1f} MiB"
     )
-    # Held back: the child stays blocked on a full pipe, far from done (about
-    # 64 queued + what socket buffers and the pipe reader's 128 KiB hold).
-    assert offered <= 1000
-    assert rss_growth < 32 * 2**20
+    # Held back: the child stays blocked on a full pipe, far from done.
+    assert offered <= max_offered
+    assert rss_growth < 64 * MiB
     # Served at full speed: bounded latency (generous: 2 shared cores), no stall.
     assert max(during) < 2.0
     assert ratio < 10
