@@ -271,6 +271,9 @@ async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
             assert message["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
             assert "server 'flaky' is restarting after" in message["error"]["message"]
             assert "fatal" not in message["error"]["message"]
+        # The client may hear of a crash before the gateway has reaped the child
+        # and logged it: the crash loop's line comes after the third crash's.
+        await gateway.wait_for(r'"event": "upstream_crash_loop"')
         # The delays grew: equal jitter keeps each in [d/2, d] with d doubling.
         delays = [e["backoff_s"] for e in gateway.json_events("upstream_crashed")]
         assert len(delays) == CRASH_LOOP_AFTER
