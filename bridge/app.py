@@ -37,6 +37,7 @@ from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFron
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
+from bridge.pool import Pool, PoolConfig, SessionTimeouts
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer, StreamableHttpServer
@@ -157,6 +158,8 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
     upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    for name, pool in hub.pools.items():
+        upstreams[name]["pool"] = pool.health()  # type: ignore[assignment]
     body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
     return web.json_response(body)
 
@@ -169,6 +172,8 @@ async def serve_metrics(request: web.Request) -> web.Response:
     metrics.streams_open.clear()
     for server in hub.upstreams:
         metrics.sessions_active.labels(server).set(0)
+    for pool in hub.pools.values():
+        pool.observe()
     for session in hub.live():
         server = session.record.server
         metrics.sessions_active.labels(server).inc()
@@ -203,6 +208,38 @@ def make_upstream(
     if isinstance(spec, StreamableHttpServer):
         return StreamableHttpUpstream(spec, client, timeouts)
     return AutoHttpUpstream(spec, client, timeouts)
+
+
+#: Upstream sessions per server when neither the server nor the settings say.
+DEFAULT_POOL_MAX: Final = {"none": 100, "principal": 16, "all": 16}
+
+
+def pool_config(spec: ServerSpec, settings: Settings) -> PoolConfig:
+    """A server's pool bounds: its own ``share`` and ``pool`` fields, else the settings'."""
+    share = spec.share or settings.share
+    own = spec.pool
+    maximum = own.max or settings.pool_max or DEFAULT_POOL_MAX[share]
+    forward = getattr(spec, "forward_headers", ())
+    return PoolConfig(
+        share=share,
+        min=min(own.min if own.min is not None else settings.pool_min, maximum),
+        max=maximum,
+        max_starting=own.max_starting or settings.pool_max_starting,
+        wait_timeout=settings.pool_wait_timeout,
+        max_waiting=settings.pool_max_waiting,
+        idle_timeout=own.idle_timeout or settings.pool_idle_timeout,
+        # The client session's own stream queue (stream_queue_*) applies after
+        # this one; this only catches a session that reads nothing at all.
+        channel_limit=settings.stream_queue_size * 16,
+        channel_bytes=settings.stream_queue_bytes * 2,
+        timeouts=SessionTimeouts(
+            initialize=settings.initialize_timeout,
+            ping_interval=settings.pool_ping_interval,
+            ping_timeout=settings.pool_ping_timeout,
+            close=settings.stdio_shutdown_grace * 3 + 1,
+        ),
+        forward_headers=tuple(forward),
+    )
 
 
 async def stores_for(settings: Settings) -> OpenStores:
@@ -276,8 +313,12 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         max_requests=settings.max_requests_per_session,
     )
     metrics = Metrics()
+    pools = {
+        spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
+        for spec in servers
+    }
     hub = SessionHub(
-        upstreams,
+        pools,
         Stores(stores.sessions, stores.events),
         HubConfig(
             settings.upstream_idle_timeout,
@@ -354,6 +395,11 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
+        for pool in pools.values():
+            # Warm sessions serve clients with no principal of their own: only
+            # useful with auth off, or for a server every client shares.
+            if not settings.auth_enabled or pool.config.share != "principal":
+                pool.warm()
         yield
         await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         await legacy.aclose()

@@ -25,7 +25,8 @@
     ├── UpstreamError                  the upstream MCP server failed us       5xx
     │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
     │   ├── UpstreamProtocolError      upstream spoke nonsense                  502 -32031
-    │   └── UpstreamTimeout            upstream took longer than allowed        504 -32032
+    │   ├── UpstreamTimeout            upstream took longer than allowed        504 -32032
+    │   └── PoolBusy                   no upstream session free in time         503 -32037
     └── BridgeBug                      our fault                                500 -32603
 
 Each class carries ``http_status`` (used while no response has started) and
@@ -203,6 +204,13 @@ class UpstreamProtocolError(UpstreamError):
 class UpstreamTimeout(UpstreamError, TimeoutError):
     http_status = 504
     jsonrpc_code = UPSTREAM_TIMEOUT
+
+
+class PoolBusy(UpstreamError):
+    """Every upstream session a request may use is busy and the pool is at its bound."""
+
+    http_status = 503
+    jsonrpc_code = LIMIT_EXCEEDED
 
 
 class BridgeBug(BridgeError):

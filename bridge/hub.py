@@ -1,6 +1,8 @@
 """SessionHub: creates, finds, resumes, releases and closes the sessions of one process.
 
-- ``initialize`` opens an upstream connection and a session; the work runs in
+- ``initialize`` leases an upstream connection from the server's pool
+  (:mod:`bridge.pool`: its own, or a channel onto shared upstream sessions)
+  and opens a session; the work runs in
   a task the hub owns, so a client that disconnects mid-handshake cannot leak
   a child process or a socket (STYLE rule 5).
 - Session ids are 256 bits from ``secrets`` (a CSPRNG), URL-safe base64, so
@@ -25,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 import structlog
@@ -35,6 +36,7 @@ from bridge.errors import GatewayFull, SessionNotFound, StoreDown, TooManyReques
 from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
+from bridge.pool import Pool
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.streams import Stream
@@ -53,12 +55,8 @@ class HubConfig:
     idle_timeout: float
     shutdown_timeout: float
     limits: SessionLimits
-    max_sessions: int = 1000  # live sessions in this process
-    max_sessions_per_principal: int = 100
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    max_sessions: int = 10000  # live client sessions in this process
+    max_sessions_per_principal: int = 100  # ... that hold an upstream of their own (share none)
 
 
 def new_session_id() -> str:
@@ -68,12 +66,13 @@ def new_session_id() -> str:
 class SessionHub:
     def __init__(
         self,
-        upstreams: Mapping[str, Upstream],
+        pools: Mapping[str, Pool],
         stores: Stores,
         config: HubConfig,
         metrics: Metrics,
     ) -> None:
-        self.upstreams = dict(upstreams)
+        self.pools = dict(pools)
+        self.upstreams: dict[str, Upstream] = {n: p.upstream for n, p in pools.items()}
         self.metrics = metrics
         self.stores = stores
         self._store = stores.sessions
@@ -83,10 +82,13 @@ class SessionHub:
         self._closing: set[Session] = set()
         #: principal -> sessions being started or resumed (not yet in _sessions).
         self._starting: Counter[str | None] = Counter()
-        #: server -> {"status": "idle" | "up" | "failing", ...}: for /readyz.
-        self.upstream_state: dict[str, dict[str, str]] = {n: {"status": "idle"} for n in upstreams}
         # Sliding expiry without a store write per request (issue #3 "Cost").
         self._touch_every = min(config.limits.ttl / 10, 60.0)
+
+    @property
+    def upstream_state(self) -> dict[str, dict[str, str]]:
+        """server -> {"status": "idle" | "up" | "failing", ...}: for /readyz."""
+        return {name: pool.state for name, pool in self.pools.items()}
 
     def live(self) -> list[Session]:
         """Sessions with an upstream connection in this process."""
@@ -130,8 +132,8 @@ class SessionHub:
         principal: str | None,
         client_headers: Mapping[str, str] | None,
     ) -> tuple[Session, Stream]:
-        with self._making_room(principal):
-            connection = await self._connect(server, client_headers)
+        with self._making_room(server, principal):
+            connection = await self._connect(server, principal, client_headers)
         now = time.time()
         params = jsonrpc.params(request)
         record = SessionRecord(
@@ -220,8 +222,8 @@ class SessionHub:
             raise SessionNotFound("session not found")  # a stranger must not start an upstream
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
-        with self._making_room(principal):
-            connection = await self._connect(record.server, client_headers)
+        with self._making_room(record.server, principal):
+            connection = await self._connect(record.server, principal, client_headers)
         try:
             session = await Session.resume(
                 record, connection, self.stores, self._config.limits, self.metrics
@@ -234,25 +236,17 @@ class SessionHub:
         return session
 
     async def _connect(
-        self, server: str, client_headers: Mapping[str, str] | None = None
+        self, server: str, principal: str | None, client_headers: Mapping[str, str] | None
     ) -> UpstreamConnection:
-        try:
-            connection = await self.upstreams[server].connect(client_headers)
-        except UpstreamError as exc:
-            # A refusal during a restart delay (Retry-After) was logged once, when
-            # the crash loop began (upstream_crash_loop): not again per request.
-            level = log.info if "Retry-After" in exc.headers else log.warning
-            level("upstream_connect_failed", server=server, error=exc.message)
-            self.metrics.upstream_connects.labels(server, "failed").inc()
-            self.upstream_state[server] = {"status": "failing", "error": exc.message, "at": _now()}
-            raise
-        self.metrics.upstream_connects.labels(server, "ok").inc()
-        self.upstream_state[server] = {"status": "up", "since": _now()}
-        return connection
+        return await self.pools[server].lease(principal, client_headers)
 
     @contextlib.contextmanager
-    def _making_room(self, principal: str | None) -> Iterator[None]:
+    def _making_room(self, server: str, principal: str | None) -> Iterator[None]:
         """Count a session being started for ``principal`` against the limits.
+
+        The per-principal limit counts only sessions with an upstream of their
+        own (``share: none``): a session on a shared upstream costs a little
+        memory, and the pool bounds the upstream sessions themselves.
 
         At a limit, the longest-idle session in scope (no stream, nothing in
         flight) has its upstream released to make room: its record stays, so
@@ -264,10 +258,11 @@ class SessionHub:
             GatewayFull: this process holds ``max_sessions`` busy ones (503).
         """
         live = self.live()
-        mine = [s for s in live if s.record.principal == principal]
+        dedicated = self.pools[server].config.share == "none"
+        mine = [s for s in live if s.record.principal == principal and self._dedicated(s)]
         retry = {"Retry-After": str(LIMIT_RETRY_AFTER)}
         full = len(mine) + self._starting[principal] >= self._config.max_sessions_per_principal
-        if full and not self._release_idlest(mine):
+        if dedicated and full and not self._release_idlest(mine):
             self.metrics.limited.labels("sessions_per_principal").inc()
             raise TooManyRequests("too many sessions for this client", headers=retry)
         live = self.live()  # without a session just released for room
@@ -282,6 +277,10 @@ class SessionHub:
             self._starting[principal] -= 1
             if self._starting[principal] <= 0:
                 del self._starting[principal]
+
+    def _dedicated(self, session: Session) -> bool:
+        pool = self.pools.get(session.record.server)
+        return pool is not None and pool.config.share == "none"
 
     def _release_idlest(self, sessions: list[Session]) -> bool:
         now = time.monotonic()
@@ -371,10 +370,14 @@ class SessionHub:
 
     async def run_reaper(self) -> None:
         """Reap forever, checking often enough that no session outlives its timeout by half."""
-        interval = min(self._config.idle_timeout / 2, 30.0)
+        pools = [p.config.idle_timeout for p in self.pools.values()]
+        idle = min([self._config.idle_timeout, *pools])
+        interval = min(idle / 2, 30.0)
         while True:
             await asyncio.sleep(interval)
             await self.reap()
+            for pool in self.pools.values():
+                await pool.reap()
 
     async def drain(self, grace: float) -> None:
         """Shutdown, first part: close GET streams, let in-flight requests finish.
@@ -402,6 +405,7 @@ class SessionHub:
         sessions = [*self._sessions.values(), *self._closing]
         self._sessions = {}
         if not sessions:
+            await self.close_pools()
             return
         log.info("releasing_sessions", count=len(sessions))
         try:
@@ -411,3 +415,8 @@ class SessionHub:
                 )
         except TimeoutError:
             log.error("shutdown_timeout", timeout_s=self._config.shutdown_timeout)
+        await self.close_pools()
+
+    async def close_pools(self) -> None:
+        """Close every pool's upstream sessions (after the client sessions let go)."""
+        await asyncio.gather(*(pool.aclose() for pool in self.pools.values()))

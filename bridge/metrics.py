@@ -154,6 +154,25 @@ class Metrics:
             ["server", "reason"], registry=r,
         )  # fmt: skip
 
+        self.pool_sessions = Gauge(
+            "mcp_bridge_pool_upstream_sessions",
+            "Upstream sessions (children, connections) held by each server's pool, by state",
+            ["server", "state"], registry=r,
+        )  # fmt: skip
+        self.pool_waiting = Gauge(
+            "mcp_bridge_pool_waiting", "Requests waiting for an upstream session", ["server"],
+            registry=r,
+        )  # fmt: skip
+        self.pool_starts = Counter(
+            "mcp_bridge_pool_starts_total", "Upstream sessions the pool started, by outcome",
+            ["server", "outcome"], registry=r,
+        )  # fmt: skip
+        self.pool_dropped = Counter(
+            "mcp_bridge_pool_dropped_total",
+            "Upstream messages on a shared session delivered to no client, by reason",
+            ["server", "reason"], registry=r,
+        )  # fmt: skip
+
         self.client_sessions = Counter(
             "mcp_bridge_client_sessions_total",
             "Sessions initialized, by front door and clientInfo.name (bounded; then other)",

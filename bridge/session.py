@@ -310,11 +310,21 @@ class Session:
             if event_id is not None and self._priming(requests):
                 stream.extend([(event_id, None)])
                 stream.resumable_by_client = True
-        await self._send_requests(requests, key)
+        await self._send_requests(requests, key, refuse_busy=True)
         return stream
 
-    async def _send_requests(self, requests: list[Message], key: int) -> None:
-        for request in requests:
+    async def _send_requests(
+        self, requests: list[Message], key: int, *, refuse_busy: bool = False
+    ) -> None:
+        """Send each request upstream; one that cannot be sent is answered with its error.
+
+        With ``refuse_busy``, a full pool refusing the first request raises
+        instead, before anything was sent (503 with ``Retry-After``, issue #10).
+
+        Raises:
+            PoolBusy: as said, and the stream is forgotten.
+        """
+        for index, request in enumerate(requests):
             is_initialize = request.get("method") == "initialize"
             if is_initialize:
                 request = self._negotiate(request)
@@ -329,6 +339,9 @@ class Session:
             try:
                 await self._send(upstream_message)
             except UpstreamError as exc:
+                if isinstance(exc, errors.PoolBusy) and refuse_busy and index == 0:
+                    self._abandon(up_id, key)
+                    raise
                 # The session may have ended meanwhile and answered it already.
                 if self._router.is_pending(up_id):
                     failed = self._router.fail(up_id, exc.jsonrpc_code, exc.message)
@@ -336,6 +349,18 @@ class Session:
                 continue
             if handshake.remember(self.record, request):
                 await self._save_record()
+
+    def _abandon(self, up_id: int, key: int) -> None:
+        """Forget a request that was never sent, and its stream."""
+        if self._router.is_pending(up_id):
+            self._router.fail(up_id, errors.LIMIT_EXCEEDED, "")
+        if (deadline := self._deadlines.pop(up_id, None)) is not None:
+            deadline.cancel()
+        self._sent_at.pop(up_id, None)
+        self._names.pop(key, None)
+        self._router.close_stream(key)
+        if (stream := self._streams.pop(key, None)) is not None:
+            stream.close()
 
     async def post_other(self, message: Message, kind: jsonrpc.Kind) -> None:
         """Forward a client notification or response (the caller answers 202)."""

@@ -103,13 +103,48 @@ class Settings(BaseSettings):
     )
 
     max_sessions: int = Field(
-        1000, ge=1, description="live sessions per gateway process (503 above)"
+        10000, ge=1, description="live client sessions per gateway process (503 above)"
     )
     max_sessions_per_principal: int = Field(
-        100, ge=1, description="live sessions one principal may hold per process (429 above)"
+        100,
+        ge=1,
+        description="live sessions with an upstream of their own (share none) one principal "
+        "may hold per process (429 above); sessions on shared upstreams are bounded by the pool",
     )
     max_requests_per_session: int = Field(
         64, ge=1, description="requests in flight in one session (429 above)"
+    )
+
+    share: Literal["none", "principal", "all"] = Field(
+        "principal",
+        description="how client sessions share upstream sessions, for servers that do not say: "
+        "none (one each), principal (per principal; with auth off, everyone) or all",
+    )
+    pool_min: int = Field(
+        0, ge=0, description="upstream sessions (or, with share none, spare connections) kept "
+        "started per server, for servers that do not say",
+    )  # fmt: skip
+    pool_max: int | None = Field(
+        None, ge=1, description="upstream sessions (children, connections) per server, for "
+        "servers that do not say; default 16, or 100 with share none",
+    )  # fmt: skip
+    pool_max_starting: int = Field(
+        4, ge=1, description="upstream sessions one server's pool starts at once (a burst queues)"
+    )
+    pool_wait_timeout: Seconds = Field(
+        30.0, description="a request waits this long for a free upstream session, then 503"
+    )
+    pool_max_waiting: int = Field(
+        1000, ge=1, description="requests waiting for a server's upstream sessions (503 above)"
+    )
+    pool_idle_timeout: Seconds = Field(
+        300.0, description="close a shared upstream session unused this long (down to pool_min)"
+    )
+    pool_ping_interval: Seconds = Field(
+        30.0, description="ping a shared upstream session silent this long (health check)"
+    )
+    pool_ping_timeout: Seconds = Field(
+        10.0, description="a shared upstream session that does not answer a ping in time is lost"
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -229,9 +264,29 @@ class Settings(BaseSettings):
         return bool(self.api_keys or self.api_keys_file or self.oauth_issuer)
 
 
+class PoolSpec(BaseModel):
+    """A server's ``"pool"`` object; unset fields take the ``pool_*`` settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=1)
+    max_starting: int | None = Field(None, ge=1)
+    idle_timeout: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PoolSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
+        return self
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = ""
+    #: How client sessions share this server's upstream sessions (README "Sharing");
+    #: None: the ``share`` setting.
+    share: Literal["none", "principal", "all"] | None = None
+    pool: PoolSpec = Field(default_factory=PoolSpec)
 
 
 class StdioServer(_Spec):

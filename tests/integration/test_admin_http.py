@@ -46,12 +46,24 @@ async def test_readyz_reports_each_upstream(gateway: GatewayFactory) -> None:
     gw = await gateway([example_stdio(), dead])
     async with aiohttp.ClientSession() as http:
         ready = await (await http.get(f"{gw.url}/readyz")).json()
-        assert ready["upstreams"] == {"example": {"status": "idle"}, "dead": {"status": "idle"}}
+        assert {name: u["status"] for name, u in ready["upstreams"].items()} == {
+            "example": "idle",
+            "dead": "idle",
+        }
+        assert ready["upstreams"]["example"]["pool"]["size"] == 0
         await RawClient(http, f"{gw.url}/servers/example/http").initialize()
         failing = RawClient(http, f"{gw.url}/servers/dead/http")
         assert (await failing.post(failing.request("initialize", {}))).status == 503
         ready = await (await http.get(f"{gw.url}/readyz")).json()
         assert ready["status"] == "ok"
         assert ready["upstreams"]["example"]["status"] == "up"
+        pool = ready["upstreams"]["example"]["pool"]
+        assert (pool["share"], pool["size"], pool["clients"], pool["starts"]) == (
+            "principal",
+            1,
+            1,
+            1,
+        )
         assert ready["upstreams"]["dead"]["status"] == "failing"
+        assert ready["upstreams"]["dead"]["pool"]["failures"] == 1
         assert "dead" in ready["upstreams"]["dead"]["error"]

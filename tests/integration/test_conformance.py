@@ -76,10 +76,12 @@ async def run_suite(procs: ProcFactory, url: str, out: Path) -> dict[str, Counte
     return results
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 @pytest.mark.parametrize("upstream", ["stdio", "legacy-sse", "streamable-http"])
 async def test_conformance_suite_through_gateway(
-    upstream: str, procs: ProcFactory, tmp_path: Path
+    upstream: str, share: str, procs: ProcFactory, tmp_path: Path
 ) -> None:
+    """Each upstream kind, with an upstream per client and shared (issue #10)."""
     if upstream == "stdio":
         args = ["--stdio", f"{sys.executable} {FIXTURE_SERVER}"]
     elif upstream == "legacy-sse":
@@ -89,7 +91,7 @@ async def test_conformance_suite_through_gateway(
         config = tmp_path / "servers.json"
         config.write_text(json.dumps({"mcpServers": {"fixture": {"url": url, "type": upstream}}}))
         args = ["--config", str(config)]
-    _, base = await start_gateway(procs, *args)
+    _, base = await start_gateway(procs, *args, "--share", share)
     results = await run_suite(procs, base.replace("127.0.0.1", "localhost") + "/mcp", tmp_path)
 
     assert set(results) >= REQUIRED, f"not run: {sorted(REQUIRED - set(results))}"

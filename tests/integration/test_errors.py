@@ -195,19 +195,23 @@ async def test_unreachable_upstream_fails_initialize_cleanly(gateway: GatewayFac
         assert (await health.json())["sessions"] == 0
 
 
-async def test_upstream_silent_on_initialize_times_out(gateway: GatewayFactory) -> None:
+@pytest.mark.parametrize("share", ["none", "principal"])
+async def test_upstream_silent_on_initialize_times_out(gateway: GatewayFactory, share: str) -> None:
     """An upstream that reads but never answers: the client gets an error, not a hang."""
     from bridge.settings import StdioServer
 
     mute = StdioServer(
         name="mute", command=sys.executable, args=("-c", "import sys\nfor _ in sys.stdin: pass")
     )
-    gw = await gateway([mute], initialize_timeout=0.5)
+    gw = await gateway([mute], initialize_timeout=0.5, share=share)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         request = client.request("initialize", {"protocolVersion": LATEST, "capabilities": {}})
         async with asyncio.timeout(10):
             reply = await client.post(request)
+        if share != "none":  # the gateway's own handshake upstream timed out: no session
+            assert (reply.status, reply.error_code) == (504, errors.UPSTREAM_TIMEOUT)
+            return
         assert reply.status == 200  # the SSE stream had started before the timeout
         [answer] = reply.messages
         assert answer["id"] == request["id"]

@@ -59,6 +59,10 @@ SETTINGS = {
     "upstream_read_timeout": 3.0,
     "max_message_bytes": LIMIT,
     "stdio_shutdown_grace": 0.5,
+    # Each client's own upstream, so that every failure is met by the client's
+    # own request; on a shared upstream the gateway's handshake meets it first
+    # (tests/integration/test_pool.py covers what a client sees then).
+    "share": "none",
 }
 SLACK = 3.0  # seconds on top of a case's setting: scheduling on a loaded CI box
 FLOOD_MIB = 4  # a flood must have sent this many max_message_bytes

@@ -100,7 +100,9 @@ async def hold(http: aiohttp.ClientSession, client: RawClient) -> aiohttp.Client
 async def test_sessions_per_principal(
     gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    gw = await gateway([recorder(tmp_path)], api_keys=KEYS, max_sessions_per_principal=2)
+    gw = await gateway(
+        [recorder(tmp_path)], api_keys=KEYS, max_sessions_per_principal=2, share="none"
+    )
     url = f"{gw.url}/mcp"
     alice = [keyed(http, url, "tok-alice") for _ in range(3)]
     await alice[0].initialize()
@@ -224,8 +226,9 @@ async def test_a_client_that_reads_nothing_hurts_nobody(
     config = tmp_path / "servers.json"
     server = {"command": sys.executable, "args": [str(FIXTURES / "flood_server.py")]}
     config.write_text(json.dumps({"mcpServers": {"flood": server}}))
+    # Each client's own child (share none), which the stall holds back.
     proc, base = await start_gateway(
-        procs, "--config", str(config), "--sse-send-timeout", "60", *options
+        procs, "--config", str(config), "--sse-send-timeout", "60", "--share", "none", *options
     )
     gateway = psutil.Process(proc.pid)
     url = f"{base}/mcp"

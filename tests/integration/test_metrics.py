@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GatewayFactory, example_stdio
@@ -32,8 +33,11 @@ def value(
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def test_metrics_follow_sessions_requests_and_resumes(gateway: GatewayFactory) -> None:
-    gw = await gateway([example_stdio()], upstream_idle_timeout=0.3)
+@pytest.mark.parametrize("share", ["none", "principal"])
+async def test_metrics_follow_sessions_requests_and_resumes(
+    gateway: GatewayFactory, share: str
+) -> None:
+    gw = await gateway([example_stdio()], upstream_idle_timeout=0.3, share=share)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
@@ -73,10 +77,23 @@ async def test_metrics_follow_sessions_requests_and_resumes(gateway: GatewayFact
         assert (
             value(samples, "mcp_bridge_session_resumes_total", server="example", outcome="ok") == 1
         )
+        # Released and resumed: its own upstream again (none), or the pool's warm one.
+        connects = 2 if share == "none" else 1
         assert (
             value(samples, "mcp_bridge_upstream_connects_total", server="example", outcome="ok")
-            == 2
+            == connects
         )
+        if share != "none":
+            assert (
+                value(samples, "mcp_bridge_pool_starts_total", server="example", outcome="ok") == 1
+            )
+            busy = value(
+                samples, "mcp_bridge_pool_upstream_sessions", server="example", state="busy"
+            )
+            idle = value(
+                samples, "mcp_bridge_pool_upstream_sessions", server="example", state="idle"
+            )
+            assert (busy, idle) == (0, 1)
         text = await (await http.get(f"{gw.url}/metrics")).text()
         assert client.session_id not in text
         assert client.session_id[:8] not in text  # not even truncated: labels stay bounded

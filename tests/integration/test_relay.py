@@ -45,14 +45,20 @@ class Recorded:
         return [m for m in self.messages() if m.get("method") == "notifications/cancelled"]
 
 
+@pytest.fixture(params=["none", "principal"])
+def share(request: pytest.FixtureRequest) -> str:
+    """Each test runs with an upstream of its own and on a shared one (issue #10)."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def recorded(
-    gateway: GatewayFactory, tmp_path: Path
+    gateway: GatewayFactory, tmp_path: Path, share: str
 ) -> AsyncIterator[tuple[RunningGateway, RawClient, Recorded]]:
     path = tmp_path / "received.jsonl"
     path.touch()
     spec = StdioServer(name="rec", command=sys.executable, args=(str(RECORDER), str(path)))
-    gw = await gateway([spec], sse_keepalive_interval=0.2)
+    gw = await gateway([spec], sse_keepalive_interval=0.2, share=share)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
@@ -88,7 +94,7 @@ async def test_client_cancel_reaches_upstream_and_ends_stream(
     hold = call(client, "hold")
     async with asyncio.timeout(BOUND):
         stream = await client.http.post(client.url, json=hold, headers=client.headers())
-        await client.post(client.request("ping"))  # the recorder handles messages in order
+        await client.post(call(client, "sync"))  # the recorder handles messages in order
         [upstream_hold] = record.calls("hold")
         cancel = {
             "jsonrpc": "2.0",
@@ -97,7 +103,7 @@ async def test_client_cancel_reaches_upstream_and_ends_stream(
         }
         assert (await client.post(cancel)).status == 202
         reply = await read_reply(stream)  # ends without a response (the client asked for none)
-        await client.post(client.request("ping"))  # the recorder has written the cancel now
+        await client.post(call(client, "sync"))  # the recorder has written the cancel now
     assert reply.messages == []
     [upstream_cancel] = record.cancels()
     assert upstream_cancel["params"]["requestId"] == upstream_hold["id"]
@@ -121,6 +127,7 @@ async def test_dropped_stream_does_not_cancel_upstream(
     assert record.cancels() == []  # spec 2025-11-25: a disconnect is not a cancel
 
 
+@pytest.mark.parametrize("share", ["none"])
 async def test_server_request_round_trip_and_upstream_cancel(
     recorded: tuple[RunningGateway, RawClient, Recorded],
 ) -> None:
@@ -148,6 +155,22 @@ async def test_server_request_round_trip_and_upstream_cancel(
     assert cancel["method"] == "notifications/cancelled"
     assert cancel["params"]["requestId"] == request["id"]  # rewritten like the request
     assert result["result"]["content"][0]["text"] == "cancelled"
+
+
+@pytest.mark.parametrize("share", ["principal", "all"])
+async def test_roots_are_never_relayed_on_a_shared_upstream(
+    recorded: tuple[RunningGateway, RawClient, Recorded],
+) -> None:
+    """One client's roots must not widen another's reach (bridge.pool.mux rule 5)."""
+    _, client, record = recorded
+    reply = await client.post(call(client, "ask"))
+    [result] = reply.messages  # no roots/list reached the client
+    assert json.loads(result["result"]["content"][0]["text"]) == []
+    [refusal] = [m for m in record.messages() if m.get("id") == "srv-ask"]
+    assert refusal["error"]["code"] == errors.METHOD_NOT_FOUND
+    [handshake] = [m for m in record.messages() if m.get("method") == "initialize"]
+    assert "roots" not in handshake["params"]["capabilities"]
+    assert handshake["params"]["clientInfo"]["name"] == "mcp-bridge"
 
 
 async def test_idle_streams_get_keepalive_comments(
@@ -179,7 +202,7 @@ async def test_upstream_request_timeout_errors_and_cancels(
         hold = call(client, "hold")
         async with asyncio.timeout(BOUND):
             reply = await client.post(hold)
-            await client.post(client.request("ping"))  # orders the recorder's writes
+            await client.post(call(client, "sync"))  # orders the recorder's writes
         [answer] = reply.messages
         assert answer["id"] == hold["id"]
         assert answer["error"]["code"] == errors.UPSTREAM_TIMEOUT

@@ -70,14 +70,16 @@ async def test_two_gateways_share_sessions(redis: RedisServer, procs: ProcFactor
         assert (reply.status, reply.error_code) == (404, errors.SESSION_NOT_FOUND)
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 async def test_legacy_upstream_restart_mid_session(
-    procs: ProcFactory, gateway: GatewayFactory
+    procs: ProcFactory, gateway: GatewayFactory, share: str
 ) -> None:
     port = free_port()
     argv = (sys.executable, FIXTURE_SERVER, "--transport", "sse", "--port", str(port))
     upstream = await procs(*argv)
     await upstream.wait_for("Uvicorn running on")
-    gw = await gateway([sse_spec(f"http://127.0.0.1:{port}/sse")])
+    gw = await gateway([sse_spec(f"http://127.0.0.1:{port}/sse")], share=share)
+    pool = gw.hub.pools["legacy"]
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
@@ -88,7 +90,10 @@ async def test_legacy_upstream_restart_mid_session(
 
         await upstream.stop(signal.SIGKILL)
         async with asyncio.timeout(BOUND):
-            await session.wait_closed()  # the gateway saw its upstream go
+            if share == "none":
+                await session.wait_closed()  # the gateway saw its upstream go
+            while share != "none" and not pool.counts.losses:  # the pool saw it instead,
+                await pool.changed()  # and the client session lives on
         restarted = await procs(*argv)
         await restarted.wait_for("Uvicorn running on")
 

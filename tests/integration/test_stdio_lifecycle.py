@@ -16,6 +16,7 @@ import time
 
 import aiohttp
 import psutil
+import pytest
 
 from bridge import errors
 from tests.conftest import GatewayFactory, ProcFactory, example_stdio, start_gateway
@@ -48,7 +49,7 @@ def _pgid(pid: int) -> int | None:
 
 
 async def test_delete_reaps_child(gateway: GatewayFactory) -> None:
-    gw = await gateway([example_stdio()])
+    gw = await gateway([example_stdio()], share="none")
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
@@ -58,9 +59,26 @@ async def test_delete_reaps_child(gateway: GatewayFactory) -> None:
     assert_gone(child.pid)
 
 
+async def test_a_shared_child_outlives_its_clients_until_the_pool_reaps_it(
+    gateway: GatewayFactory,
+) -> None:
+    """share principal: the pool keeps the child warm past DELETE, then closes it idle."""
+    gw = await gateway([example_stdio()], pool_idle_timeout=0.5)
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()
+        [child] = example_children()
+        assert await client.delete() == 200
+        assert child.is_running()  # the next client pays no cold start
+        async with asyncio.timeout(BOUND):
+            await asyncio.to_thread(child.wait, BOUND)  # the reaper closes it once idle
+    assert_gone(child.pid)
+    assert gw.hub.pools["example"].health()["size"] == 0
+
+
 async def test_idle_release_reaps_child_and_next_request_resumes(gateway: GatewayFactory) -> None:
     """Idle past the timeout: the child goes, the session stays (issue #3 hibernation)."""
-    gw = await gateway([example_stdio()], upstream_idle_timeout=0.5)
+    gw = await gateway([example_stdio()], upstream_idle_timeout=0.5, share="none")
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{gw.url}/http")
         await client.initialize()
@@ -132,9 +150,13 @@ async def test_child_crash_fails_pending_request_at_once(gateway: GatewayFactory
         assert reply.status == 200  # resumed on a new child, no re-initialize
 
 
-async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
+@pytest.mark.parametrize("share", ["none", "principal"])
+async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory, share: str) -> None:
     command = f"{sys.executable} -m bridge.examples.server"
-    gateway, base = await start_gateway(procs, "--stdio", command, "--shutdown-timeout", "2")
+    gateway, base = await start_gateway(
+        procs, "--stdio", command, "--shutdown-timeout", "2", "--share", share
+    )
+    children = 3 if share == "none" else 1  # 3 clients: a child each, or one shared
     async with aiohttp.ClientSession() as http:
         clients = [RawClient(http, f"{base}/http") for _ in range(3)]
         for client in clients:
@@ -154,7 +176,7 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
         pending = await http.post(clients[1].url, json=slow, headers=clients[1].headers())
         assert (await next_message(pending))["method"] == "notifications/progress"
         pids = [e["pid"] for e in gateway.json_events("child_started")]
-        assert len(pids) == 3
+        assert len(pids) == children
         async with asyncio.timeout(BOUND):
             gateway.process.send_signal(signal.SIGTERM)
             reply = await read_reply(pending)
@@ -165,5 +187,5 @@ async def test_gateway_sigterm_leaves_no_child(procs: ProcFactory) -> None:
         assert all(m.get("method") == "notifications/progress" for m in reply.messages)
     for pid in pids:
         assert_gone(pid)
-    assert len(gateway.json_events("child_stopped")) == 3
+    assert len(gateway.json_events("child_stopped")) == children
     assert gateway.json_events("stopped")

@@ -249,6 +249,9 @@ async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
         "--stdio-restart-backoff-max", "5",
         "--stdio-restart-wait", "0",  # fail fast: every request in the backoff gets 503
         "--stdio-healthy-after", "0.5",
+        # A child per client, so that each crash meets the client's own initialize;
+        # shared, the gateway's handshake meets it (test_a_shared_crash_loop_...).
+        "--share", "none",
     )  # fmt: skip
     attempts = Attempts()
     async with aiohttp.ClientSession() as http:
@@ -337,6 +340,7 @@ class Chaos:
     outcomes: Counter[str] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
     next_kill: int = 0
+    victims: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_kill = self.rng.randint(*KILL_EVERY)
@@ -362,6 +366,7 @@ class Chaos:
         except psutil.NoSuchProcess:
             return
         self.kills += 1
+        self.victims.append(victim.pid)
 
     def classify(self, reply: Reply) -> str:
         """One answer: a result, or one of the documented errors; anything else is noted."""
@@ -404,11 +409,15 @@ async def hammer(client: RawClient, chaos: Chaos, until: float) -> list[str]:
 
 
 @pytest.mark.timeout(90)
-async def test_random_kills_under_load_no_hang_no_leak(procs: ProcFactory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("share", ["none", "principal"])
+async def test_random_kills_under_load_no_hang_no_leak(
+    procs: ProcFactory, tmp_path: Path, share: str
+) -> None:
     config = write_config(tmp_path / "servers.json")
     gateway, base = await start_gateway(
         procs,
         "--config", str(config),
+        "--share", share,
         "--stdio-restart-backoff-base", "0.05",
         "--stdio-restart-backoff-max", "0.5",
         "--stdio-restart-wait", "1",  # the backoff is always waited out: no 503 from it
@@ -423,6 +432,9 @@ async def test_random_kills_under_load_no_hang_no_leak(procs: ProcFactory, tmp_p
         until = asyncio.get_running_loop().time() + CHAOS_SECONDS
         runs = await asyncio.gather(*(hammer(c, chaos, until) for c in clients))
         chaos_kills = chaos.kills
+        # The last kill may be a moment old: wait until the gateway has reaped it.
+        for pid in chaos.victims[-1:]:
+            await gateway.wait_for(rf'(?=.*"event": "child_stopped")(?=.*"pid": {pid}\b)', BOUND)
 
         # Kills have stopped: every session goes on, same id, no re-initialize.
         for client in clients:
@@ -434,10 +446,14 @@ async def test_random_kills_under_load_no_hang_no_leak(procs: ProcFactory, tmp_p
         for client in clients:
             assert await client.delete() == 200
         leftover = psutil.Process(gateway.pid).children(recursive=True)
-        assert leftover == [], leftover
+        # Shared, the pool keeps one child warm for the next client.
+        assert len(leftover) == (0 if share == "none" else 1), leftover
     elapsed = time.monotonic() - started
 
-    resumed = len(gateway.json_events("session_resumed"))
+    # Each client session resumed on a new child (none), or the pool started a
+    # replacement that every client session went on with (shared).
+    replaced = "session_resumed" if share == "none" else "pool_session_started"
+    resumed = len(gateway.json_events(replaced))
     print(
         f"\nchaos: {chaos.done} requests by {SESSIONS} sessions in {CHAOS_SECONDS:g} s, "
         f"{chaos_kills} children SIGKILLed, {len(child_pids(gateway))} started, "
