@@ -170,13 +170,13 @@ class Group:
         for session in self.live():
             if (forwarded := session.mux.cancel(channel, message)) is not None:
                 self.pool.notify()
-                await session.send(forwarded)
+                await session.relay(forwarded)
                 return
 
     async def answer(self, channel: Channel, message: Message) -> None:
         for session in self.live():
             if (forwarded := session.mux.answer(channel, message)) is not None:
-                await session.send(forwarded)
+                await session.relay(forwarded)
                 return
         log.debug("pool_answer_dropped", server=self.server, reason="not asked of this client")
 

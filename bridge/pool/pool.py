@@ -148,7 +148,8 @@ class Pool:
     def _evict_idle(self) -> bool:
         for group in self._groups.values():
             for session in group.live():
-                if not session.mux.in_flight() and (not group.channels or len(group.live()) > 1):
+                spare = not group.channels or len(group.live()) > 1
+                if spare and not session.mux.in_flight() and session is not group.home():
                     log.info("pool_session_evicted", server=self.name)
                     self._size -= 1
                     _ = tasks.spawn(group.close_session(session), name=f"pool-evict:{self.name}")

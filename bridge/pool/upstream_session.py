@@ -141,8 +141,18 @@ class UpstreamSession:
         send = tasks.spawn(self._conn.send(message), name="pool-send", awaited=True)
         await asyncio.shield(send)
 
+    async def relay(self, message: Message) -> None:
+        """Send one frame for a client session, whose own send is shielded already.
+
+        Raises:
+            UpstreamError: as :meth:`UpstreamConnection.send`.
+        """
+        await self._conn.send(message)
+
     async def request(self, lane: Lane, message: Message, *, exclusive: bool) -> None:
         """Send a client's request under a pool-unique id (mux rule 1).
+
+        Called from a client session's shielded send (:meth:`bridge.session.Session._send`).
 
         Raises:
             UpstreamError: it could not be sent (the mux forgets it first).
@@ -150,7 +160,7 @@ class UpstreamSession:
         self.last_used = time.monotonic()
         rewritten = self.mux.request(lane, message, exclusive=exclusive)
         try:
-            await self.send(rewritten)
+            await self._conn.send(rewritten)
         except UpstreamError:
             self.mux.forget(lane, message["id"])
             raise

@@ -52,7 +52,7 @@ RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
 MIB = 1 << 20
 LIMIT = MIB  # max_message_bytes
 #: Gateway settings (BRIDGE_*), small so that every case ends in a few seconds.
-SETTINGS = {
+SETTINGS: dict[str, float | str] = {
     "upstream_connect_timeout": 1.0,
     "initialize_timeout": 1.5,
     "upstream_send_timeout": 1.0,

@@ -42,7 +42,11 @@ def text_of(reply_message: dict[str, Any]) -> str:
 
 def children(gw: RunningGateway) -> list[psutil.Process]:
     """The gateway runs in this process: its stdio upstreams are our children."""
-    return [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and str(STDIO_FIXTURE) in " ".join(p.cmdline())
+    ]
 
 
 async def readyz_pool(http: aiohttp.ClientSession, gw: RunningGateway, server: str) -> Any:
@@ -284,3 +288,27 @@ async def test_log_levels_and_subscriptions_are_each_clients_own(
             chatty.request("tools/call", {"name": "test_tool_with_logging", "arguments": {}})
         )
         assert [m for m in logged.messages if m.get("method") == "notifications/message"]
+
+
+async def test_legacy_and_streamable_clients_share_one_child(gateway: GatewayFactory) -> None:
+    """The legacy front door (/sse) borrows from the same pool."""
+    from mcp.client.sse import sse_client
+
+    gw = await gateway([stdio_fixture()])
+    async with asyncio.timeout(BOUND):
+        async with (
+            sse_client(f"{gw.url}/sse") as (read, write),
+            ClientSession(read, write) as legacy,
+        ):
+            await legacy.initialize()
+            legacy_pid = (await legacy.call_tool("pid", {})).content[0]
+        async with aiohttp.ClientSession() as http:
+            client = RawClient(http, f"{gw.url}/http")
+            await client.initialize()
+            reply = await client.post(
+                client.request("tools/call", {"name": "pid", "arguments": {}})
+            )
+            pool = await readyz_pool(http, gw, "echo")
+    assert isinstance(legacy_pid, types.TextContent)
+    assert json.loads(legacy_pid.text)["pid"] == json.loads(text_of(reply.messages[-1]))["pid"]
+    assert pool["starts"] == 1

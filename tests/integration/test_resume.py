@@ -95,13 +95,15 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'sessions.db'}"
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 async def test_gateway_restart_resumes_session_and_streams(
-    procs: ProcFactory, sqlite_url: str, tmp_path: Path
+    procs: ProcFactory, sqlite_url: str, tmp_path: Path, share: str
 ) -> None:
     record = tmp_path / "received.jsonl"
     record.touch()
     command = f"{sys.executable} {RECORDER} {record}"
-    first, base = await start_gateway(procs, "--stdio", command, "--store-url", sqlite_url)
+    options = ("--stdio", command, "--store-url", sqlite_url, "--share", share)
+    first, base = await start_gateway(procs, *options)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{base}/http")
         await client.initialize()
@@ -124,7 +126,7 @@ async def test_gateway_restart_resumes_session_and_streams(
         first.process.send_signal(signal.SIGKILL)
         await first.exited(BOUND)
 
-        second, base2 = await start_gateway(procs, "--stdio", command, "--store-url", sqlite_url)
+        second, base2 = await start_gateway(procs, *options)
         client.url = f"{base2}/http"  # same session id, another process and port
         async with asyncio.timeout(BOUND):
             reply = await client.post(
@@ -141,11 +143,16 @@ async def test_gateway_restart_resumes_session_and_streams(
         assert error["error"]["code"] == errors.REQUEST_INTERRUPTED
         [retried] = safe_answer.messages
         assert retried["result"]["messages"][0]["content"]["text"] == "asked again"
-        # The new upstream heard the client's handshake again, from the gateway.
+        # The new upstream heard the client's handshake again, from the gateway;
+        # shared, only the gateway's own: the client's is never replayed (issue #10).
         received = [json.loads(line) for line in record.read_text().splitlines()]
         methods = [m.get("method") for m in received]
         assert methods.count("initialize") == 2
         assert methods.count("logging/setLevel") == 2
+        clients = {
+            m["params"]["clientInfo"]["name"] for m in received if m.get("method") == "initialize"
+        }
+        assert clients == {"raw-test-client" if share == "none" else "mcp-bridge"}
         # Resuming the interrupted stream again gives the same single answer.
         async with asyncio.timeout(BOUND):
             again = await read_reply(await resume(client, unsafe_id))
@@ -236,11 +243,15 @@ async def test_streams_close_early_so_that_clients_poll(gateway: GatewayFactory)
         assert seen[-1]["result"]["content"][0]["text"] == "done after 3 steps"
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 async def test_sigterm_drains_then_hands_over_to_another_gateway(
-    procs: ProcFactory, sqlite_url: str
+    procs: ProcFactory, sqlite_url: str, share: str
 ) -> None:
     """issue #6 graceful shutdown: no request is lost across a rolling restart."""
-    common = ("--stdio", f"{sys.executable} -m bridge.examples.server", "--store-url", sqlite_url)
+    common = (
+        "--stdio", f"{sys.executable} -m bridge.examples.server", "--store-url", sqlite_url,
+        "--share", share,
+    )  # fmt: skip
     first, base = await start_gateway(procs, *common, "--shutdown-timeout", "3")
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{base}/http")

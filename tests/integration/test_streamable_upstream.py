@@ -107,14 +107,18 @@ async def distinct(proc: Proc, prefix: str, count: int) -> list[str]:
 # -- through the gateway -----------------------------------------------------
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 @pytest.mark.parametrize("server", ["fastmcp", "everything"])
 async def test_sdk_client_scenario(
-    server: str, procs: ProcFactory, gateway: GatewayFactory
+    server: str, share: str, procs: ProcFactory, gateway: GatewayFactory
 ) -> None:
     start, profile, created = SERVERS[server]
     upstream, url = await start(procs)
-    gw = await gateway([http_spec(url)])
+    gw = await gateway([http_spec(url)], share=share)
     await run_scenario(f"{gw.url}/mcp", profile)
+    if share != "none":  # the pool keeps its upstream session for the next client
+        assert gw.hub.pools["remote"].health()["size"] == 1
+        await gw.hub.close_pools()  # ... until the gateway stops: then it is DELETEd
     if server == "fastmcp":  # the gateway's DELETE went upstream too
         (session_id,) = await distinct(upstream, created, 1)
         await upstream.wait_for(re.escape(FASTMCP_DELETED + session_id), within=BOUND)
@@ -139,14 +143,16 @@ async def test_fastmcp_answering_in_json(procs: ProcFactory, gateway: GatewayFac
         assert isinstance(await client.send_ping(), types.EmptyResult)
 
 
+@pytest.mark.parametrize("share", ["none", "principal"])
 @pytest.mark.parametrize("server", ["fastmcp", "everything"])
 async def test_upstream_restart_mid_session(
-    server: str, procs: ProcFactory, gateway: GatewayFactory
+    server: str, share: str, procs: ProcFactory, gateway: GatewayFactory
 ) -> None:
     start, profile, created = SERVERS[server]
     port = free_port()
     upstream, url = await start(procs, port)
-    gw = await gateway([http_spec(url)])
+    gw = await gateway([http_spec(url)], share=share)
+    pool = gw.hub.pools["remote"]
     name, args, expected = profile.tool
     async with (
         streamable_http_client(f"{gw.url}/mcp") as (read, write, get_session_id),
@@ -161,17 +167,23 @@ async def test_upstream_restart_mid_session(
         await upstream.stop(signal.SIGKILL)
         restarted, _ = await start(procs, port)
         async with asyncio.timeout(BOUND):  # the gateway notices: GET stream gone, session unknown
-            await session.ended.wait()
+            if share == "none":
+                await session.ended.wait()
+            while share != "none" and not pool.counts.losses:  # the pool's session instead
+                await pool.changed()
         assert expected in text(await client.call_tool(name, args))
         assert get_session_id() == session_id
-        # The gateway's session resumed on a new upstream session of the new process.
+        # The gateway's session resumed on a new upstream session of the new process
+        # (shared: the client session went on, on the pool's replacement).
         await distinct(restarted, created, 1)
-        assert (await gw.hub.get(session_id, "remote")) is not session
+        resumed = await gw.hub.get(session_id, "remote")
+        assert (resumed is not session) if share == "none" else (resumed is session)
 
 
 async def test_detects_streamable_http_once(procs: ProcFactory, gateway: GatewayFactory) -> None:
     upstream, url = await start_fixture_http(procs)
-    gw = await gateway([AutoHttpServer(name="remote", url=url)])
+    # An upstream session per client session, each DELETEd when its client leaves.
+    gw = await gateway([AutoHttpServer(name="remote", url=url)], share="none")
     detector = gw.hub.upstreams["remote"]
     assert isinstance(detector, AutoHttpUpstream)
     assert detector.transport is None

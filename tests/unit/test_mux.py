@@ -38,7 +38,8 @@ def test_the_same_client_id_from_two_lanes_gets_two_upstream_ids_and_goes_back_r
     assert inbound(mux, response(up_b["id"])) == ToLane(B, {**response(up_b["id"]), "id": 1})
     assert inbound(mux, response(up_a["id"])) == ToLane(A, {**response(up_a["id"]), "id": 1})
     assert inbound(mux, response(up_a["id"])) == Drop("late_response")
-    assert mux.in_flight() == 0 and mux.busy == {}
+    assert mux.in_flight() == 0
+    assert mux.busy == {}
 
 
 def test_ids_are_unique_across_sessions_sharing_a_counter() -> None:
@@ -56,12 +57,14 @@ def test_progress_tokens_are_rewritten_and_restored_to_the_lane_that_asked() -> 
     sent_b = mux.request(B, request(2, token="tok"), exclusive=False)
     token_a = sent_a["params"]["_meta"]["progressToken"]
     token_b = sent_b["params"]["_meta"]["progressToken"]
-    assert token_a != token_b and "tok" not in (token_a, token_b)
+    assert token_a != token_b
+    assert "tok" not in (token_a, token_b)
     progress = jsonrpc.notification(
         "notifications/progress", {"progressToken": token_b, "progress": 1}
     )
     routed = inbound(mux, progress)
-    assert isinstance(routed, ToLane) and routed.lane == B
+    assert isinstance(routed, ToLane)
+    assert routed.lane == B
     assert routed.message["params"]["progressToken"] == "tok"
     forged = jsonrpc.notification("notifications/progress", {"progressToken": "tok", "progress": 1})
     assert inbound(mux, forged) == Drop("unknown_progress_token")
@@ -95,7 +98,8 @@ def test_a_server_request_reaches_the_only_lane_in_flight_and_only_it_may_answer
     mux.request(A, request(1), exclusive=True)
     assert mux.owner == A
     routed = inbound(mux, {"jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage"})
-    assert isinstance(routed, ToLane) and routed.lane == A
+    assert isinstance(routed, ToLane)
+    assert routed.lane == A
     down = routed.message["id"]
     answer = {"jsonrpc": "2.0", "id": down, "result": {"text": "mine"}}
     assert mux.answer(B, answer) is None  # B was never asked
@@ -120,14 +124,16 @@ def test_a_lane_without_the_capability_is_not_asked(method: str) -> None:
     mux.request(A, request(1), exclusive=False)
     ask = {"jsonrpc": "2.0", "id": 7, "method": method}
     routed = inbound(mux, ask, capable=frozenset())
-    assert isinstance(routed, Reply) and "error" in routed.message
+    assert isinstance(routed, Reply)
+    assert "error" in routed.message
 
 
 def test_roots_list_is_refused_even_for_the_one_client_in_flight() -> None:
     mux = Mux(itertools.count(1))
     mux.request(A, request(1), exclusive=True)
     routed = inbound(mux, {"jsonrpc": "2.0", "id": 3, "method": "roots/list"}, frozenset({"roots"}))
-    assert isinstance(routed, Reply) and routed.message["error"]["code"] == errors.METHOD_NOT_FOUND
+    assert isinstance(routed, Reply)
+    assert routed.message["error"]["code"] == errors.METHOD_NOT_FOUND
 
 
 def test_server_pings_are_answered_by_the_gateway() -> None:
@@ -153,7 +159,8 @@ def test_a_client_cancel_reaches_only_its_own_request() -> None:
     cancel = jsonrpc.notification("notifications/cancelled", {"requestId": 1})
     assert mux.cancel(B, cancel) is None
     forwarded = mux.cancel(A, cancel)
-    assert forwarded is not None and forwarded["params"]["requestId"] == up["id"]
+    assert forwarded is not None
+    assert forwarded["params"]["requestId"] == up["id"]
     assert mux.in_flight() == 0
 
 
@@ -163,7 +170,8 @@ def test_leaving_cancels_the_lanes_requests_upstream_and_forgets_them() -> None:
     mux.request(B, request(1), exclusive=False)
     [cancel] = mux.leave(A)
     assert cancel["params"]["requestId"] == up["id"]
-    assert mux.owner is None and mux.busy == {B: 1}
+    assert mux.owner is None
+    assert mux.busy == {B: 1}
 
 
 def test_a_lost_session_answers_every_request_in_flight_with_an_error() -> None:
