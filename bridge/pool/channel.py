@@ -33,6 +33,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+import structlog
+
 from bridge import errors, jsonrpc
 from bridge.errors import UpstreamError, UpstreamUnavailable
 from bridge.jsonrpc import Kind, Message
@@ -40,6 +42,8 @@ from bridge.pool.mux import CANCELLED, LOG, RELAYED
 
 if TYPE_CHECKING:
     from bridge.pool.group import Group
+
+log = structlog.get_logger("bridge.pool")
 
 #: RFC 5424 severities, as MCP logging uses them, least severe first.
 LOG_LEVELS: Final = (
@@ -139,6 +143,8 @@ class Channel:
             return
         size = len(jsonrpc.encode(message)) if self._inbox else 0
         if len(self._inbox) >= self._limit or self._queued_bytes + size > self._max_bytes:
+            log.warning("pool_client_too_slow", server=self._group.server,
+                        queued=len(self._inbox), queued_bytes=self._queued_bytes)  # fmt: skip
             self._end(f"server {self._group.server!r}: client session too slow to read")
             self._group.drop_later(self)
             return

@@ -166,17 +166,21 @@ class UpstreamSession:
             raise
 
     async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """A request of the gateway's own; its result.
+        """A request of the gateway's own; its result, within ``initialize`` seconds.
 
         Raises:
             UpstreamProtocolError: the server answered with an error.
             UpstreamUnavailable: the session ended before it answered.
+            UpstreamTimeout: no answer in time.
         """
         up_id = next(self._ids)
         waiter = self._internal[up_id] = asyncio.get_running_loop().create_future()
         try:
-            await self.send({"jsonrpc": "2.0", "id": up_id, "method": method, "params": params})
-            answer = await waiter
+            async with asyncio.timeout(self._timeouts.initialize):
+                await self.send({"jsonrpc": "2.0", "id": up_id, "method": method, "params": params})
+                answer = await waiter
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"server {self.server!r}: no answer to {method} in time") from exc
         finally:
             self._internal.pop(up_id, None)
         result = answer.get("result")

@@ -264,3 +264,45 @@ async def test_a_client_that_reads_nothing_hurts_nobody(
     assert max(during) < 2.0
     assert ratio < 10
     assert len(after) == 20
+
+
+async def test_a_client_that_reads_nothing_lets_go_of_a_shared_upstream(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    """Shared (share principal): the stalled client's queue is bounded, then its session
+    lets go of the pool; the child is never held back, so other clients go on."""
+    config = tmp_path / "servers.json"
+    server = {"command": sys.executable, "args": [str(FIXTURES / "flood_server.py")]}
+    config.write_text(json.dumps({"mcpServers": {"flood": server}}))
+    proc, base = await start_gateway(
+        procs, "--config", str(config), "--stream-queue-size", "64",
+        "--stream-queue-bytes", str(2 * MiB),
+    )  # fmt: skip
+    gateway = psutil.Process(proc.pid)
+    url = f"{base}/mcp"
+    flood = {"count": 2000, "size": 16 * 1024, "every": 500}  # 32 MiB, 8 x what may queue
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        slow, fast = RawClient(http, url), RawClient(http, url)
+        await slow.initialize()
+        await fast.initialize()
+        assert slow.session_id is not None
+        rss_before = gateway.memory_info().rss
+        writer = await stalled_flood(url, slow.session_id, flood)
+        try:
+            await proc.wait_for(rf"flooded {flood['count']}\b", within=30)  # never held back
+            rss_growth = gateway.memory_info().rss - rss_before
+            after = await echo_latencies(fast, 20)  # the child answers again: served
+            # The stalled session's queue stopped at its bound: it lets go of the pool.
+            await proc.wait_for(r'"event": "pool_client_too_slow"', within=30)
+        finally:
+            writer.close()
+        # Once its stream is gone it is released (its request got -32030) ...
+        await proc.wait_for(r'(?=.*"event": "session_released")(?=.*too slow to read)', within=30)
+        # ... and it resumes on its next request, on the same shared child.
+        reply = await slow.post(
+            slow.request("tools/call", {"name": "echo", "arguments": {"text": "back"}})
+        )
+    assert reply.messages[-1]["result"]["content"][0]["text"] == "back"
+    assert len(after) == 20
+    assert rss_growth < 64 * MiB
+    print(f"\nshared flood: gateway RSS grew {rss_growth / MiB:.1f} MiB while 32 MiB passed")
