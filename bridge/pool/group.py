@@ -226,6 +226,8 @@ class Group:
     async def apply_log_level(self) -> None:
         """Run the upstream at the most verbose level any client of the group asked for.
 
+        With no upstream session live, the level waits for the next one to start.
+
         Raises:
             UpstreamError: the server refused ``logging/setLevel``.
         """
@@ -233,7 +235,7 @@ class Group:
         wanted = min(levels, key=severity) if levels else None
         if wanted is None or wanted == self.log_level:
             return
-        for session in self.live() or [await self.any_session()]:
+        for session in self.live():
             await session.call("logging/setLevel", {"level": wanted})
         self.log_level = wanted
 

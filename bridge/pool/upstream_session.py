@@ -111,10 +111,13 @@ class UpstreamSession:
             async with asyncio.timeout(self._timeouts.initialize):
                 self.init_result = await self.call("initialize", params)
                 await self.send(jsonrpc.notification("notifications/initialized"))
-                if log_level is not None:
-                    await self.call("logging/setLevel", {"level": log_level})
         except TimeoutError as exc:
             raise UpstreamTimeout(f"server {self.server!r}: handshake timed out") from exc
+        if log_level is not None:  # what the group's clients asked for; not fatal if refused
+            try:
+                await self.call("logging/setLevel", {"level": log_level})
+            except UpstreamError as exc:
+                log.warning("pool_set_level_failed", server=self.server, error=exc.message)
         self._started = True
         self._pinger = tasks.spawn(self._ping_when_silent(), name=f"pool-ping:{self.server}")
 
