@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,9 +235,12 @@ class GatewaySession:
                 return resp.headers, message
             if not resp.content_type.startswith("text/event-stream"):
                 raise RequestFailed(f"content-type {resp.content_type}")
-            for message in sse_messages(payload):
+            messages = sse_messages(payload)
+            for message in messages:
                 if message.get("id") == rid and ("result" in message or "error" in message):
                     return resp.headers, message
+            if any("result" in m or "error" in m for m in messages):
+                raise RequestFailed("reply for another request")
             raise RequestFailed("stream ended without the response")
 
     async def open(self) -> None:
@@ -401,12 +404,18 @@ async def run_load(
     sessions: int,
     requests: int,
     pids: dict[str, int | None],
+    step: Callable[[GatewaySession | DirectSession, int], Awaitable[None]] | None = None,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
 ) -> RunResult:
     """N sessions: handshake, barrier, M timed tools/list, barrier, close.
 
     The two barriers make the timed window hold nothing but tools/list traffic,
     so its wall time and the CPU the processes in ``pids`` spend in it belong
-    to those requests alone.
+    to those requests alone. ``step(session, i)``, if given, is the i-th timed
+    request instead of ``session.list_tools()``; ``on_start`` and ``on_end`` are
+    called (and must return at once) when the timed window begins (every session
+    is open) and ends.
     """
     result = RunResult(path, sessions, sessions * requests)
     phase = {"ready": 0, "done": 0}
@@ -424,11 +433,15 @@ async def run_load(
             started = now
             cpu0.update({name: cpu_seconds(pid) for name, pid in pids.items()})
             cpu0[""] = machine_busy_seconds()
+            if on_start is not None:
+                on_start()
         else:
             ended = now
             for name, pid in pids.items():
                 result.cpu[name] = cpu_seconds(pid) - cpu0[name]
             result.machine = machine_busy_seconds() - cpu0[""]
+            if on_end is not None:
+                on_end()
         event.set()
 
     async def one(http: aiohttp.ClientSession) -> None:
@@ -445,10 +458,10 @@ async def run_load(
             result.sessions_ok += 1
             arrive("ready", go)
             await go.wait()
-            for _ in range(requests):
+            for i in range(requests):
                 t0 = time.perf_counter()
                 try:
-                    await session.list_tools()
+                    await (step(session, i) if step is not None else session.list_tools())
                 except Exception as exc:
                     result.errors[classify(exc)] += 1
                 else:
@@ -490,9 +503,16 @@ class Child:
     """
 
     def __init__(
-        self, name: str, argv: Sequence[str], *, stage: int = 1, merge_stdout: bool = False
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        stage: int = 1,
+        merge_stdout: bool = False,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.preexec = preexec  # run in the child before exec, after the death signal
         self.argv = list(argv)
         self.stage = stage
         self.merge_stdout = merge_stdout
@@ -506,7 +526,9 @@ class Child:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    async def start(self, ready: Callable[[str], int | None]) -> int:
+    async def start(self, ready: Callable[[str], int | None], probe_port: int | None = None) -> int:
+        """Start and wait until ``ready`` finds the port in a log line, or, with
+        ``probe_port``, until that port on HOST accepts a connection."""
         loop = asyncio.get_running_loop()
         self.port = loop.create_future()
         self.proc = await asyncio.create_subprocess_exec(
@@ -515,10 +537,11 @@ class Child:
             stdout=asyncio.subprocess.PIPE if self.merge_stdout else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.STDOUT if self.merge_stdout else asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=self._preexec if sys.platform.startswith("linux") else self.preexec,
         )
         self._drain = loop.create_task(self._read(ready))
         exited = loop.create_task(self.proc.wait())
+        probe = loop.create_task(self._probe(probe_port)) if probe_port is not None else None
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 done, _ = await asyncio.wait({self.port, exited}, return_when="FIRST_COMPLETED")
@@ -528,10 +551,28 @@ class Child:
             ) from None
         finally:
             exited.cancel()
+            if probe is not None:
+                probe.cancel()
         if self.port not in done:
             await asyncio.sleep(0)  # let the drain task take the last lines
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail[-5:]}")
         return self.port.result()
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.preexec is not None:
+            self.preexec()
+
+    async def _probe(self, port: int) -> None:
+        while self.port is not None and not self.port.done():
+            try:
+                _, writer = await asyncio.open_connection(HOST, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            if not self.port.done():
+                self.port.set_result(port)
 
     async def _read(self, ready: Callable[[str], int | None]) -> None:
         assert self.proc is not None
@@ -548,8 +589,9 @@ class Child:
             if self._notable(line):
                 self.notable.append(line)
 
-    @staticmethod
-    def _notable(line: str) -> bool:
+    def _notable(self, line: str) -> bool:
+        """Whether ``line`` is a warning or an error (kept in ``notable``); subclasses may
+        look at every line here."""
         if line.startswith("{"):  # the gateway's JSON lines
             if '"level": "info"' in line or '"level": "debug"' in line:
                 return False  # the cheap path: never parse the access log
@@ -604,13 +646,13 @@ def gateway_ready(line: str) -> int | None:
     return int(event["port"]) if event.get("event") == "listening" else None
 
 
-def gateway_argv(upstream_url: str, log_level: str, store_url: str) -> list[str]:
+def gateway_argv(upstream: str, log_level: str, store_url: str, flag: str = "--sse") -> list[str]:
     # The console script next to this interpreter (not a pyenv shim), else -m.
     script = Path(sys.executable).with_name("mcp-bridge")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "bridge"]
     return [
         *base,
-        "--sse", upstream_url,
+        flag, upstream,
         "--host", HOST,
         "--port", "0",
         "--log-format", "json",
