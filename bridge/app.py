@@ -189,6 +189,7 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
         send=settings.upstream_send_timeout,
         shutdown_grace=settings.stdio_shutdown_grace,
         max_message_bytes=settings.max_message_bytes,
+        max_posts=settings.upstream_max_posts,
         restart=RestartPolicy(
             backoff_base=settings.stdio_restart_backoff_base,
             backoff_max=settings.stdio_restart_backoff_max,

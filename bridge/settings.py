@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         30.0, description="a request waits this long for a free upstream session, then 503"
     )
     pool_max_waiting: int = Field(
-        1000, ge=1, description="requests waiting for a server's upstream sessions (503 above)"
+        10000, ge=1, description="requests waiting for a server's upstream sessions (503 above)"
     )
     pool_idle_timeout: Seconds = Field(
         300.0, description="close a shared upstream session unused this long (down to pool_min)"
@@ -207,6 +207,10 @@ class Settings(BaseSettings):
     upstream_send_timeout: Seconds = Field(
         30.0, description="one message to an upstream: an HTTP POST or a stdio write"
     )
+    upstream_max_posts: int = Field(
+        8, ge=1, description="legacy SSE upstreams: POSTs in flight at once per server (each "
+        "holds a connection); more wait their turn within upstream_send_timeout",
+    )  # fmt: skip
     initialize_timeout: Seconds = Field(30.0, description="upstream answer to initialize")
     upstream_request_timeout: Seconds = Field(
         600.0,

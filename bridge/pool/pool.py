@@ -232,11 +232,14 @@ class Pool:
             self.metrics.pool_starts.labels(self.name, "failed").inc()
             self.notify()
             raise
-        self.counts.starts += 1
-        self.metrics.pool_starts.labels(self.name, "ok").inc()
+        self._started()
         log.info("pool_session_started", server=self.name, group=short(str(group.key)),
                  version=session.version)  # fmt: skip
         return session
+
+    def _started(self) -> None:
+        self.counts.starts += 1
+        self.metrics.pool_starts.labels(self.name, "ok").inc()
 
     def session_lost(self, session: UpstreamSession, reason: str) -> None:
         self._size -= 1
@@ -261,6 +264,7 @@ class Pool:
                 self._size -= 1
                 self.notify()
                 raise
+            self._started()
         self._dedicated += 1
         self.warm()
         return _Dedicated(spare, self)
@@ -297,6 +301,7 @@ class Pool:
                 except BaseException:
                     self._size -= 1
                     raise
+                self._started()
         except UpstreamError as exc:
             log.warning("pool_warm_failed", server=self.name, error=exc.message)
 
@@ -332,7 +337,7 @@ class Pool:
             "max": self.config.max,
             "busy": sum(bool(s.mux.in_flight()) for s in sessions) + self._dedicated,
             "waiting": self._waiting,
-            "clients": sum(len(g.channels) for g in self._groups.values()),
+            "clients": sum(len(g.channels) for g in self._groups.values()) + self._dedicated,
             "starts": self.counts.starts,
             "failures": self.counts.failures,
             "losses": self.counts.losses,

@@ -110,6 +110,7 @@ class UpstreamTimeouts:
     shutdown_grace: float
     max_message_bytes: int
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    max_posts: int = 8  # legacy SSE: POSTs in flight at once per server (each holds a connection)
 
 
 def decode_frames(text: str | bytes, server: str) -> Iterator[Message]:

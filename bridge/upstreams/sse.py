@@ -55,6 +55,10 @@ class SseUpstream:
         self._forward = spec.forward_headers
         self._client = client
         self._timeouts = timeouts
+        # Each POST in flight holds a connection (a socket at the upstream):
+        # bounded per server, so a thousand clients sharing one upstream
+        # session cost it a thousand fds no more than one would (issue #10).
+        self._posts = asyncio.Semaphore(timeouts.max_posts)
 
     async def connect(self, client_headers: Mapping[str, str] | None = None) -> SseConnection:
         timeout = aiohttp.ClientTimeout(
@@ -128,6 +132,7 @@ class SseUpstream:
         try:
             async with (
                 asyncio.timeout(self._timeouts.send),
+                self._posts,
                 self._client.post(
                     endpoint, data=body, headers=headers, allow_redirects=False
                 ) as response,
