@@ -250,7 +250,7 @@ async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
         "--stdio-restart-wait", "0",  # fail fast: every request in the backoff gets 503
         "--stdio-healthy-after", "0.5",
         # A child per client, so that each crash meets the client's own initialize;
-        # shared, the gateway's handshake meets it (test_a_shared_crash_loop_...).
+        # shared, the gateway's handshake meets it (test_a_shared_crash_loop_answers_...).
         "--share", "none",
     )  # fmt: skip
     attempts = Attempts()
@@ -406,6 +406,47 @@ async def hammer(client: RawClient, chaos: Chaos, until: float) -> list[str]:
             outcomes.append(outcome)
             chaos.completed(loop.time() - started)
     return outcomes
+
+
+async def test_a_shared_crash_loop_answers_503_at_once_and_recovers(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    """Shared (share principal): the gateway's own handshake meets each crash, so every
+    initialize in the loop gets 503 with -32030 naming the server, never a hang."""
+    flag = tmp_path / "fixed"
+    config = write_config(tmp_path / "servers.json", "--crash-unless", str(flag))
+    gateway, base = await start_gateway(
+        procs,
+        "--config", str(config),
+        "--stdio-restart-backoff-base", "0.2",
+        "--stdio-restart-backoff-max", "5",
+        "--stdio-restart-wait", "0",
+        "--stdio-healthy-after", "0.5",
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/mcp")
+        refused = []
+        async with asyncio.timeout(BOUND):
+            while len(gateway.json_events("child_started")) < CRASH_LOOP_AFTER:
+                reply = await client.post(INITIALIZE)
+                refused.append(reply)
+            await gateway.wait_for(r'"event": "upstream_crash_loop"')
+        for reply in refused:
+            assert reply.status == 503
+            [message] = reply.messages
+            assert message["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+            assert "server 'flaky'" in message["error"]["message"]
+            assert "fatal" not in message["error"]["message"]  # stderr stays in the log
+        ready = await (await http.get(f"{base}/readyz")).json()
+        assert ready["upstreams"]["flaky"]["status"] == "crash_loop"
+        assert ready["upstreams"]["flaky"]["pool"]["size"] == 0
+
+        flag.touch()  # the command is fixed: the next start after the backoff holds
+        async with asyncio.timeout(BOUND):
+            while (reply := await client.post(INITIALIZE)).status == 503:
+                pass
+        assert "result" in reply.messages[-1]
+    await stop_and_check_no_child(gateway)
 
 
 @pytest.mark.timeout(90)
