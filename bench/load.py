@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1145,16 +1145,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(
+    amain: Callable[[argparse.Namespace], Coroutine[Any, Any, int]],
+    args: argparse.Namespace,
+    prog: str,
+) -> int:
+    """Run a bench's ``amain``: 130 on Ctrl-C, 2 when a child failed to start."""
     try:
         return asyncio.run(amain(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted", file=sys.stderr)
         return 130
     except RuntimeError as exc:  # a child failed to start
-        print(f"load.py: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(amain, parse_args(argv), "load.py")
 
 
 if __name__ == "__main__":

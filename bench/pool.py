@@ -618,15 +618,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return asyncio.run(amain(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:
-        print(f"pool.py: {exc}", file=sys.stderr)
-        return 2
+    return load.run_main(amain, parse_args(argv), "pool.py")
 
 
 if __name__ == "__main__":

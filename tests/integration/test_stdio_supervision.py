@@ -237,22 +237,29 @@ async def initialize_until(client: RawClient, attempts: Attempts, crashes: int) 
                 return reply
 
 
-async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
-    procs: ProcFactory, tmp_path: Path
-) -> None:
-    flag = tmp_path / "fixed"
+async def start_flaky(
+    procs: ProcFactory, tmp_path: Path, flag: Path, *options: str
+) -> tuple[Proc, str]:
+    """A gateway whose one server crash-loops until ``flag`` exists, with short backoffs."""
     config = write_config(tmp_path / "servers.json", "--crash-unless", str(flag))
-    gateway, base = await start_gateway(
+    return await start_gateway(
         procs,
         "--config", str(config),
         "--stdio-restart-backoff-base", "0.2",
         "--stdio-restart-backoff-max", "5",
         "--stdio-restart-wait", "0",  # fail fast: every request in the backoff gets 503
         "--stdio-healthy-after", "0.5",
-        # A child per client, so that each crash meets the client's own initialize;
-        # shared, the gateway's handshake meets it (test_a_shared_crash_loop_answers_...).
-        "--share", "none",
+        *options,
     )  # fmt: skip
+
+
+async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    flag = tmp_path / "fixed"
+    # A child per client, so that each crash meets the client's own initialize;
+    # shared, the gateway's handshake meets it (test_a_shared_crash_loop_answers_...).
+    gateway, base = await start_flaky(procs, tmp_path, flag, "--share", "none")
     attempts = Attempts()
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{base}/mcp")
@@ -414,15 +421,7 @@ async def test_a_shared_crash_loop_answers_503_at_once_and_recovers(
     """Shared (share principal): the gateway's own handshake meets each crash, so every
     initialize in the loop gets 503 with -32030 naming the server, never a hang."""
     flag = tmp_path / "fixed"
-    config = write_config(tmp_path / "servers.json", "--crash-unless", str(flag))
-    gateway, base = await start_gateway(
-        procs,
-        "--config", str(config),
-        "--stdio-restart-backoff-base", "0.2",
-        "--stdio-restart-backoff-max", "5",
-        "--stdio-restart-wait", "0",
-        "--stdio-healthy-after", "0.5",
-    )  # fmt: skip
+    gateway, base = await start_flaky(procs, tmp_path, flag)
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{base}/mcp")
         refused = []
