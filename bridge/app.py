@@ -298,6 +298,10 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
     client = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
+        # No cookie jar: one shared jar would carry a cookie an upstream set for
+        # one client's upstream session on every other client's requests, across
+        # principals too (issue #15). HTTP state never crosses upstream sessions.
+        cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
     )
     timeouts = _timeouts(settings)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sys
 import time
 from collections import Counter
@@ -18,13 +19,15 @@ from typing import Any
 import aiohttp
 import psutil
 import pytest
+from aiohttp import web
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.context import RequestContext
 from pydantic import SecretStr
+from pytest_aiohttp import AiohttpServer
 
 from bridge import errors
-from bridge.settings import StdioServer
+from bridge.settings import StdioServer, StreamableHttpServer
 from tests.conftest import REPO, GatewayFactory, RunningGateway, fixture_stdio
 from tests.rawclient import RawClient
 
@@ -312,3 +315,46 @@ async def test_legacy_and_streamable_clients_share_one_child(gateway: GatewayFac
     assert isinstance(legacy_pid, types.TextContent)
     assert json.loads(legacy_pid.text)["pid"] == json.loads(text_of(reply.messages[-1]))["pid"]
     assert pool["starts"] == 1
+
+
+async def test_upstream_cookies_never_cross_principals(
+    gateway: GatewayFactory, aiohttp_server: AiohttpServer
+) -> None:
+    """issue #15 (High): a cookie an upstream sets for one principal's upstream session
+    must not ride on another principal's requests (the gateway keeps no cookie jar)."""
+    cookies: list[str | None] = []
+
+    async def mcp(request: web.Request) -> web.StreamResponse:
+        cookies.append(request.headers.get("Cookie"))
+        if request.method != "POST":
+            return web.Response(status=405 if request.method == "GET" else 200)
+        message = await request.json()
+        if "id" not in message:
+            return web.Response(status=202)
+        answer = {"jsonrpc": "2.0", "id": message["id"], "result": {}}
+        if message["method"] == "initialize":
+            answer["result"] = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+                                "serverInfo": {"name": "cookie-setter", "version": "1"}}  # fmt: skip
+            response = web.json_response(answer, headers={"Mcp-Session-Id": secrets.token_hex(8)})
+            response.set_cookie("upstream-session", secrets.token_hex(8))
+            return response
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", mcp)
+    upstream = await aiohttp_server(app)
+    # A host name, not an IP literal: a cookie jar would keep cookies for it.
+    url = f"http://localhost:{upstream.port}/mcp"
+    spec = StreamableHttpServer(name="cookies", url=url, type="streamable-http")
+    gw = await gateway([spec], api_keys=SecretStr("alice:tok-alice,bob:tok-bob"))
+    async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
+        for token in ("tok-alice", "tok-bob", "tok-alice"):
+            client = RawClient(http, f"{gw.url}/http")
+            plain = client.headers
+            client.headers = lambda plain=plain, token=token, **extra: plain(  # type: ignore[method-assign]
+                Authorization=f"Bearer {token}", **extra
+            )
+            await client.initialize()
+            assert (await client.post(client.request("tools/list"))).status == 200
+    assert len(cookies) >= 4
+    assert cookies == [None] * len(cookies)
