@@ -14,6 +14,7 @@ import secrets
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,7 @@ from tests.conftest import REPO, GatewayFactory, RunningGateway, fixture_stdio
 from tests.rawclient import RawClient
 
 STDIO_FIXTURE = REPO / "tests" / "fixtures" / "stdio_server.py"
+RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
 BOUND = 60.0  # seconds for a whole scenario
 
 
@@ -358,3 +360,35 @@ async def test_upstream_cookies_never_cross_principals(
             assert (await client.post(client.request("tools/list"))).status == 200
     assert len(cookies) >= 4
     assert cookies == [None] * len(cookies)
+
+
+async def test_subscriptions_are_reference_counted_upstream(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """Two clients subscribe to one URI: the upstream hears one subscribe, and one
+    unsubscribe once the last of them lets go."""
+    record = tmp_path / "received.jsonl"
+    record.touch()
+    spec = StdioServer(name="rec", command=sys.executable, args=(str(RECORDER), str(record)))
+    gw = await gateway([spec])
+
+    def upstream(method: str) -> list[Any]:
+        lines = [json.loads(line) for line in record.read_text().splitlines()]
+        return [m["params"]["uri"] for m in lines if m.get("method") == method]
+
+    async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
+        one, two = RawClient(http, f"{gw.url}/http"), RawClient(http, f"{gw.url}/http")
+        await one.initialize()
+        await two.initialize()
+        for client in (one, two):
+            reply = await client.post(client.request("resources/subscribe", {"uri": "file:///a"}))
+            assert reply.messages[-1]["result"] == {}
+        sync = {"name": "sync", "arguments": {}}  # answered once all before it is recorded
+        await one.post(one.request("tools/call", sync))
+        assert upstream("resources/subscribe") == ["file:///a"]
+        await one.post(one.request("resources/unsubscribe", {"uri": "file:///a"}))
+        await one.post(one.request("tools/call", sync))
+        assert upstream("resources/unsubscribe") == []  # two still listens
+        await two.post(two.request("resources/unsubscribe", {"uri": "file:///a"}))
+        await two.post(two.request("tools/call", sync))
+        assert upstream("resources/unsubscribe") == ["file:///a"]
