@@ -284,12 +284,16 @@ class Group:
             if self._home is None or self._home.closed:
                 await self._rehome(session)
 
-    async def close_session(self, session: UpstreamSession) -> None:
-        """The pool reaps an idle session."""
+    def discard(self, session: UpstreamSession) -> None:
+        """Take a session out of dispatch at once (it is being closed)."""
         if session in self.sessions:
             self.sessions.remove(session)
         if self._home is session:
             self._home = None
+
+    async def close_session(self, session: UpstreamSession) -> None:
+        """The pool reaps or evicts an idle session."""
+        self.discard(session)
         await session.aclose()
 
     async def aclose(self, reason: str) -> None:

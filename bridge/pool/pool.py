@@ -146,15 +146,26 @@ class Pool:
         return False
 
     def _evict_idle(self) -> bool:
-        for group in self._groups.values():
-            for session in group.live():
-                spare = not group.channels or len(group.live()) > 1
-                if spare and not session.mux.in_flight() and session is not group.home():
-                    log.info("pool_session_evicted", server=self.name)
-                    self._size -= 1
-                    _ = tasks.spawn(group.close_session(session), name=f"pool-evict:{self.name}")
-                    return True
-        return False
+        """Close the longest-unused idle session (nothing in flight, no subscriptions).
+
+        Its group starts another on its next request: a cold start for one
+        principal rather than a refusal for another (like the hub's release
+        of idle sessions for room).
+        """
+        idle = [
+            (session, group)
+            for group in self._groups.values()
+            for session in group.live()
+            if not session.mux.in_flight() and session is not group.home()
+        ]
+        if not idle:
+            return False
+        session, group = min(idle, key=lambda pair: pair[0].last_used)
+        log.info("pool_session_evicted", server=self.name, group=short(str(group.key)))
+        self._size -= 1
+        group.discard(session)  # before any await: nothing is dispatched to it
+        _ = tasks.spawn(session.aclose(), name=f"pool-evict:{self.name}")
+        return True
 
     @contextlib.asynccontextmanager
     async def waiting(self) -> AsyncIterator[None]:

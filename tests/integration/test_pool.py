@@ -392,3 +392,31 @@ async def test_subscriptions_are_reference_counted_upstream(
         await two.post(two.request("resources/unsubscribe", {"uri": "file:///a"}))
         await two.post(two.request("tools/call", sync))
         assert upstream("resources/unsubscribe") == ["file:///a"]
+
+
+async def test_a_full_pool_makes_room_by_closing_the_longest_idle_session(
+    gateway: GatewayFactory,
+) -> None:
+    """pool max 1, two principals: each takes the one upstream session in turn."""
+    keys = SecretStr("alice:tok-alice,bob:tok-bob")
+    gw = await gateway([stdio_fixture(pool={"max": 1})], api_keys=keys)
+
+    def keyed(http: aiohttp.ClientSession, token: str) -> RawClient:
+        client = RawClient(http, f"{gw.url}/http")
+        plain = client.headers
+        client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
+        return client
+
+    async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
+        alice, bob = keyed(http, "tok-alice"), keyed(http, "tok-bob")
+        await alice.initialize()
+        await bob.initialize()  # alice's idle session makes room
+        for client in (alice, bob, alice):
+            reply = await client.post(
+                client.request("tools/call", {"name": "pid", "arguments": {}})
+            )
+            assert "result" in reply.messages[-1]
+        pool = await readyz_pool(http, gw, "echo")
+    assert pool["size"] == 1
+    assert pool["starts"] >= 3
+    assert pool["refused"] == 0
