@@ -116,3 +116,11 @@ class RawClient:
     async def delete(self) -> int:
         async with self.http.delete(self.url, headers=self.headers()) as resp:
             return resp.status
+
+
+def keyed(http: aiohttp.ClientSession, url: str, token: str) -> RawClient:
+    """A raw client that sends ``Authorization: Bearer TOKEN`` with every request."""
+    client = RawClient(http, url)
+    plain = client.headers
+    client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
+    return client

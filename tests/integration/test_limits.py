@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from bridge.errors import LIMIT_EXCEEDED
 from bridge.settings import StdioServer
 from tests.conftest import GatewayFactory, ProcFactory, example_stdio, start_gateway
-from tests.rawclient import ACCEPT_BOTH, RawClient, next_message
+from tests.rawclient import ACCEPT_BOTH, RawClient, keyed, next_message
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -73,13 +73,6 @@ async def test_requests_in_flight_per_session(
 
 
 KEYS = SecretStr("alice:tok-alice,bob:tok-bob")
-
-
-def keyed(http: aiohttp.ClientSession, url: str, token: str) -> RawClient:
-    client = RawClient(http, url)
-    plain = client.headers
-    client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
-    return client
 
 
 async def open_get(http: aiohttp.ClientSession, client: RawClient) -> aiohttp.ClientResponse:

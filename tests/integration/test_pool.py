@@ -30,7 +30,7 @@ from pytest_aiohttp import AiohttpServer
 from bridge import errors
 from bridge.settings import StdioServer, StreamableHttpServer
 from tests.conftest import REPO, GatewayFactory, RunningGateway, fixture_stdio
-from tests.rawclient import RawClient
+from tests.rawclient import RawClient, keyed
 
 STDIO_FIXTURE = REPO / "tests" / "fixtures" / "stdio_server.py"
 RECORDER = REPO / "tests" / "fixtures" / "recorder_server.py"
@@ -96,9 +96,7 @@ async def test_tenants_never_share_an_upstream_session_and_one_principal_does(
     gw = await gateway([stdio_fixture()], api_keys=SecretStr(keys))
 
     async def upstream_of(http: aiohttp.ClientSession, token: str) -> dict[str, int]:
-        client = RawClient(http, f"{gw.url}/http")
-        plain = client.headers
-        client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
+        client = keyed(http, f"{gw.url}/http", token)
         await client.initialize()
         reply = await client.post(client.request("tools/call", {"name": "pid", "arguments": {}}))
         return json.loads(text_of(reply.messages[-1]))  # type: ignore[no-any-return]
@@ -351,11 +349,7 @@ async def test_upstream_cookies_never_cross_principals(
     gw = await gateway([spec], api_keys=SecretStr("alice:tok-alice,bob:tok-bob"))
     async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
         for token in ("tok-alice", "tok-bob", "tok-alice"):
-            client = RawClient(http, f"{gw.url}/http")
-            plain = client.headers
-            client.headers = lambda plain=plain, token=token, **extra: plain(  # type: ignore[method-assign]
-                Authorization=f"Bearer {token}", **extra
-            )
+            client = keyed(http, f"{gw.url}/http", token)
             await client.initialize()
             assert (await client.post(client.request("tools/list"))).status == 200
     assert len(cookies) >= 4
@@ -401,14 +395,9 @@ async def test_a_full_pool_makes_room_by_closing_the_longest_idle_session(
     keys = SecretStr("alice:tok-alice,bob:tok-bob")
     gw = await gateway([stdio_fixture(pool={"max": 1})], api_keys=keys)
 
-    def keyed(http: aiohttp.ClientSession, token: str) -> RawClient:
-        client = RawClient(http, f"{gw.url}/http")
-        plain = client.headers
-        client.headers = lambda **extra: plain(Authorization=f"Bearer {token}", **extra)  # type: ignore[method-assign]
-        return client
-
     async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
-        alice, bob = keyed(http, "tok-alice"), keyed(http, "tok-bob")
+        url = f"{gw.url}/http"
+        alice, bob = keyed(http, url, "tok-alice"), keyed(http, url, "tok-bob")
         await alice.initialize()
         await bob.initialize()  # alice's idle session makes room
         for client in (alice, bob, alice):
