@@ -33,6 +33,7 @@ class MemorySessionStore:
         self._clock = clock
         # session id -> (record JSON, expires at); in write order, oldest first.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()  # put_value, likewise
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         await self.save(record, ttl)
@@ -61,6 +62,24 @@ class MemorySessionStore:
         now = self._clock()
         live = (text for text, expires_at in self._records.values() if expires_at > now)
         return [SessionRecord.from_json(text) for text, _ in zip(live, range(limit), strict=False)]
+
+    async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
+        now = self._clock()
+        for _ in range(PURGE_BATCH):
+            oldest = next(iter(self._values.items()), None)
+            if oldest is None or oldest[1][1] > now:
+                break
+            del self._values[oldest[0]]
+        current = self._values.get(key)
+        if only_new and current is not None and current[1] > now:
+            return current[0]
+        self._values[key] = (value, now + ttl)
+        self._values.move_to_end(key)
+        return value
+
+    async def get_value(self, key: str) -> str | None:
+        entry = self._values.get(key)
+        return entry[0] if entry is not None and entry[1] > self._clock() else None
 
     async def ping(self) -> None:
         return None

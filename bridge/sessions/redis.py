@@ -170,6 +170,20 @@ class RedisSessionStore:
             texts = await self._client.mget(keys)
         return [SessionRecord.from_json(text) for text in texts if text is not None]
 
+    async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
+        name = f"{self._prefix}:value:{key}"
+        with unavailable("put_value"):
+            if not only_new:
+                await self._client.set(name, value, px=ms(ttl))
+                return value
+            stored = await self._client.set(name, value, px=ms(ttl), nx=True, get=True)
+        return value if stored is None else text(stored)
+
+    async def get_value(self, key: str) -> str | None:
+        with unavailable("get_value"):
+            stored = await self._client.get(f"{self._prefix}:value:{key}")
+        return None if stored is None else text(stored)
+
     async def ping(self) -> None:
         with unavailable("ping"):
             await self._client.ping()

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS bridge_sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bridge_sessions_expires_at ON bridge_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS bridge_values (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bridge_values_expires_at ON bridge_values (expires_at);
 """
 
 
@@ -189,6 +195,21 @@ class SqliteSessionStore:
         )
         return [SessionRecord.from_json(row[0]) for row in rows]
 
+    async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
+        now = self._clock()
+        return await self._db.write(
+            lambda conn: _put_value(conn, now, key, value, now + ttl, only_new)
+        )
+
+    async def get_value(self, key: str) -> str | None:
+        now = self._clock()
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT value FROM bridge_values WHERE key = ? AND expires_at > ?", (key, now)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
     async def ping(self) -> None:
         await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
@@ -229,3 +250,25 @@ def _touch(conn: sqlite3.Connection, now: float, session_id: str, expires_at: fl
 def _delete(conn: sqlite3.Connection, now: float, session_id: str) -> None:
     _purge(conn, now)
     conn.execute("DELETE FROM bridge_sessions WHERE session_id = ?", (session_id,))
+
+
+def _put_value(
+    conn: sqlite3.Connection, now: float, key: str, value: str, expires_at: float, only_new: bool
+) -> str:
+    conn.execute(
+        "DELETE FROM bridge_values WHERE key IN ("
+        " SELECT key FROM bridge_values WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, PURGE_BATCH),
+    )
+    if only_new:
+        row = conn.execute(
+            "SELECT value FROM bridge_values WHERE key = ? AND expires_at > ?", (key, now)
+        ).fetchone()
+        if row is not None:
+            return str(row[0])
+    conn.execute(
+        "INSERT INTO bridge_values (key, value, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        (key, value, expires_at),
+    )
+    return value

@@ -81,6 +81,17 @@ class SessionStore(Protocol):
     async def list(self, limit: int) -> list[SessionRecord]:
         """Up to ``limit`` live records, in no particular order (for operators)."""
 
+    async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
+        """Keep ``value`` under ``key`` for ``ttl`` seconds; the value now stored.
+
+        With ``only_new``, an existing live value is kept (and returned): the
+        first writer wins, as replicas agreeing on one secret need. Values live
+        apart from session records (the 2026-07-28 front door's holds and key).
+        """
+
+    async def get_value(self, key: str) -> str | None:
+        """The live value under ``key``, or None."""
+
     async def ping(self) -> None:
         """Return if the store answers; raise :class:`StoreUnavailable` if not."""
 

@@ -132,7 +132,27 @@ async def test_ping_answers(stores: Backend) -> None:
     await stores.sessions.ping()
 
 
+async def test_values_live_apart_from_records_and_first_writer_wins(stores: Backend) -> None:
+    """put_value/get_value: the 2026-07-28 front door's key and holds (bridge.modern)."""
+    assert await stores.sessions.get_value("k") is None
+    assert await stores.sessions.put_value("k", "one", 60) == "one"
+    assert await stores.sessions.put_value("k", "two", 60, only_new=True) == "one"
+    assert await stores.sessions.get_value("k") == "one"
+    assert await stores.sessions.put_value("k", "three", 60) == "three"
+    assert await stores.sessions.get_value("k") == "three"
+    assert await stores.sessions.list(10) == []  # values are not session records
+
+
 # --- expiry, by moving the clock (memory, SQLite) ------------------------------
+
+
+async def test_values_expire_after_their_ttl(clocked: Backend) -> None:
+    await clocked.sessions.put_value("k", "one", 10)
+    clocked.advance(9.9)
+    assert await clocked.sessions.get_value("k") == "one"
+    clocked.advance(0.2)
+    assert await clocked.sessions.get_value("k") is None
+    assert await clocked.sessions.put_value("k", "two", 10, only_new=True) == "two"
 
 
 async def test_record_lives_ttl_after_its_last_write(clocked: Backend) -> None:
