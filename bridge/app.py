@@ -30,13 +30,15 @@ from aiohttp import web
 
 from bridge import auth, errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
-from bridge.frontends.context import DOOR, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
+from bridge.frontends.context import DOOR, MODERN, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
+from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
 from bridge.log import short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
+from bridge.modern.exchange import Timing
 from bridge.pool import Pool, PoolConfig, SessionTimeouts
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
@@ -77,8 +79,14 @@ CORS_EXPOSE_HEADERS: Final = (
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error_response(request: web.Request, status: int, code: int, text: str) -> web.Response:
+def _error_response(
+    request: web.Request, status: int, code: int, text: str, data: object = None
+) -> web.Response:
+    if request.get(MODERN):
+        code = errors.for_modern(code)
     body = jsonrpc.error_response(request.get(RPC_ID), code, text)
+    if data is not None:
+        body["error"]["data"] = data
     return web.json_response(body, status=status)
 
 
@@ -106,7 +114,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except errors.BridgeError as exc:
         status = exc.http_status
-        response = _error_response(request, status, exc.jsonrpc_code, exc.message)
+        response = _error_response(request, status, exc.jsonrpc_code, exc.message, exc.data)
         response.headers.update(exc.headers)
         return response
     except web.HTTPException as exc:
@@ -348,6 +356,24 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             hint="anyone who reaches this address can use every server; set "
             "BRIDGE_API_KEYS or BRIDGE_OAUTH_ISSUER",
         )
+    modern = ModernFrontDoor(
+        hub,
+        ModernConfig(
+            timing=Timing(
+                gather=settings.input_gather_window,
+                hold=settings.input_hold_timeout,
+                request=settings.upstream_request_timeout,
+            ),
+            max_holds=settings.max_held_requests,
+            keepalive_interval=settings.sse_keepalive_interval,
+            send_timeout=settings.sse_send_timeout,
+            state_secret=(
+                None
+                if settings.state_secret is None
+                else settings.state_secret.get_secret_value().encode()
+            ),
+        ),
+    )
     front = StreamableHttpFrontDoor(
         hub,
         FrontDoorConfig(
@@ -360,6 +386,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         guard,
         authenticator,
         default_server=default_server,
+        modern=modern,
     )
     legacy = LegacySseFrontDoor(
         hub,
@@ -408,6 +435,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         yield
         await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         await legacy.aclose()
+        await modern.aclose()
         await hub.aclose()
         await client.close()
         await stores.aclose()

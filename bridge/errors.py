@@ -11,6 +11,11 @@
     │   ├── InvalidRequest             not a JSON-RPC message / bad batch       400 -32600
     │   ├── MissingSession             no Mcp-Session-Id on a non-initialize    400
     │   ├── UnsupportedProtocolVersion bad MCP-Protocol-Version                 400
+    │   ├── InvalidParams              2026-07-28: bad or missing ``_meta``        400 -32602
+    │   ├── HeaderMismatch             2026-07-28: headers vs body                 400 -32020
+    │   ├── MissingClientCapability    2026-07-28: capability not declared         400 -32021
+    │   ├── VersionNotServed           2026-07-28: unknown ``_meta`` version       400 -32022
+    │   ├── MethodNotFound             2026-07-28: removed or unknown method       404 -32601
     │   ├── SessionNotFound            unknown, ended or foreign session        404 -32001
     │   ├── UnknownServer              no server by that name                   404
     │   ├── Unauthorized               no or bad credentials (spec §Authz)      401 -32036
@@ -36,7 +41,10 @@ an SSE stream that has already started; STYLE rule 12), and may carry
 
 The gateway-specific codes -32030..-32037 sit in JSON-RPC's implementation
 defined server-error range (-32000..-32099), away from -32001/-32002 that SDKs
-already use and from -32020..-32022 that MCP 2026-07-28 reserves.
+already use and from -32020..-32022 that MCP 2026-07-28 reserves. Revision
+2026-07-28 (basic/index §Error Codes) reserves all of -32020..-32099 for the
+specification, so a client of that revision gets them as -31030..-31037
+instead (:func:`for_modern`): same meaning, outside JSON-RPC's reserved range.
 """
 
 from __future__ import annotations
@@ -60,6 +68,19 @@ STORE_UNAVAILABLE: Final = -32034
 REQUEST_INTERRUPTED: Final = -32035
 UNAUTHORIZED: Final = -32036
 LIMIT_EXCEEDED: Final = -32037
+# MCP 2026-07-28 basic/index §Error Codes.
+HEADER_MISMATCH: Final = -32020
+MISSING_CLIENT_CAPABILITY: Final = -32021
+UNSUPPORTED_VERSION: Final = -32022
+#: What the gateway's own codes move by for a 2026-07-28 client.
+MODERN_SHIFT: Final = 1000
+
+
+def for_modern(code: int) -> int:
+    """A code as a 2026-07-28 client may receive it (module docstring)."""
+    reserved = -32099 <= code <= -32020
+    spec = code in (HEADER_MISMATCH, MISSING_CLIENT_CAPABILITY, UNSUPPORTED_VERSION)
+    return code + MODERN_SHIFT if reserved and not spec else code
 
 
 class BridgeError(Exception):
@@ -68,11 +89,15 @@ class BridgeError(Exception):
     http_status: ClassVar[int] = 500
     jsonrpc_code: ClassVar[int] = INTERNAL_ERROR
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, data: object = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         #: Extra HTTP response headers, e.g. ``WWW-Authenticate`` or ``Retry-After``.
         self.headers: dict[str, str] = headers or {}
+        #: The JSON-RPC error's ``data`` member, if any.
+        self.data = data
 
 
 class ClientProtocolError(BridgeError):
@@ -110,6 +135,37 @@ class MissingSession(ClientProtocolError):
 
 class UnsupportedProtocolVersion(ClientProtocolError):
     """spec 2025-06-18 transports §Protocol Version Header (MUST 400)."""
+
+
+class InvalidParams(ClientProtocolError):
+    """spec 2026-07-28 basic/index §_meta: a required per-request field is missing (MUST 400)."""
+
+    jsonrpc_code = INVALID_PARAMS
+
+
+class HeaderMismatch(ClientProtocolError):
+    """spec 2026-07-28 transports/streamable-http §Server Validation (MUST 400 -32020)."""
+
+    jsonrpc_code = HEADER_MISMATCH
+
+
+class MissingClientCapability(ClientProtocolError):
+    """spec 2026-07-28 basic/index §_meta: ``data.requiredCapabilities`` (MUST 400 -32021)."""
+
+    jsonrpc_code = MISSING_CLIENT_CAPABILITY
+
+
+class VersionNotServed(ClientProtocolError):
+    """spec 2026-07-28 basic/versioning: ``data.supported`` and ``data.requested`` (400 -32022)."""
+
+    jsonrpc_code = UNSUPPORTED_VERSION
+
+
+class MethodNotFound(ClientProtocolError):
+    """spec 2026-07-28 transports/streamable-http §Protocol Version Header (MUST 404 -32601)."""
+
+    http_status = 404
+    jsonrpc_code = METHOD_NOT_FOUND
 
 
 class SessionNotFound(ClientProtocolError):

@@ -217,6 +217,25 @@ class Settings(BaseSettings):
         description="upstream answer to any request (tool calls can be slow); then a "
         "-32032 error to the client and notifications/cancelled upstream",
     )
+    input_gather_window: Seconds = Field(
+        0.05,
+        description="2026-07-28 clients: server-to-client requests an upstream sends within this "
+        "long of each other are asked of the client together, in one InputRequiredResult",
+    )
+    input_hold_timeout: Seconds = Field(
+        300.0,
+        description="2026-07-28 clients: how long an upstream call waits for the client's retry "
+        "with inputResponses (and its requestState stays valid); then it is cancelled upstream",
+    )
+    max_held_requests: int = Field(
+        1000, ge=1, description="2026-07-28 clients: upstream calls held for input at once; "
+        "past it a request that needs input gets 503",
+    )  # fmt: skip
+    state_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key (any string) for 2026-07-28 requestState tokens; unset: one is "
+        "made and shared through the session store, so replicas sharing a store agree",
+    )
     stdio_shutdown_grace: Seconds = Field(
         2.0, description="stdio: wait after closing stdin, and again after SIGTERM"
     )

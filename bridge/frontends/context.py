@@ -14,3 +14,4 @@ SESSION_ID: Final = web.RequestKey("session_id", str)
 SERVER: Final = web.RequestKey("server", str)  # the configured server the request is for
 DOOR: Final = web.RequestKey("front_door", str)  # "streamable_http" (default) or "legacy_sse"
 PRINCIPAL: Final = web.RequestKey("principal", str)  # who sent it, when auth is on
+MODERN: Final = web.RequestKey("modern", bool)  # served in the 2026-07-28 (sessionless) era

@@ -13,6 +13,10 @@ as plain JSON, with any unrelated upstream message routed elsewhere.
 Every event carries an id naming session, stream and position; a GET with
 ``Last-Event-ID`` resumes that stream (spec 2025-11-25 §Resumability). Clients
 of 2025-11-25 get a priming event with a ``retry`` hint first (§1.9).
+
+A POST without a session whose ``_meta`` (or ``MCP-Protocol-Version``) is of
+the sessionless 2026-07-28 era goes to :mod:`bridge.frontends.modern_http`:
+both eras on one URL (spec-notes §7).
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from bridge.errors import (
 from bridge.frontends.common import admit, read_body
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
+from bridge.frontends.modern_http import ModernFrontDoor
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Kind, Message
+from bridge.modern.wire import is_modern
 from bridge.session import Session
 from bridge.streams import Outgoing, Stream
 
@@ -115,8 +121,10 @@ class StreamableHttpFrontDoor:
         guard: Guard,
         auth: Authenticator,
         default_server: str | None,
+        modern: ModernFrontDoor,
     ) -> None:
         self._hub = hub
+        self._modern = modern
         self._config = config
         self._guard = guard
         self._auth = auth
@@ -146,6 +154,9 @@ class StreamableHttpFrontDoor:
             request[RPC_METHOD] = method
         if not batch and jsonrpc.is_request_id(first.get("id")):
             request[RPC_ID] = first["id"]
+        sessionless = SESSION_HEADER not in request.headers and not batch
+        if sessionless and is_modern(first, request.headers):
+            return await self._modern.post(request, server, principal, first, messages[0][1])
         if any(m.get("method") == "initialize" for m, _ in messages):
             if batch:
                 raise InvalidRequest("initialize must not be part of a JSON-RPC batch")
@@ -176,6 +187,7 @@ class StreamableHttpFrontDoor:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
+        self._refuse_sessionless(request)
         if not accepts(request.headers.get("Accept", ""), EVENT_STREAM):
             raise NotAcceptable(f"Accept must list {EVENT_STREAM}")
         session = await self._session(request, server, principal)
@@ -184,11 +196,22 @@ class StreamableHttpFrontDoor:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
+        self._refuse_sessionless(request)
         session_id = self._session_id(request)
         await self._hub.end(session_id, server, principal, "client sent DELETE")
         return web.Response(status=200)
 
     # -- checks ------------------------------------------------------------
+
+    @staticmethod
+    def _refuse_sessionless(request: web.Request) -> None:
+        """GET or DELETE without a session: 405, as 2026-07-28 has neither (§Backward
+        Compatibility, SHOULD); a session-era client names its revision and gets 400."""
+        if SESSION_HEADER in request.headers:
+            return
+        if request.headers.get(VERSION_HEADER) in jsonrpc.SUPPORTED_VERSIONS:
+            raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
     async def _admit(self, request: web.Request) -> tuple[str, str | None]:
         return await admit(request, self._hub, self._guard, self._auth, self._default, FRONT_DOOR)

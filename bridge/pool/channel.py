@@ -68,8 +68,12 @@ class Channel:
     behind others: a session that keeps up costs no encoding here.
     """
 
-    def __init__(self, group: Group, limit: int, max_bytes: int) -> None:
+    def __init__(self, group: Group, limit: int, max_bytes: int, *, modern: bool = False) -> None:
         self._group = group
+        #: A 2026-07-28 exchange's lane (:mod:`bridge.modern`): it is asked every
+        #: server request attributed to it and decides itself; with no log
+        #: level it gets no log messages (2026-07-28 server/utilities/logging).
+        self.modern = modern
         self._limit = limit
         self._max_bytes = max_bytes
         self._queued_bytes = 0
@@ -154,7 +158,9 @@ class Channel:
 
     def _below_level(self, message: Message) -> bool:
         if self.log_level is None:
-            return False  # never set: the server's own default applies, as it would directly
+            # never set: the server's own default applies, as it would directly; a
+            # 2026-07-28 request that asked for no level MUST get none.
+            return self.modern
         return severity(jsonrpc.params(message).get("level")) < severity(self.log_level)
 
     def end(self, reason: str) -> None:

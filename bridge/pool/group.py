@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("bridge.pool")
 
 GroupKey = Hashable
+#: Pages of ``tools/list`` read at most for :meth:`Group.tool_schema`.
+TOOL_PAGES = 20
 
 
 class Group:
@@ -58,6 +60,7 @@ class Group:
         self._home: UpstreamSession | None = None
         self.log_level: str | None = None  # applied upstream
         self._starting: asyncio.Task[UpstreamSession] | None = None
+        self._tools: dict[str, object] | None = None  # name -> inputSchema (tool_schema)
 
     def live(self) -> list[UpstreamSession]:
         return [s for s in self.sessions if not s.closed]
@@ -68,11 +71,35 @@ class Group:
 
     # -- client sessions ---------------------------------------------------
 
-    def attach(self) -> Channel:
+    def attach(self, *, modern: bool = False) -> Channel:
         config = self.pool.config
-        channel = Channel(self, config.channel_limit, config.channel_bytes)
+        channel = Channel(self, config.channel_limit, config.channel_bytes, modern=modern)
         self.channels.add(channel)
         return channel
+
+    async def tool_schema(self, name: str) -> object:
+        """The ``inputSchema`` of tool ``name`` (None if the server lists no such tool).
+
+        Listed once per group and again after ``tools/list_changed``, for the
+        2026-07-28 ``Mcp-Param-*`` checks (:func:`bridge.modern.wire.check_param_headers`).
+
+        Raises:
+            UpstreamError, PoolBusy: as :meth:`dispatch`.
+        """
+        if self._tools is None:
+            session = await self.any_session()
+            tools: dict[str, object] = {}
+            cursor = None
+            for _ in range(TOOL_PAGES):
+                result = await session.call("tools/list", {"cursor": cursor} if cursor else {})
+                for tool in result.get("tools") or []:
+                    if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                        tools[tool["name"]] = tool.get("inputSchema")
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str):
+                    break
+            self._tools = tools
+        return self._tools.get(name)
 
     async def leave(self, channel: Channel) -> None:
         """A client session let go: cancel its requests, drop its subscriptions."""
@@ -265,6 +292,8 @@ class Group:
             targets = self._subscribers.get(uri, set()) if isinstance(uri, str) else set()
         else:  # */list_changed: every client of the group (spec server/*/list_changed)
             targets = self.channels
+            if message.get("method") == "notifications/tools/list_changed":
+                self._tools = None
         for channel in list(targets):
             channel.push(message)
 
@@ -290,6 +319,11 @@ class Group:
             self.sessions.remove(session)
         if self._home is session:
             self._home = None
+
+    def discard_all(self) -> None:
+        """Take every session out of dispatch at once (a private group is closing)."""
+        self.sessions.clear()
+        self._home = None
 
     async def close_session(self, session: UpstreamSession) -> None:
         """The pool reaps or evicts an idle session."""

@@ -28,12 +28,16 @@ no clock and decides everything by the tables below. Rules (spec-notes §3.4,
    unrelated notification is dropped (counted). ``list_changed`` goes to every
    client of the group and ``resources/updated`` to the subscribers of its URI
    (the group decides: :class:`Broadcast`).
-5. **roots/list is never relayed** on a shared session. Roots are per
-   connection on the server (``server-filesystem`` reads them once, after the
-   handshake, and they bound every later call), so one client's roots would
-   widen what every other client's calls may reach. The gateway's handshake
-   does not declare ``roots``; a server that asks anyway gets an error. Pick
-   ``share: none`` for a server that needs its clients' roots.
+5. **roots/list is never relayed** to a session-era client on a shared
+   session. Roots are per connection on the server (``server-filesystem``
+   reads them once, after the handshake, and they bound every later call), so
+   one client's roots would widen what every other client's calls may reach.
+   The gateway's handshake does not declare ``roots``; a server that asks
+   anyway gets an error. Pick ``share: none`` for a server that needs its
+   clients' roots. The one exception is a 2026-07-28 request (a ``modern``
+   lane, :mod:`bridge.modern`): it runs exclusively, its client answers for
+   that request alone (``inputResponses``), and ``capable`` lets the lane
+   decide.
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ UPDATED: Final = "notifications/resources/updated"
 CAPABILITY_FOR: Final = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",
+    "roots/list": "roots",
 }
-#: Client capabilities the gateway relays on a shared upstream session; a
-#: client that declares none of them can never be called back there.
-RELAYED: Final = frozenset(CAPABILITY_FOR.values())
+#: Client capabilities the gateway relays on a shared upstream session for a
+#: session-era client; one that declares none of them can never be called
+#: back there. ``roots`` is not among them (rule 5).
+RELAYED: Final = frozenset({"sampling", "elicitation"})
 #: Requests a server answers without calling the client back (listings,
 #: settings, liveness). Anything else may call back, unknown methods included.
 NEVER_CALLS_BACK: Final = frozenset(

@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -98,6 +98,9 @@ class Pool:
         self._spares: list[UpstreamConnection] = []
         self._warming: asyncio.Task[None] | None = None
         self.state: dict[str, str] = {"status": "idle"}
+        #: The last upstream session's handshake result (``server/discover`` in mode
+        #: ``none`` answers from it rather than start an upstream for the question).
+        self.init_result: dict[str, Any] = {}
         self._closed = False
 
     # -- leasing -----------------------------------------------------------
@@ -128,6 +131,44 @@ class Pool:
             await channel.aclose()
             raise
         return channel
+
+    def group_for(self, principal: str | None, client_headers: Mapping[str, str] | None) -> Group:
+        """The group a 2026-07-28 request of ``principal`` is served by (:mod:`bridge.modern`).
+
+        In the shared modes, the group a client session of the same principal
+        and forwarded headers would use. In mode ``none`` a private group of
+        its own, which :meth:`release` closes when the request is done: no
+        upstream session is ever shared in that mode.
+        """
+        if self.config.share == "none":
+            key: Hashable = ("private", next(self.ids))
+        else:
+            key = (principal if self.config.share == "principal" else None,
+                   self._forwarded(client_headers))  # fmt: skip
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(self, key, client_headers)
+        return group
+
+    def release(self, group: Group) -> None:
+        """A 2026-07-28 request is done with ``group``: close it if it is private.
+
+        The close (a child's exit, up to its shutdown grace) runs in the
+        background: the request's answer does not wait for it.
+        """
+        if self.config.share != "none" or self._groups.get(group.key) is not group:
+            return
+        del self._groups[group.key]
+        live = group.live()
+        self._size -= len(live)
+        group.discard_all()
+        _ = tasks.spawn(self._close_private(group, live), name=f"pool-release:{self.name}")
+
+    async def _close_private(self, group: Group, live: list[UpstreamSession]) -> None:
+        for channel in list(group.channels):
+            channel.end("request done")
+        await asyncio.gather(*(session.aclose() for session in live))
+        self.notify()
 
     def _forwarded(self, headers: Mapping[str, str] | None) -> str:
         """A digest of the headers this server forwards: clients differing there never share."""
@@ -228,7 +269,11 @@ class Pool:
     async def start_session(self, group: Group) -> UpstreamSession:
         """Start and initialize an upstream session for ``group`` (room already reserved)."""
         try:
-            connection = await self._connect(group.headers)
+            spare = self._take_spare(group.headers)
+            if spare is not None:  # mode none: a private group (2026-07-28) takes a spare
+                self._size -= 1  # counted already, as a spare
+                self.warm()
+            connection = spare or await self._connect(group.headers)
             session = UpstreamSession(
                 self.name, connection, self.ids, self.config.timeouts,
                 group.route, group.lost, _capable,
@@ -244,6 +289,7 @@ class Pool:
             self.notify()
             raise
         self._started()
+        self.init_result = session.init_result
         log.info("pool_session_started", server=self.name, group=short(str(group.key)),
                  version=session.version)  # fmt: skip
         return session
@@ -375,7 +421,9 @@ class Pool:
 
 
 def _capable(lane: Lane, capability: str) -> bool:
-    return isinstance(lane, Channel) and capability in lane.capabilities
+    if not isinstance(lane, Channel):
+        return False
+    return lane.modern or capability in lane.capabilities
 
 
 def _now() -> str:

@@ -220,8 +220,9 @@ async def test_upstream_silent_on_initialize_times_out(gateway: GatewayFactory, 
         assert (await client.post(client.request("ping"))).status == 404
 
 
-async def test_sessionless_later_era_request_gets_a_plain_400(client: RawClient) -> None:
-    """spec-notes §7: a 2026-07-28 style request (no session) → 400 without -32020..-32022."""
+async def test_sessionless_later_era_request_is_checked_as_that_era(client: RawClient) -> None:
+    """spec-notes §7, issue #11: a sessionless 2026-07-28 request is served in its own era;
+    here its ``_meta`` lacks the namespaced version key: 400 -32602, not a fallback 400."""
     client.session_id = None
     discover = {
         "jsonrpc": "2.0",
@@ -230,5 +231,6 @@ async def test_sessionless_later_era_request_gets_a_plain_400(client: RawClient)
         "params": {"_meta": {"protocolVersion": "2026-07-28"}},
     }
     reply = await client.post(discover, **{"MCP-Protocol-Version": "2026-07-28"})
-    assert (reply.status, reply.error_code) == (400, errors.INVALID_REQUEST)
-    assert "initialize" in reply.messages[0]["error"]["message"]
+    assert (reply.status, reply.error_code) == (400, errors.INVALID_PARAMS)
+    assert "io.modelcontextprotocol/protocolVersion" in reply.messages[0]["error"]["message"]
+    assert "Mcp-Session-Id" not in reply.headers

@@ -9,7 +9,7 @@ import pytest
 
 from bridge import errors, jsonrpc
 from bridge.jsonrpc import Kind
-from bridge.pool.mux import Broadcast, Drop, Mux, Reply, ToLane, fits, may_call_back
+from bridge.pool.mux import RELAYED, Broadcast, Drop, Mux, Reply, ToLane, fits, may_call_back
 
 A, B = "lane-a", "lane-b"
 SAMPLING = frozenset({"sampling"})
@@ -128,12 +128,19 @@ def test_a_lane_without_the_capability_is_not_asked(method: str) -> None:
     assert "error" in routed.message
 
 
-def test_roots_list_is_refused_even_for_the_one_client_in_flight() -> None:
+def test_roots_list_goes_only_to_a_lane_that_may_be_asked_it() -> None:
+    """Rule 5: a session-era client's capabilities never include roots (RELAYED), so
+    roots/list reaches only a 2026-07-28 lane, which answers for its one request."""
+    assert "roots" not in RELAYED
     mux = Mux(itertools.count(1))
     mux.request(A, request(1), exclusive=True)
-    routed = inbound(mux, {"jsonrpc": "2.0", "id": 3, "method": "roots/list"}, frozenset({"roots"}))
+    ask = {"jsonrpc": "2.0", "id": 3, "method": "roots/list"}
+    routed = inbound(mux, ask, frozenset({"sampling", "elicitation"}))
     assert isinstance(routed, Reply)
     assert routed.message["error"]["code"] == errors.METHOD_NOT_FOUND
+    routed = inbound(mux, ask, frozenset({"roots"}))
+    assert isinstance(routed, ToLane)
+    assert routed.lane == A
 
 
 def test_server_pings_are_answered_by_the_gateway() -> None:
