@@ -184,17 +184,20 @@ INIT_PARAMS = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientI
 
 
 def sse_messages(body: bytes) -> list[dict[str, Any]]:
-    """The JSON ``data`` of every event in a whole SSE body (comments skipped)."""
+    """The JSON ``data`` of every event in a whole SSE body.
+
+    Comments are skipped, and so are events without data (a 2025-11-25 priming event).
+    """
     out: list[dict[str, Any]] = []
     data: list[str] = []
     for raw in body.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         if not raw:
-            if data:
+            if any(data):
                 out.append(json.loads("\n".join(data)))
-                data = []
+            data = []
         elif raw.startswith("data:"):
             data.append(raw[5:].removeprefix(" "))
-    if data:
+    if any(data):
         out.append(json.loads("\n".join(data)))
     return out
 
