@@ -83,6 +83,8 @@ class ModernFrontDoor:
         self._hub = hub
         self._config = config
         self.holds = Holds(config.max_holds)
+        for pool in hub.pools.values():
+            pool.reclaim = self.holds.reclaim
         self._key = config.state_secret
         self._spent: dict[tuple[str, int], float] = {}  # (hold, round) -> expiry: replay guard
 

@@ -381,6 +381,25 @@ class Holds:
     def get(self, hold_id: str) -> Exchange | None:
         return self._by_id.get(hold_id)
 
+    def reclaim(self, pool: object) -> bool:
+        """End the oldest call of ``pool`` held for input, so a waiting request gets its
+        upstream session; whether there was one. Its client's retry runs the call again
+        (the answers it gave are in the store's record): a re-run, not a refusal."""
+        held = [(e.expires, i) for i, e in self._by_id.items()
+                if e.group.pool is pool and not e.busy]  # fmt: skip
+        if not held:
+            return False
+        _, hold_id = min(held)
+        exchange = self._by_id.pop(hold_id)
+        log.info("modern_hold_reclaimed", server=exchange.group.server)
+        _ = tasks.spawn(self._end(exchange), name=f"modern-hold-reclaim:{exchange.group.server}")
+        return True
+
+    @staticmethod
+    async def _end(exchange: Exchange) -> None:
+        await exchange.aclose()
+        exchange.group.pool.release(exchange.group)
+
     def pop(self, hold_id: str) -> Exchange | None:
         return self._by_id.pop(hold_id, None)
 
@@ -392,8 +411,7 @@ class Holds:
                     if not exchange.busy and exchange.expires < now:
                         del self._by_id[hold_id]
                         log.info("modern_hold_expired", server=exchange.group.server)
-                        await exchange.aclose()
-                        exchange.group.pool.release(exchange.group)
+                        await self._end(exchange)
                 soonest = min((e.expires for e in self._by_id.values()), default=now)
                 await asyncio.sleep(max(0.05, soonest - time.time()))
         finally:

@@ -149,6 +149,9 @@ class Group:
                 if self._starting is not None or self.pool.may_start():
                     await self._start()
                 else:
+                    # A call held for its client's input (2026-07-28) gives way first:
+                    # ending it frees its upstream session and notifies the pool.
+                    _ = self.pool.reclaim(self.pool)
                     await self.pool.changed()
 
     def _pick(self, lane: Channel | None, exclusive: bool) -> UpstreamSession | None:

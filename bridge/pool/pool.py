@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -101,6 +101,10 @@ class Pool:
         #: The last upstream session's handshake result (``server/discover`` in mode
         #: ``none`` answers from it rather than start an upstream for the question).
         self.init_result: dict[str, Any] = {}
+        #: Set by the 2026-07-28 front door: end the oldest call of a pool held
+        #: for its client's input, when a request finds the pool full.
+        self.reclaim: Callable[[Pool], bool] = lambda pool: False
+        self._closing: set[asyncio.Task[None]] = set()  # private groups closing (release)
         self._closed = False
 
     # -- leasing -----------------------------------------------------------
@@ -162,7 +166,9 @@ class Pool:
         live = group.live()
         self._size -= len(live)
         group.discard_all()
-        _ = tasks.spawn(self._close_private(group, live), name=f"pool-release:{self.name}")
+        closing = tasks.spawn(self._close_private(group, live), name=f"pool-release:{self.name}")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def _close_private(self, group: Group, live: list[UpstreamSession]) -> None:
         for channel in list(group.channels):
@@ -416,6 +422,8 @@ class Pool:
             await tasks.cancel_and_wait(self._warming, 1.0, "pool closing")
         groups, self._groups = list(self._groups.values()), {}
         await asyncio.gather(*(g.aclose("gateway shutting down") for g in groups))
+        if self._closing:  # each bounded by its sessions' own close
+            await asyncio.wait(set(self._closing))
         spares, self._spares = self._spares, []
         await asyncio.gather(*(s.aclose() for s in spares))
 

@@ -328,3 +328,28 @@ async def test_a_retry_at_another_replica_sharing_the_store_carries_on(
     status, replayed, _ = await Modern(http, b, token=None).call(message)
     assert (status, replayed["error"]["code"]) == (400, -32602)  # B holds it, the store says used
     assert "already used" in replayed["error"]["message"]
+
+
+async def test_a_full_pool_takes_back_a_call_held_for_input_and_its_retry_runs_it_again(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A client that never answers must not keep the server's last upstream session from
+    others: a request that finds the pool full ends the oldest held call (cancelled
+    upstream); that call's own retry then runs it again, answering from the retry."""
+    gw, record = await start(gateway, tmp_path, share="all", pool_max=1)
+    alice, bob = Modern(http, gw.url + "/mcp"), Modern(http, gw.url + "/mcp", "bob-key")
+    _, first, _ = await alice.call(body("tools/call", ELICIT, capabilities=CAN_ELICIT))
+    ((key, _),) = first["result"]["inputRequests"].items()
+
+    status, synced, _ = await bob.call(body("tools/call", {"name": "sync", "arguments": {}}))
+    assert status == 200
+    assert synced["result"]["content"][0]["text"] == "synced"
+    assert [m for m in upstream(record) if m.get("method") == "notifications/cancelled"]
+
+    answers = {key: {"action": "accept", "content": {"name": "Ada"}}}
+    retry = body("tools/call", {**ELICIT, "requestState": first["result"]["requestState"],
+                                "inputResponses": answers}, id=2, capabilities=CAN_ELICIT)  # fmt: skip
+    status, done, _ = await alice.call(retry)
+    assert status == 200, done
+    assert json.loads(done["result"]["content"][0]["text"]) == {"name": "Ada"}
+    assert len([m for m in upstream(record) if m.get("params", {}).get("name") == "elicit"]) == 2
