@@ -357,6 +357,7 @@ class Pool:
                     group = self._groups[(None, "")] = Group(self, (None, ""), None)
                 while len(group.live()) < self.config.min and self.may_start():
                     group.sessions.append(await self.start_session(group))
+                log.info("pool_warm", server=self.name, sessions=len(group.live()))
                 return
             while len(self._spares) < self.config.min and self.may_start():
                 try:
@@ -365,6 +366,7 @@ class Pool:
                     self._size -= 1
                     raise
                 self._started()
+            log.info("pool_warm", server=self.name, spares=len(self._spares))
         except UpstreamError as exc:
             log.warning("pool_warm_failed", server=self.name, error=exc.message)
 

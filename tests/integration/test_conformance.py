@@ -247,7 +247,9 @@ async def gateway_url(
         config = tmp_path / "servers.json"
         config.write_text(json.dumps({"mcpServers": {"fixture": {"url": url, "type": upstream}}}))
         args = ["--config", str(config)]
-    _, base = await start_gateway(procs, *args, "--share", share, *options)
+    gateway, base = await start_gateway(procs, *args, "--share", share, *options)
+    if "--pool-min" in options:  # the suite starts at once: let the warm sessions be up first
+        await gateway.wait_for(r'"event": "pool_warm"')
     # dns-rebinding-protection needs a localhost URL.
     return base.replace("127.0.0.1", "localhost") + "/mcp"
 
