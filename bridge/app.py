@@ -377,11 +377,16 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         authenticator,
         default_server=default_server,
     )
-    routes = [
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/metrics", serve_metrics),
-    ]
+    # Probes, metrics and admin get no CORS: a page at another origin must not
+    # read them through the visitor's browser (issue #15).
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", serve_metrics),
+        ]
+    )
+    routes: list[web.RouteDef] = []
     for suffix in ("http", "mcp"):
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:

@@ -67,3 +67,22 @@ async def test_readyz_reports_each_upstream(gateway: GatewayFactory) -> None:
         assert ready["upstreams"]["dead"]["status"] == "failing"
         assert ready["upstreams"]["dead"]["pool"]["failures"] == 1
         assert "dead" in ready["upstreams"]["dead"]["error"]
+
+
+async def test_probe_and_admin_routes_carry_no_cors(gateway: GatewayFactory) -> None:
+    """A page at another origin cannot read /readyz, /healthz, /metrics or /admin (issue #15)."""
+    gw = await gateway([example_stdio()], admin_token=TOKEN)
+    evil = {"Origin": "http://evil.example"}
+    preflight = {**evil, "Access-Control-Request-Method": "GET"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/metrics", "/admin/sessions"):
+            auth = {"Authorization": f"Bearer {TOKEN}"} if path.startswith("/admin") else {}
+            async with http.get(f"{gw.url}{path}", headers={**evil, **auth}) as response:
+                assert response.status == 200, path
+                assert "Access-Control-Allow-Origin" not in response.headers, path
+            async with http.options(f"{gw.url}{path}", headers=preflight) as response:
+                assert "Access-Control-Allow-Origin" not in response.headers, path
+        # The MCP endpoint still answers preflights for browser clients.
+        async with http.options(f"{gw.url}/mcp", headers=preflight) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "http://evil.example"
