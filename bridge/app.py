@@ -52,6 +52,7 @@ from bridge.upstreams.streamable_http import StreamableHttpUpstream
 log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
+ADMIN: Final = web.AppKey("admin", AdminApi)
 FRONT_DOOR: Final = "streamable_http"
 #: Share of BRIDGE_SHUTDOWN_TIMEOUT given to in-flight requests; the rest
 #: releases sessions and reaps children.
@@ -147,7 +148,9 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: ``ok``, or ``degraded`` while the session store is unreachable.
 
     Degraded still answers 200: live sessions keep being served during a store
-    outage, and taking every replica out of rotation would end them too.
+    outage, and taking every replica out of rotation would end them too. A
+    crashed stdio child's ``stderr_tail`` is shown only to a request that
+    carries the admin token (``BRIDGE_ADMIN_TOKEN``).
     """
     hub = request.app[HUB]
     try:
@@ -158,6 +161,11 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
     upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    admin = request.app.get(ADMIN)
+    if admin is None or not admin.authorized(request):
+        # stderr can hold anything, redaction is best effort: operators only.
+        for report in upstreams.values():
+            report.pop("stderr_tail", None)
     for name, pool in hub.pools.items():
         upstreams[name]["pool"] = pool.health()  # type: ignore[assignment]
     body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
@@ -397,7 +405,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     mcp_routes = app.add_routes(routes)
     others: list[web.RouteDef] = []
     if settings.admin_token is not None:
-        others += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
+        app[ADMIN] = AdminApi(hub, settings.admin_token.get_secret_value())
+        others += app[ADMIN].routes()
     if metadata is not None:
         others += metadata.routes()
     app.add_routes(others)

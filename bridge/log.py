@@ -2,11 +2,14 @@
 
 Events are snake_case with key/value fields. Untrusted ids are truncated with
 :func:`short` before they are logged; tokens and header values never are.
+Text that may hold a credential (a stdio child's stderr) goes through
+:func:`redact` before it is logged or shown anywhere.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Final, Literal
 
@@ -20,6 +23,45 @@ _SHORT: Final = 8
 def short(value: str | None) -> str | None:
     """The first characters of a session id: enough to correlate, too few to use."""
     return None if value is None else value[:_SHORT]
+
+
+REDACTED: Final = "[redacted]"
+#: What looks like a credential, in the order they are replaced: a JWT, an
+#: ``Authorization`` scheme's token, a ``key=``/``token:``/``password=``...
+#: value, URL userinfo, then long hex runs and long base64 runs.
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SCHEME_TOKEN: Final = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/-]+=*")
+_KEY_VALUE: Final = re.compile(
+    r"(?i)((?:key|token|passw(?:or)?d|pwd|secret|credential)s?)"
+    r"([\"']?\s*[=:]\s*[\"']?)([^\s\"'&,;]+)"
+)
+_USERINFO: Final = re.compile(r"://[^\s/@]+@")
+_HEX_RUN: Final = re.compile(r"\b[0-9A-Fa-f]{32,}\b")
+_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}")
+
+
+def _base64_secret(match: re.Match[str]) -> str:
+    # A random token has digits, lower and upper case; a snake_case path
+    # segment, a word or a run of one letter has not, and is kept.
+    run = match.group(0)
+    mixed = any(c.isdigit() for c in run) and any(c.islower() for c in run)
+    return REDACTED if mixed and any(c.isupper() for c in run) else run
+
+
+def redact(text: str) -> str:
+    """``text`` with what looks like a credential replaced by ``[redacted]``.
+
+    Covers bearer/basic tokens, ``key=``, ``token=``, ``password=``,
+    ``secret=`` (and ``:``) values, JWTs, URL userinfo, and runs of 32 or more
+    hex or mixed-case base64 characters. Errs on the side of hiding. Linear
+    in ``len(text)``; callers bound the length first.
+    """
+    text = _JWT.sub(REDACTED, text)
+    text = _SCHEME_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _USERINFO.sub(f"://{REDACTED}@", text)
+    text = _HEX_RUN.sub(REDACTED, text)
+    return _BASE64_RUN.sub(_base64_secret, text)
 
 
 def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:

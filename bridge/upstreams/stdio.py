@@ -8,7 +8,8 @@ Contract (spec 2025-11-25 transports §stdio, lifecycle §Shutdown; spec-notes �
   the gateway's own secrets stay with the gateway.
 - One JSON message per line, compact (no embedded newline); lines over
   ``max_message_bytes`` are a protocol error.
-- stderr is logged line by line and is never an error signal.
+- stderr is logged line by line, credentials redacted
+  (:func:`bridge.log.redact`), and is never an error signal.
 - :meth:`StdioConnection.aclose` closes stdin, waits ``shutdown_grace``,
   sends SIGTERM to the group, waits ``shutdown_grace`` again, then SIGKILLs
   the group, and always reaps the child: no zombie and no orphan on any path.
@@ -42,6 +43,7 @@ import structlog
 from bridge import jsonrpc, tasks
 from bridge.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.jsonrpc import Message
+from bridge.log import redact
 from bridge.settings import StdioServer
 from bridge.upstreams.base import Health, UpstreamTimeouts, decode_frames
 from bridge.upstreams.supervisor import Supervisor, describe_exit
@@ -288,6 +290,9 @@ class StdioConnection:
                 continue
             if not line:
                 return
-            text = line.decode("utf-8", errors="replace").rstrip()[:STDERR_LINE_MAX]
+            # Redacted before it is kept or logged: stderr may hold a token.
+            # Cut a little long first, so that a token across the cut is seen whole.
+            text = line.decode("utf-8", errors="replace").rstrip()[: STDERR_LINE_MAX + 64]
+            text = redact(text)[:STDERR_LINE_MAX]
             self._stderr_tail.append(text)
             log.info("child_stderr", server=self._name, line=text)
