@@ -49,6 +49,8 @@ log = structlog.get_logger("bridge.auth")
 #: RFC 9728 §3: the well-known path segment inserted before the resource's path.
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
+#: The ``alg`` prefixes that fit each JWK ``kty`` (RFC 7518 §3.1, RFC 8037).
+_ALG_PREFIXES: Final = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA", "Ed"), "oct": ("HS",)}
 #: An unknown ``kid`` refetches the JWKS at most this often (seconds), so
 #: random kids cannot turn the gateway into a flood against the issuer.
 JWKS_MIN_REFRESH: Final = 30.0
@@ -218,7 +220,8 @@ class OAuthResourceServer:
         """The token's claims once signature, issuer, audience and times check out.
 
         Raises:
-            Unauthorized: any check fails (401, ``error="invalid_token"``).
+            Unauthorized: any check fails, an ``alg`` that does not fit the key
+                its ``kid`` names included (401, ``error="invalid_token"``).
             AuthServerDown: the JWKS cannot be fetched (503).
         """
         try:
@@ -235,7 +238,7 @@ class OAuthResourceServer:
         except jwt.PyJWKClientConnectionError as exc:
             log.warning("jwks_unavailable", url=self._config.jwks_url, error=str(exc))
             raise AuthServerDown("authorization server keys unavailable") from exc
-        except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
+        except (jwt.PyJWKClientError, jwt.InvalidTokenError, jwt.InvalidKeyError) as exc:
             raise self._challenge.unauthorized(request, _reason(exc), token=True) from exc
         return claims
 
@@ -252,6 +255,12 @@ class OAuthResourceServer:
             found = self._jwks.match_kid(keys, kid) if kid else None
         if found is None:
             raise jwt.PyJWKClientError("no signing key matches the token")
+        alg = jwt.get_unverified_header(token).get("alg")
+        if not isinstance(alg, str) or not alg.startswith(
+            _ALG_PREFIXES.get(found.key_type or "", ())
+        ):
+            # PyJWT would hand an RSA key to the EC verifier (a TypeError, a 500).
+            raise jwt.InvalidAlgorithmError("the token's alg does not fit its key")
         return found.key
 
     def _cached_keys(self) -> list[jwt.PyJWK] | None:
