@@ -38,7 +38,10 @@ class AdminApi:
     def authorized(self, request: web.Request) -> bool:
         """Whether ``request`` carries ``Authorization: Bearer <admin token>``."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._token)
+        # aiohttp keeps bytes that are not UTF-8 as surrogates: give them back
+        # as they came, rather than fail to encode them (a 500; issue #15).
+        presented = token.encode("utf-8", "surrogateescape")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented, self._token)
 
     def _authorize(self, request: web.Request) -> None:
         if not self.authorized(request):
