@@ -140,6 +140,7 @@ CASES = [
     Case("legacy/endpoint-port-not-a-number", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
     Case("legacy/endpoint-bad-ipv6", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
     Case("legacy/endpoint-userinfo", PROTOCOL, CONNECT, CONNECT_FAILED, "credentials"),
+    Case("legacy/endpoint-from-query", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
     # ... and after it, on the gateway's POST of initialize.
     Case("legacy/garbage-after-endpoint", TIMEOUT, INITIALIZE, GARBAGE),
     Case("legacy/half-event", UNAVAILABLE, INITIALIZE, LOST, "closed the connection"),
