@@ -35,7 +35,7 @@ from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
-from bridge.log import short
+from bridge.log import clip, short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.pool import Pool, PoolConfig, SessionTimeouts
 from bridge.session import SessionLimits, Stores
@@ -83,6 +83,18 @@ def _error_response(request: web.Request, status: int, code: int, text: str) -> 
     return web.json_response(body, status=status)
 
 
+#: Characters of a client's JSON-RPC method on the ``request`` log line.
+LOGGED_METHOD_MAX: Final = 100
+
+
+def logged_path(request: web.Request) -> str:
+    """The request path for the log: a session id in it (``/admin/sessions/ID``) cut short."""
+    session_id = request.match_info.get("session_id")
+    if not session_id:
+        return request.path
+    return request.path.replace(session_id, f"{short(session_id)}...")
+
+
 def _observe(request: web.Request, status: int, seconds: float) -> None:
     hub = request.app.get(HUB)
     server = request.get(SERVER)
@@ -123,20 +135,24 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 499  # client closed the connection (nginx's convention)
         raise
     except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
+        log.exception("request_failed", method=request.method, path=logged_path(request))
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
         _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
             method=request.method,
-            path=request.path,
+            path=logged_path(request),
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             session_id=short(request.get(SESSION_ID)),
-            rpc_method=request.get(RPC_METHOD),
+            rpc_method=_clip_method(request.get(RPC_METHOD)),
             front_door=request.get(DOOR, FRONT_DOOR),
         )
+
+
+def _clip_method(method: str | None) -> str | None:
+    return None if method is None else clip(method, LOGGED_METHOD_MAX)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -4,6 +4,12 @@ Events are snake_case with key/value fields. Untrusted ids are truncated with
 :func:`short` before they are logged; tokens and header values never are.
 Text that may hold a credential (a stdio child's stderr) goes through
 :func:`redact` before it is logged or shown anywhere.
+
+Every field is bounded (:func:`bound_fields`, the last step before
+rendering): a string longer than :data:`FIELD_MAX` characters (a client's
+3,000,000-character method, an upstream's error text) is cut and says how
+much was cut; lists keep :data:`LIST_MAX` items. Tracebacks get
+:data:`EXCEPTION_MAX`.
 """
 
 from __future__ import annotations
@@ -11,13 +17,16 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import RequestPayloadError
 
 _SHORT: Final = 8
+FIELD_MAX: Final = 2048  # characters of one logged string field (a stderr line is 2000)
+LIST_MAX: Final = 50  # items of one logged list field
+EXCEPTION_MAX: Final = 16384  # characters of a logged traceback
 
 
 def short(value: str | None) -> str | None:
@@ -64,6 +73,34 @@ def redact(text: str) -> str:
     return _BASE64_RUN.sub(_base64_secret, text)
 
 
+def clip(value: str, limit: int = FIELD_MAX) -> str:
+    """``value`` cut to ``limit`` characters, saying how many were cut."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...(+{len(value) - limit} chars)"
+
+
+def _bounded(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return clip(value, limit)
+    if isinstance(value, (list, tuple)):
+        items = [_bounded(item, limit) for item in value[:LIST_MAX]]
+        return items + ([f"...(+{len(value) - LIST_MAX} items)"] if len(value) > LIST_MAX else [])
+    if isinstance(value, dict):
+        return {clip(str(k), limit): _bounded(v, limit) for k, v in list(value.items())[:LIST_MAX]}
+    return value
+
+
+def bound_fields(
+    logger: Any, method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """structlog processor: every field bounded (strings to FIELD_MAX, lists to LIST_MAX)."""
+    for key, value in event_dict.items():
+        limit = EXCEPTION_MAX if key == "exception" else FIELD_MAX
+        event_dict[key] = _bounded(value, limit)
+    return event_dict
+
+
 def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
     """Route structlog and stdlib logging to stderr at ``level``."""
     renderer: structlog.types.Processor
@@ -78,6 +115,7 @@ def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            bound_fields,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
