@@ -214,6 +214,8 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
         shutdown_grace=settings.stdio_shutdown_grace,
         max_message_bytes=settings.max_message_bytes,
         max_posts=settings.upstream_max_posts,
+        stderr_log_lines=settings.stderr_log_lines,
+        stderr_log_interval=settings.stderr_log_interval,
         restart=RestartPolicy(
             backoff_base=settings.stdio_restart_backoff_base,
             backoff_max=settings.stdio_restart_backoff_max,
@@ -224,10 +226,13 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
 
 
 def make_upstream(
-    spec: ServerSpec, client: aiohttp.ClientSession, timeouts: UpstreamTimeouts
+    spec: ServerSpec,
+    client: aiohttp.ClientSession,
+    timeouts: UpstreamTimeouts,
+    metrics: Metrics | None = None,
 ) -> Upstream:
     if isinstance(spec, StdioServer):
-        return StdioUpstream(spec, timeouts)
+        return StdioUpstream(spec, timeouts, metrics)
     if isinstance(spec, SseServer):
         return SseUpstream(spec, client, timeouts)
     if isinstance(spec, StreamableHttpServer):
@@ -329,7 +334,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
     )
     timeouts = _timeouts(settings)
-    upstreams = {spec.name: make_upstream(spec, client, timeouts) for spec in servers}
+    metrics = Metrics()
+    upstreams = {spec.name: make_upstream(spec, client, timeouts, metrics) for spec in servers}
     limits = SessionLimits(
         stream_queue_size=settings.stream_queue_size,
         stream_queue_bytes=settings.stream_queue_bytes,
@@ -341,7 +347,6 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
     )
-    metrics = Metrics()
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
         for spec in servers

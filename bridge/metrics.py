@@ -172,6 +172,12 @@ class Metrics:
             "Upstream messages on a shared session delivered to no client, by reason",
             ["server", "reason"], registry=r,
         )  # fmt: skip
+        self.stderr_dropped = Counter(
+            "mcp_bridge_stderr_dropped",
+            "stdio children's stderr lines not logged (past BRIDGE_STDERR_LOG_LINES per "
+            "BRIDGE_STDERR_LOG_INTERVAL)",
+            ["server"], registry=r,
+        )  # fmt: skip
 
         self.client_sessions = Counter(
             "mcp_bridge_client_sessions_total",

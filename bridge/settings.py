@@ -236,6 +236,17 @@ class Settings(BaseSettings):
     stdio_healthy_after: Seconds = Field(
         10.0, description="stdio: a child that runs this long resets the restart delay"
     )
+    stderr_log_lines: int = Field(
+        100,
+        gt=0,
+        description="stdio: stderr lines of one child logged per BRIDGE_STDERR_LOG_INTERVAL "
+        "(a burst may use them at once); the rest are counted, not logged",
+    )
+    stderr_log_interval: Seconds = Field(
+        10.0,
+        description="stdio: the interval of BRIDGE_STDERR_LOG_LINES; lines dropped are "
+        "logged as a count once per interval",
+    )
     shutdown_timeout: Seconds = Field(10.0, description="graceful shutdown budget")
     public_path_prefix: str = Field(
         "",

@@ -6,7 +6,10 @@ A real gateway (subprocess, JSON logs) with the stdio fixture server:
   error quoting them: every log line stays under ``LINE_MAX`` characters and
   the ``request`` line's ``rpc_method`` is cut, not whole;
 - ``/admin/sessions/ID`` (show, evict) logs the id's first characters, never
-  the whole id.
+  the whole id;
+- a child that floods stderr is logged at most ``--stderr-log-lines`` lines
+  per ``--stderr-log-interval``; what was dropped is logged once per interval
+  (``child_stderr_dropped``) and counted in ``mcp_bridge_stderr_dropped_total``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import io
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.log import FIELD_MAX
 from tests.conftest import REPO, ProcFactory, start_gateway
@@ -68,3 +74,45 @@ async def test_client_fields_are_bounded_and_admin_paths_hold_no_session_id(
     for record in admin:
         assert record["path"].startswith(f"/admin/sessions/{client.session_id[:8]}")
     assert not [line for line in gateway.lines if client.session_id in line]
+
+
+async def test_a_stderr_flood_is_rate_limited_and_counted(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    flood = 20_000
+    lines, interval = 50, 1.0
+    gateway, base = await start_gateway(
+        procs,
+        "--config", str(config(tmp_path, "--stderr-flood", str(flood))),
+        "--share", "none",  # the session's own child: its DELETE ends it
+        "--stderr-log-lines", str(lines),
+        "--stderr-log-interval", str(interval),
+    )  # fmt: skip
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=BOUND)) as http:
+        client = RawClient(http, f"{base}/mcp")
+        await client.initialize()
+        await gateway.wait_for(r'"event": "child_stderr_dropped"', BOUND)
+        assert await client.delete() == 200
+        stopped = json.loads((await gateway.wait_for(r'"event": "child_stopped"', BOUND)).string)
+        async with http.get(f"{base}/metrics") as response:
+            text = await response.text()
+    [started] = gateway.json_events("child_started")
+    seconds = (at(stopped) - at(started)).total_seconds()  # the child's life, logged lines and all
+    logged = [e for e in gateway.json_events("child_stderr") if e["line"].startswith("flood ")]
+    reports = gateway.json_events("child_stderr_dropped")
+    dropped = sum(r["dropped"] for r in reports)
+    assert len(logged) + dropped == flood  # every line either logged or counted
+    # A bucket of `lines`, refilled at `lines` per `interval`; one report per interval.
+    assert len(logged) <= lines * (1 + seconds / interval) + 1, (len(logged), seconds)
+    assert len(reports) <= 2 + seconds / interval
+    assert all(r["server"] == "fixture" and r["interval_s"] == interval for r in reports)
+    [family] = [
+        f for f in text_string_to_metric_families(text) if f.name == "mcp_bridge_stderr_dropped"
+    ]
+    [sample] = [s for s in family.samples if s.name.endswith("_total")]
+    assert sample.labels == {"server": "fixture"}
+    assert sample.value == dropped
+
+
+def at(record: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(record["timestamp"])
