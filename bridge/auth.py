@@ -15,7 +15,9 @@ spec-notes §1.15 (2025-11-25 authorization) and §1.16 (session hijacking):
   and the required scopes. The 401 names the RFC 9728 protected-resource
   metadata URL, which :func:`protected_resource_metadata` serves.
 - Every authenticator returns a *principal*, a stable string naming who
-  sent the request (``key:NAME``, ``oauth:ISSUER#SUBJECT``). Sessions are
+  sent the request (``key:NAME``, ``oauth:ISSUER#SUBJECT`` for a user,
+  ``oauth:ISSUER#client:CLIENT_ID`` for a token without ``sub``; see
+  :func:`oauth_subject`). Sessions are
   bound to it (:class:`bridge.hub.SessionHub`): another principal's session
   id gets the same 404 as an unknown one (spec-notes §1.16).
 
@@ -211,8 +213,8 @@ class OAuthResourceServer:
             raise InsufficientScope(
                 f"token lacks scope {' '.join(missing)}", headers={"WWW-Authenticate": value}
             )
-        subject = claims.get("sub") or claims.get("client_id") or claims.get("azp")
-        if not isinstance(subject, str) or not subject:
+        subject = oauth_subject(claims)
+        if subject is None:
             raise self._challenge.unauthorized(request, "token names no subject", token=True)
         return f"oauth:{claims['iss']}#{subject}"
 
@@ -277,6 +279,24 @@ class OAuthResourceServer:
             return self._config.audiences
         base = self._config.public_url.rstrip("/")
         return (resource_url(self._config.public_url, request.path), base, base + "/")
+
+
+def oauth_subject(claims: dict[str, Any]) -> str | None:
+    """Who a token speaks for, after ``oauth:ISSUER#``; None if it names nobody.
+
+    A user is its ``sub``. A token without ``sub`` (client credentials) is its
+    client, ``client:`` + ``client_id`` (else ``azp``). A ``sub`` that itself
+    starts with ``client:`` or ``sub:`` gets ``sub:`` in front, so that no
+    user is ever the same principal as a client (issue #15), and no two
+    subjects are the same principal.
+    """
+    sub = claims.get("sub")
+    if isinstance(sub, str) and sub:
+        return f"sub:{sub}" if sub.startswith(("client:", "sub:")) else sub
+    client = claims.get("client_id") or claims.get("azp")
+    if isinstance(client, str) and client:
+        return f"client:{client}"
+    return None
 
 
 def _scopes(claims: dict[str, Any]) -> set[str]:

@@ -486,6 +486,43 @@ async def test_oauth_sessions_are_bound_to_the_subject(
     assert (await alice2.post(alice2.request("tools/list"))).status == 200
 
 
+async def test_users_and_clients_are_different_principals(
+    gateway: GatewayFactory, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    """A token without ``sub`` (client credentials) names its client, apart from every
+    user: a client ``alice`` is not the user ``alice``, nor a user ``client:alice``
+    (issue #15: both were ``oauth:ISS#alice``)."""
+    gw = await oauth_gateway(gateway, issuer.jwks_url)
+    tokens = {
+        "user alice": issuer.token(sub="alice"),
+        "client alice": issuer.token(sub=None, client_id="alice"),
+        "azp alice": issuer.token(sub=None, azp="alice"),
+        "user client:alice": issuer.token(sub="client:alice"),
+        "user sub:client:alice": issuer.token(sub="sub:client:alice"),
+    }
+    clients = {}
+    for who, token in tokens.items():
+        clients[who] = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {token}"})
+        await clients[who].initialize()
+    stored = {r.session_id: r.principal for r in await gw.hub.stores.sessions.list(10)}
+    principals = {who: stored[str(c.session_id)] for who, c in clients.items()}
+    assert principals == {
+        "user alice": f"oauth:{ISSUER}#alice",
+        "client alice": f"oauth:{ISSUER}#client:alice",
+        "azp alice": f"oauth:{ISSUER}#client:alice",  # azp names the client too
+        "user client:alice": f"oauth:{ISSUER}#sub:client:alice",
+        "user sub:client:alice": f"oauth:{ISSUER}#sub:sub:client:alice",
+    }
+    for who in clients:
+        for other, session in clients.items():
+            if principals[other] == principals[who]:
+                continue
+            stranger = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {tokens[who]}"})
+            stranger.session_id = session.session_id
+            reply = await stranger.post(stranger.request("tools/list"))
+            assert (reply.status, reply.error_code) == (404, SESSION_NOT_FOUND), (who, other)
+
+
 def test_oauth_mode_needs_a_public_url_and_jwks() -> None:
     with pytest.raises(ValueError, match="oauth_jwks_url and public_url"):
         Settings(oauth_issuer=ISSUER, oauth_jwks_url="http://127.0.0.1/jwks.json")
