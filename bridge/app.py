@@ -346,6 +346,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         ttl=settings.session_ttl,
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
+        max_subscriptions=settings.max_subscriptions_per_session,
     )
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)

@@ -135,7 +135,8 @@ class Metrics:
         )  # fmt: skip
         self.limited = Counter(
             "mcp_bridge_limited_total",
-            "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session)",
+            "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
+            "subscriptions_per_session, ...)",
             ["limit"],
             registry=r,
         )

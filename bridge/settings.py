@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_requests_per_session: int = Field(
         64, ge=1, description="requests in flight in one session (429 above)"
     )
+    max_subscriptions_per_session: int = Field(
+        100,
+        ge=1,
+        description="resources one session may be subscribed to; a resources/subscribe past it "
+        "gets a -32602 error and is neither sent upstream nor stored",
+    )
 
     share: Literal["none", "principal", "all"] = Field(
         "principal",
