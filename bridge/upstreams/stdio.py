@@ -14,7 +14,8 @@ Contract (spec 2025-11-25 transports §stdio, lifecycle §Shutdown; spec-notes �
   counted and the count logged once per interval), and is never an error signal.
 - :meth:`StdioConnection.aclose` closes stdin, waits ``shutdown_grace``,
   sends SIGTERM to the group, waits ``shutdown_grace`` again, then SIGKILLs
-  the group, and always reaps the child: no zombie and no orphan on any path.
+  the group, always reaps the child, and closes its pipes' transport: no
+  zombie, no orphan and no transport left for the garbage collector on any path.
   It runs shielded, so a cancelled caller cannot leave a child behind.
 
 Supervision (issue #5): a child that dies ends its connection at once, and
@@ -164,9 +165,13 @@ class StdioUpstream:
         """
         await self._admit()
         spec = self._spec
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeouts.connect):
-                process = await asyncio.create_subprocess_exec(
+                # asyncio.create_subprocess_exec, keeping the transport: the
+                # connection closes it itself (see StdioConnection._terminate).
+                transport, protocol = await loop.subprocess_exec(
+                    lambda: asyncio.subprocess.SubprocessStreamProtocol(READ_CHUNK, loop),
                     spec.command,
                     *spec.args,
                     stdin=asyncio.subprocess.PIPE,
@@ -175,8 +180,8 @@ class StdioUpstream:
                     env=self.child_env(),
                     cwd=spec.cwd,
                     start_new_session=True,
-                    limit=READ_CHUNK,
                 )
+                process = asyncio.subprocess.Process(transport, protocol, loop)
         except TimeoutError as exc:
             self.supervisor.failed_to_start("spawn timed out")
             raise UpstreamTimeout(f"server {self.name!r}: spawn timed out") from exc
@@ -187,7 +192,7 @@ class StdioUpstream:
             ) from exc
         log.info("child_started", server=self.name, pid=process.pid)
         return StdioConnection(
-            self.name, process, self._timeouts, self.supervisor, self.stderr_limiter()
+            self.name, process, self._timeouts, self.supervisor, self.stderr_limiter(), transport
         )
 
     async def _admit(self) -> None:
@@ -244,9 +249,11 @@ class StdioConnection:
         timeouts: UpstreamTimeouts,
         supervisor: Supervisor,
         stderr_limiter: StderrLimiter | None = None,
+        transport: asyncio.SubprocessTransport | None = None,
     ) -> None:
         self._name = name
         self._process = process
+        self._transport = transport
         self._timeouts = timeouts
         self._supervisor = supervisor
         self._round = supervisor.started()
@@ -351,6 +358,14 @@ class StdioConnection:
         self._signal_group(signal.SIGKILL)
         await self._wait(grace)
         await tasks.cancel_and_wait(self._stderr_task, grace, "stdio connection closed")
+        if self._transport is not None:
+            # Close the pipes now, while the loop runs. A pipe whose reading was
+            # paused (a client that reads nothing held the child back) never
+            # sees its end of file, so asyncio would leave the transport open
+            # until it is collected after the loop has closed: "Exception
+            # ignored ... BaseSubprocessTransport.__del__ ... Event loop is
+            # closed" at exit (issue #15).
+            self._transport.close()
         self._note_end(by_itself=by_itself)
         log.info(
             "child_stopped",
