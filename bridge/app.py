@@ -36,7 +36,7 @@ from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
-from bridge.log import short
+from bridge.log import clip, short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.modern.exchange import Timing
 from bridge.pool import Pool, PoolConfig, SessionTimeouts
@@ -54,6 +54,7 @@ from bridge.upstreams.streamable_http import StreamableHttpUpstream
 log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
+ADMIN: Final = web.AppKey("admin", AdminApi)
 FRONT_DOOR: Final = "streamable_http"
 #: Share of BRIDGE_SHUTDOWN_TIMEOUT given to in-flight requests; the rest
 #: releases sessions and reaps children.
@@ -88,6 +89,18 @@ def _error_response(
     if data is not None:
         body["error"]["data"] = data
     return web.json_response(body, status=status)
+
+
+#: Characters of a client's JSON-RPC method on the ``request`` log line.
+LOGGED_METHOD_MAX: Final = 100
+
+
+def logged_path(request: web.Request) -> str:
+    """The request path for the log: a session id in it (``/admin/sessions/ID``) cut short."""
+    session_id = request.match_info.get("session_id")
+    if not session_id:
+        return request.path
+    return request.path.replace(session_id, f"{short(session_id)}...")
 
 
 def _observe(request: web.Request, status: int, seconds: float) -> None:
@@ -130,20 +143,24 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 499  # client closed the connection (nginx's convention)
         raise
     except Exception:
-        log.exception("request_failed", method=request.method, path=request.path)
+        log.exception("request_failed", method=request.method, path=logged_path(request))
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
         _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
             method=request.method,
-            path=request.path,
+            path=logged_path(request),
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
             session_id=short(request.get(SESSION_ID)),
-            rpc_method=request.get(RPC_METHOD),
+            rpc_method=_clip_method(request.get(RPC_METHOD)),
             front_door=request.get(DOOR, FRONT_DOOR),
         )
+
+
+def _clip_method(method: str | None) -> str | None:
+    return None if method is None else clip(method, LOGGED_METHOD_MAX)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -155,7 +172,9 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: ``ok``, or ``degraded`` while the session store is unreachable.
 
     Degraded still answers 200: live sessions keep being served during a store
-    outage, and taking every replica out of rotation would end them too.
+    outage, and taking every replica out of rotation would end them too. A
+    crashed stdio child's ``stderr_tail`` is shown only to a request that
+    carries the admin token (``BRIDGE_ADMIN_TOKEN``).
     """
     hub = request.app[HUB]
     try:
@@ -166,6 +185,11 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
     upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    admin = request.app.get(ADMIN)
+    if admin is None or not admin.authorized(request):
+        # stderr can hold anything, redaction is best effort: operators only.
+        for report in upstreams.values():
+            report.pop("stderr_tail", None)
     for name, pool in hub.pools.items():
         upstreams[name]["pool"] = pool.health()  # type: ignore[assignment]
     body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
@@ -198,6 +222,8 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
         shutdown_grace=settings.stdio_shutdown_grace,
         max_message_bytes=settings.max_message_bytes,
         max_posts=settings.upstream_max_posts,
+        stderr_log_lines=settings.stderr_log_lines,
+        stderr_log_interval=settings.stderr_log_interval,
         restart=RestartPolicy(
             backoff_base=settings.stdio_restart_backoff_base,
             backoff_max=settings.stdio_restart_backoff_max,
@@ -208,10 +234,13 @@ def _timeouts(settings: Settings) -> UpstreamTimeouts:
 
 
 def make_upstream(
-    spec: ServerSpec, client: aiohttp.ClientSession, timeouts: UpstreamTimeouts
+    spec: ServerSpec,
+    client: aiohttp.ClientSession,
+    timeouts: UpstreamTimeouts,
+    metrics: Metrics | None = None,
 ) -> Upstream:
     if isinstance(spec, StdioServer):
-        return StdioUpstream(spec, timeouts)
+        return StdioUpstream(spec, timeouts, metrics)
     if isinstance(spec, SseServer):
         return SseUpstream(spec, client, timeouts)
     if isinstance(spec, StreamableHttpServer):
@@ -313,7 +342,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
     )
     timeouts = _timeouts(settings)
-    upstreams = {spec.name: make_upstream(spec, client, timeouts) for spec in servers}
+    metrics = Metrics()
+    upstreams = {spec.name: make_upstream(spec, client, timeouts, metrics) for spec in servers}
     limits = SessionLimits(
         stream_queue_size=settings.stream_queue_size,
         stream_queue_bytes=settings.stream_queue_bytes,
@@ -324,8 +354,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         ttl=settings.session_ttl,
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
+        max_subscriptions=settings.max_subscriptions_per_session,
     )
-    metrics = Metrics()
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
         for spec in servers
@@ -404,11 +434,16 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         authenticator,
         default_server=default_server,
     )
-    routes = [
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/metrics", serve_metrics),
-    ]
+    # Probes, metrics and admin get no CORS: a page at another origin must not
+    # read them through the visitor's browser (issue #15).
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", serve_metrics),
+        ]
+    )
+    routes: list[web.RouteDef] = []
     for suffix in ("http", "mcp"):
         routes += front.routes(f"/servers/{{server}}/{suffix}")
         if len(servers) == 1:
@@ -419,7 +454,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     mcp_routes = app.add_routes(routes)
     others: list[web.RouteDef] = []
     if settings.admin_token is not None:
-        others += AdminApi(hub, settings.admin_token.get_secret_value()).routes()
+        app[ADMIN] = AdminApi(hub, settings.admin_token.get_secret_value())
+        others += app[ADMIN].routes()
     if metadata is not None:
         others += metadata.routes()
     app.add_routes(others)

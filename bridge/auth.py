@@ -15,7 +15,9 @@ spec-notes §1.15 (2025-11-25 authorization) and §1.16 (session hijacking):
   and the required scopes. The 401 names the RFC 9728 protected-resource
   metadata URL, which :func:`protected_resource_metadata` serves.
 - Every authenticator returns a *principal*, a stable string naming who
-  sent the request (``key:NAME``, ``oauth:ISSUER#SUBJECT``). Sessions are
+  sent the request (``key:NAME``, ``oauth:ISSUER#SUBJECT`` for a user,
+  ``oauth:ISSUER#client:CLIENT_ID`` for a token without ``sub``; see
+  :func:`oauth_subject`). Sessions are
   bound to it (:class:`bridge.hub.SessionHub`): another principal's session
   id gets the same 404 as an unknown one (spec-notes §1.16).
 
@@ -49,6 +51,8 @@ log = structlog.get_logger("bridge.auth")
 #: RFC 9728 §3: the well-known path segment inserted before the resource's path.
 METADATA_PATH: Final = "/.well-known/oauth-protected-resource"
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
+#: The ``alg`` prefixes that fit each JWK ``kty`` (RFC 7518 §3.1, RFC 8037).
+_ALG_PREFIXES: Final = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA", "Ed"), "oct": ("HS",)}
 #: An unknown ``kid`` refetches the JWKS at most this often (seconds), so
 #: random kids cannot turn the gateway into a flood against the issuer.
 JWKS_MIN_REFRESH: Final = 30.0
@@ -209,8 +213,8 @@ class OAuthResourceServer:
             raise InsufficientScope(
                 f"token lacks scope {' '.join(missing)}", headers={"WWW-Authenticate": value}
             )
-        subject = claims.get("sub") or claims.get("client_id") or claims.get("azp")
-        if not isinstance(subject, str) or not subject:
+        subject = oauth_subject(claims)
+        if subject is None:
             raise self._challenge.unauthorized(request, "token names no subject", token=True)
         return f"oauth:{claims['iss']}#{subject}"
 
@@ -218,7 +222,8 @@ class OAuthResourceServer:
         """The token's claims once signature, issuer, audience and times check out.
 
         Raises:
-            Unauthorized: any check fails (401, ``error="invalid_token"``).
+            Unauthorized: any check fails, an ``alg`` that does not fit the key
+                its ``kid`` names included (401, ``error="invalid_token"``).
             AuthServerDown: the JWKS cannot be fetched (503).
         """
         try:
@@ -235,7 +240,7 @@ class OAuthResourceServer:
         except jwt.PyJWKClientConnectionError as exc:
             log.warning("jwks_unavailable", url=self._config.jwks_url, error=str(exc))
             raise AuthServerDown("authorization server keys unavailable") from exc
-        except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
+        except (jwt.PyJWKClientError, jwt.InvalidTokenError, jwt.InvalidKeyError) as exc:
             raise self._challenge.unauthorized(request, _reason(exc), token=True) from exc
         return claims
 
@@ -252,6 +257,12 @@ class OAuthResourceServer:
             found = self._jwks.match_kid(keys, kid) if kid else None
         if found is None:
             raise jwt.PyJWKClientError("no signing key matches the token")
+        alg = jwt.get_unverified_header(token).get("alg")
+        if not isinstance(alg, str) or not alg.startswith(
+            _ALG_PREFIXES.get(found.key_type or "", ())
+        ):
+            # PyJWT would hand an RSA key to the EC verifier (a TypeError, a 500).
+            raise jwt.InvalidAlgorithmError("the token's alg does not fit its key")
         return found.key
 
     def _cached_keys(self) -> list[jwt.PyJWK] | None:
@@ -268,6 +279,24 @@ class OAuthResourceServer:
             return self._config.audiences
         base = self._config.public_url.rstrip("/")
         return (resource_url(self._config.public_url, request.path), base, base + "/")
+
+
+def oauth_subject(claims: dict[str, Any]) -> str | None:
+    """Who a token speaks for, after ``oauth:ISSUER#``; None if it names nobody.
+
+    A user is its ``sub``. A token without ``sub`` (client credentials) is its
+    client, ``client:`` + ``client_id`` (else ``azp``). A ``sub`` that itself
+    starts with ``client:`` or ``sub:`` gets ``sub:`` in front, so that no
+    user is ever the same principal as a client (issue #15), and no two
+    subjects are the same principal.
+    """
+    sub = claims.get("sub")
+    if isinstance(sub, str) and sub:
+        return f"sub:{sub}" if sub.startswith(("client:", "sub:")) else sub
+    client = claims.get("client_id") or claims.get("azp")
+    if isinstance(client, str) and client:
+        return f"client:{client}"
+    return None
 
 
 def _scopes(claims: dict[str, Any]) -> set[str]:

@@ -2,24 +2,103 @@
 
 Events are snake_case with key/value fields. Untrusted ids are truncated with
 :func:`short` before they are logged; tokens and header values never are.
+Text that may hold a credential (a stdio child's stderr) goes through
+:func:`redact` before it is logged or shown anywhere.
+
+Every field is bounded (:func:`bound_fields`, the last step before
+rendering): a string longer than :data:`FIELD_MAX` characters (a client's
+3,000,000-character method, an upstream's error text) is cut and says how
+much was cut; lists keep :data:`LIST_MAX` items. Tracebacks get
+:data:`EXCEPTION_MAX`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web import RequestPayloadError
 
 _SHORT: Final = 8
+FIELD_MAX: Final = 2048  # characters of one logged string field (a stderr line is 2000)
+LIST_MAX: Final = 50  # items of one logged list field
+EXCEPTION_MAX: Final = 16384  # characters of a logged traceback
 
 
 def short(value: str | None) -> str | None:
     """The first characters of a session id: enough to correlate, too few to use."""
     return None if value is None else value[:_SHORT]
+
+
+REDACTED: Final = "[redacted]"
+#: What looks like a credential, in the order they are replaced: a JWT, an
+#: ``Authorization`` scheme's token, a ``key=``/``token:``/``password=``...
+#: value, URL userinfo, then long hex runs and long base64 runs.
+_JWT: Final = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+_SCHEME_TOKEN: Final = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/-]+=*")
+_KEY_VALUE: Final = re.compile(
+    r"(?i)((?:key|token|passw(?:or)?d|pwd|secret|credential)s?)"
+    r"([\"']?\s*[=:]\s*[\"']?)([^\s\"'&,;]+)"
+)
+_USERINFO: Final = re.compile(r"://[^\s/@]+@")
+_HEX_RUN: Final = re.compile(r"\b[0-9A-Fa-f]{32,}\b")
+_BASE64_RUN: Final = re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}")
+
+
+def _base64_secret(match: re.Match[str]) -> str:
+    # A random token has digits, lower and upper case; a snake_case path
+    # segment, a word or a run of one letter has not, and is kept.
+    run = match.group(0)
+    mixed = any(c.isdigit() for c in run) and any(c.islower() for c in run)
+    return REDACTED if mixed and any(c.isupper() for c in run) else run
+
+
+def redact(text: str) -> str:
+    """``text`` with what looks like a credential replaced by ``[redacted]``.
+
+    Covers bearer/basic tokens, ``key=``, ``token=``, ``password=``,
+    ``secret=`` (and ``:``) values, JWTs, URL userinfo, and runs of 32 or more
+    hex or mixed-case base64 characters. Errs on the side of hiding. Linear
+    in ``len(text)``; callers bound the length first.
+    """
+    text = _JWT.sub(REDACTED, text)
+    text = _SCHEME_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    text = _USERINFO.sub(f"://{REDACTED}@", text)
+    text = _HEX_RUN.sub(REDACTED, text)
+    return _BASE64_RUN.sub(_base64_secret, text)
+
+
+def clip(value: str, limit: int = FIELD_MAX) -> str:
+    """``value`` cut to ``limit`` characters, saying how many were cut."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...(+{len(value) - limit} chars)"
+
+
+def _bounded(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return clip(value, limit)
+    if isinstance(value, (list, tuple)):
+        items = [_bounded(item, limit) for item in value[:LIST_MAX]]
+        return items + ([f"...(+{len(value) - LIST_MAX} items)"] if len(value) > LIST_MAX else [])
+    if isinstance(value, dict):
+        return {clip(str(k), limit): _bounded(v, limit) for k, v in list(value.items())[:LIST_MAX]}
+    return value
+
+
+def bound_fields(
+    logger: Any, method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """structlog processor: every field bounded (strings to FIELD_MAX, lists to LIST_MAX)."""
+    for key, value in event_dict.items():
+        limit = EXCEPTION_MAX if key == "exception" else FIELD_MAX
+        event_dict[key] = _bounded(value, limit)
+    return event_dict
 
 
 def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
@@ -36,6 +115,7 @@ def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            bound_fields,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

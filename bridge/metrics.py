@@ -135,7 +135,8 @@ class Metrics:
         )  # fmt: skip
         self.limited = Counter(
             "mcp_bridge_limited_total",
-            "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session)",
+            "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
+            "subscriptions_per_session, ...)",
             ["limit"],
             registry=r,
         )
@@ -171,6 +172,12 @@ class Metrics:
             "mcp_bridge_pool_dropped_total",
             "Upstream messages on a shared session delivered to no client, by reason",
             ["server", "reason"], registry=r,
+        )  # fmt: skip
+        self.stderr_dropped = Counter(
+            "mcp_bridge_stderr_dropped",
+            "stdio children's stderr lines not logged (past BRIDGE_STDERR_LOG_LINES per "
+            "BRIDGE_STDERR_LOG_INTERVAL)",
+            ["server"], registry=r,
         )  # fmt: skip
 
         self.client_sessions = Counter(

@@ -78,6 +78,7 @@ class SessionLimits:
     ttl: float
     retry_ms: int
     max_requests: int = 64  # requests in flight at once (429 above)
+    max_subscriptions: int = 100  # resources/subscribe URIs held at once (-32602 above)
     stream_queue_bytes: int = 16 * 1024 * 1024  # per stream, and for the standalone buffer
 
 
@@ -328,6 +329,9 @@ class Session(StreamResumption):
                 request = self._negotiate(request)
             upstream_message = self._router.client_request(request, key)
             up_id = upstream_message["id"]
+            if (refusal := self._over_limit(request)) is not None:
+                await self._deliver(self._router.fail(up_id, *refusal), wait=False)
+                continue
             if is_initialize:
                 self._watch_initialize(up_id)
             self._sent_at[up_id] = time.monotonic()
@@ -347,6 +351,21 @@ class Session(StreamResumption):
                 continue
             if handshake.remember(self.record, request):
                 await self._save_record()
+
+    def _over_limit(self, request: Message) -> tuple[int, str] | None:
+        """The error for a request refused here, never sent upstream; None to send it.
+
+        A ``resources/subscribe`` of a URI not yet held, past ``max_subscriptions``,
+        is refused with -32602: each subscription is stored and replayed on every
+        resume, so they must be bounded (issue #15).
+        """
+        if request.get("method") != "resources/subscribe":
+            return None
+        held, limit = self.record.subscriptions, self._limits.max_subscriptions
+        if jsonrpc.params(request).get("uri") in held or len(held) < limit:
+            return None
+        self._metrics.limited.labels("subscriptions_per_session").inc()
+        return errors.INVALID_PARAMS, f"more than {limit} resource subscriptions in this session"
 
     def _abandon(self, up_id: int, key: int) -> None:
         """Forget a request that was never sent, and its stream."""

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_requests_per_session: int = Field(
         64, ge=1, description="requests in flight in one session (429 above)"
     )
+    max_subscriptions_per_session: int = Field(
+        100,
+        ge=1,
+        description="resources one session may be subscribed to; a resources/subscribe past it "
+        "gets a -32602 error and is neither sent upstream nor stored",
+    )
 
     share: Literal["none", "principal", "all"] = Field(
         "principal",
@@ -254,6 +260,17 @@ class Settings(BaseSettings):
     )
     stdio_healthy_after: Seconds = Field(
         10.0, description="stdio: a child that runs this long resets the restart delay"
+    )
+    stderr_log_lines: int = Field(
+        100,
+        gt=0,
+        description="stdio: stderr lines of one child logged per BRIDGE_STDERR_LOG_INTERVAL "
+        "(a burst may use them at once); the rest are counted, not logged",
+    )
+    stderr_log_interval: Seconds = Field(
+        10.0,
+        description="stdio: the interval of BRIDGE_STDERR_LOG_LINES; lines dropped are "
+        "logged as a count once per interval",
     )
     shutdown_timeout: Seconds = Field(10.0, description="graceful shutdown budget")
     public_path_prefix: str = Field(

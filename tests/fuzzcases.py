@@ -11,18 +11,30 @@ The fuzzer only ever presents the session ids in :class:`Targets` (the
 caller's session A, never another) or made-up ones, so a test can assert
 that no answer carries another session's data. It never writes a well-formed
 ``initialize``: each would start an upstream process.
+
+:class:`RouteFuzzer` aims at every route of a gateway that asks for
+credentials (probes, metrics, admin, RFC 9728 metadata, both front doors),
+with credentials good and bad (API key, admin token, JWT header
+permutations from :func:`jwt_permutations`) and header bytes outside ASCII.
+Its well-formed ``initialize`` goes only to legacy SSE servers whose
+``endpoint`` event names one of :data:`MALFORMED_ENDPOINTS`: a connection
+the gateway must refuse, starting no process.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import random
 import string
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
+
+import jwt
 
 T = TypeVar("T")
 ACCEPT_BOTH: Final = "application/json, text/event-stream"
@@ -331,7 +343,7 @@ class Fuzzer:
 
     def _break_http(self, case: Case) -> Case:
         """The case broken at the HTTP level: framing, request line, header syntax."""
-        kind = self.rng.randrange(12)
+        kind = self.rng.randrange(14)
         lines = [f"{n}: {v}" for n, v in case.headers if n.lower() != "content-length"]
         body = case.body
         start = f"{case.method} {case.target} HTTP/1.1"
@@ -520,3 +532,199 @@ HOSTILE_VALUES: Final[dict[str, tuple[Any, ...]]] = {
     "Authorization": ("Bearer x", "Basic Og==", "Bearer " + "a" * 3000, ""),
     "Range": ("bytes=0-1", "bytes=-1"),
 }  # fmt: skip
+
+
+# -- every route, with credentials ------------------------------------------------
+
+#: ``endpoint`` event URLs a legacy SSE upstream may send that the gateway must
+#: refuse (``{host}`` is the upstream's own host and port): bad ports, broken
+#: hosts, userinfo, other origins. Each was a 500 or a POST elsewhere before.
+MALFORMED_ENDPOINTS: Final = (
+    "http://127.0.0.1:99999/messages", "http://127.0.0.1:-1/messages",
+    "http://127.0.0.1:port/messages", "http://127.0.0.1:+80/messages",
+    "http://127.0.0.1: 80/messages", "http://127.0.0.1:0/messages",
+    "http://127.0.0.1:65536/messages", "http://[::1/messages", "http://[zz]/messages",
+    "http://[::1]:99999/messages", "http://[v1.x]/messages", "http://%zz/messages",
+    "http://user:pw@{host}/messages", "http://user@{host}/messages", "http://:@{host}/messages",
+    "//{host}@evil.example.com/messages", "http://{host}@evil.example.com/messages",
+    "javascript:alert(1)", "file:///etc/passwd", "ftp://{host}/messages",
+    "https://{host}/messages", "http://1.2.3.4.5/messages", "//evil.example.com/messages",
+    "http://evil.example.com:{host}/messages",
+)  # fmt: skip
+#: Raw header lines with bytes outside ASCII (latin-1, invalid UTF-8, valid UTF-8).
+NON_ASCII_LINES: Final = (
+    *NON_ASCII_HEADERS,
+    b"Authorization: Bearer \xff\xfe", b"Authorization: Bearer \xc3\xa9t\xc3\xa9",
+    b"Authorization: \xe9", b"Authorization: Bearer tok\x80\x81", b"Authorization: B\xe9arer x",
+    b"Host: 127.0.0.1\xff", b"Accept: text/event-stream\xff", b"Content-Type: application/json\xfe",
+    b"Cookie: \xff=\xfe", b"X-Forwarded-For: \xc0\xaf", b"User-Agent: \xf0\x9f\x98\x80",
+    b"Access-Control-Request-Method: P\xd6ST", b"Origin: http://127.0.0.1\xff",
+)  # fmt: skip
+ROUTE_METHODS: Final = ("GET", "GET", "POST", "DELETE", "OPTIONS", "HEAD", "PUT")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def raw_jwt(header: Any, claims: Any, signature: bytes = b"not-a-signature") -> str:
+    """A JWT of any header and claims (JSON values, or bytes as they are), unsigned."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    body = claims if isinstance(claims, bytes) else json.dumps(claims).encode()
+    return f"{_b64(head)}.{_b64(body)}.{_b64(signature)}"
+
+
+def jwt_permutations(
+    issuer: str, audience: str, keys: dict[str, Any], hmac_secret: str
+) -> dict[str, str]:
+    """Tokens for an issuer whose JWKS publishes ``keys`` (kid -> private key; RSA
+    ``k1``, EC ``e1``): one good one per key, then header permutations that must
+    all get 401: ``alg`` against each ``kid``'s key type (signed for real),
+    odd ``alg`` and ``kid`` values, extra header fields, broken structure."""
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "sub": "fuzz", "exp": now + 3600, "iat": now}
+    tokens = {
+        "good RS256 k1": jwt.encode(claims, keys["k1"], "RS256", headers={"kid": "k1"}),
+        "good ES256 e1": jwt.encode(claims, keys["e1"], "ES256", headers={"kid": "e1"}),
+    }
+    signers = {"RS256": keys["k1"], "PS256": keys["k1"], "ES256": keys["e1"], "HS256": hmac_secret}
+    for alg, signer in signers.items():
+        for kid in ("k1", "e1"):
+            name = f"{alg} signed, kid {kid}"
+            if name not in ("RS256 signed, kid k1", "ES256 signed, kid e1"):
+                tokens[name] = jwt.encode(claims, signer, alg, headers={"kid": kid})
+    algs: tuple[Any, ...] = ("RS256", "ES256", "PS256", "HS256", "EdDSA", "none", "", "rs256",
+                             "RS256 ", None, 5, ["RS256"], {"a": 1})  # fmt: skip
+    kids: tuple[Any, ...] = ("k1", "e1", "nope", "", 5, None, ["k1"], {"k": 1}, "k1" * 2000)
+    for alg in algs:
+        for kid in kids:
+            header = {"typ": "JWT", "alg": alg, "kid": kid}
+            tokens[f"alg {alg!r:.12} kid {kid!r:.12}"] = raw_jwt(header, claims)
+        tokens[f"alg {alg!r:.12} no kid"] = raw_jwt({"alg": alg}, claims)
+    extras: dict[str, Any] = {
+        "crit": {"alg": "RS256", "kid": "k1", "crit": ["exp"]},
+        "jku": {"alg": "RS256", "kid": "k1", "jku": "http://evil.example.com/jwks"},
+        "x5u": {"alg": "RS256", "kid": "k1", "x5u": "http://evil.example.com/cert"},
+        "jwk": {"alg": "RS256", "jwk": {"kty": "oct", "k": "c2VjcmV0"}},
+        "b64 false": {"alg": "RS256", "kid": "k1", "b64": False, "crit": ["b64"]},
+        "no alg": {"kid": "k1"},
+        "list header": ["RS256"],
+        "number header": 5,
+        "null header": None,
+    }
+    for name, header in extras.items():
+        tokens[f"header {name}"] = raw_jwt(header, claims)
+    tokens |= {
+        "header not JSON": raw_jwt(b"{not json", claims),
+        "header not UTF-8": raw_jwt(b"\xff\xfe", claims),
+        "claims not JSON": raw_jwt({"alg": "RS256", "kid": "k1"}, b"\xff{"),
+        "claims a list": raw_jwt({"alg": "RS256", "kid": "k1"}, [1, 2]),
+        "two parts": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0",
+        "four parts": "a.b.c.d",
+        "dots": "..",
+        "bad base64": "eyJ!.eyJ!.sig",
+        "huge": raw_jwt({"alg": "RS256", "kid": "k1", "pad": "x" * 6000}, claims),
+    }
+    return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTargets:
+    """What :class:`RouteFuzzer` aims at on a gateway that asks for credentials."""
+
+    host: str  # "127.0.0.1:PORT"
+    server: str  # a working server, never initialized by the fuzz
+    hostile: tuple[str, ...]  # legacy SSE servers with a MALFORMED_ENDPOINTS endpoint
+    credentials: dict[str, tuple[str, ...]]  # kind -> Authorization values of that kind
+
+
+class RouteFuzzer(Fuzzer):
+    """Every route, every credential, header bytes outside ASCII; all sent raw."""
+
+    def __init__(self, seed: int, targets: RouteTargets, body_limit: int) -> None:
+        super().__init__(seed, Targets(targets.host, targets.server, (), (), ()), body_limit)
+        self.routes = targets
+
+    def route_case(self) -> tuple[Case, str]:
+        """A case and the kind of credentials it presents."""
+        label, target, mcp, hostile = self._route()
+        method = "POST" if hostile and self.chance(0.8) else str(self.pick(ROUTE_METHODS))
+        initialize = hostile and method == "POST" and self.chance(0.7)
+        if initialize:
+            body = json.dumps(INITIALIZE).encode()
+        elif method in ("POST", "PUT", "DELETE") and self.chance(0.8):
+            body = self._body(method)
+        else:
+            body = b""
+        headers: list[tuple[str, str]] = [("Host", self.routes.host)]
+        accept = ACCEPT_BOTH if initialize else self.pick([ACCEPT_BOTH, "text/event-stream", "*/*"])
+        headers.append(("Accept", accept))
+        credential = "no credentials"
+        if hostile and initialize and self.chance(0.7):  # mostly past the front door
+            credential = str(self.pick(["api key", "good JWT"]))
+            headers.append(("Authorization", self.pick(self.routes.credentials[credential])))
+        elif self.chance(0.9):
+            credential = str(self.pick(sorted(self.routes.credentials)))
+            headers.append(("Authorization", self.pick(self.routes.credentials[credential])))
+        if body:
+            headers.append(("Content-Type", "application/json"))
+        if method == "OPTIONS" and self.chance(0.7):
+            headers.append(("Origin", self.pick(["http://evil.example", "http://localhost:6274"])))
+            headers.append(("Access-Control-Request-Method", "POST"))
+        if mcp and not initialize and self.chance(0.5):
+            headers.append(("Mcp-Session-Id", self._fake_session_id()))
+        if self.chance(0.3):
+            headers.append(("MCP-Protocol-Version", self.pick(VERSIONS)))
+        headers += [("Content-Length", str(len(body))), ("Connection", "close")]
+        route = f"{method} {label}"
+        raw = _http([f"{method} {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in headers], body)
+        if self.chance(0.5):  # one or two header lines with bytes outside ASCII
+            for _ in range(self.rng.randrange(1, 3)):
+                line = self.pick(NON_ASCII_LINES)
+                raw = raw.replace(b"\r\n", b"\r\n" + line + b"\r\n", 1)
+            credential += " + non-ASCII header"
+        return Case(route, mcp, method, target, tuple(headers), body, raw), credential
+
+    def _route(self) -> tuple[str, str, bool, bool]:
+        """(label, target, an MCP front-door route, a hostile server's route)."""
+        server, hostile = self.routes.server, self.pick(self.routes.hostile)
+        kind = self.rng.randrange(14)
+        if kind == 0:
+            return "/healthz", "/healthz", False, False
+        if kind == 1:
+            return "/readyz", "/readyz", False, False
+        if kind == 2:
+            return "/metrics", "/metrics", False, False
+        if kind == 3:
+            limit = self.pick(["", "?limit=5", "?limit=-1", "?limit=x", "?limit=" + "9" * 30])
+            return "/admin/sessions", "/admin/sessions" + limit, False, False
+        if kind == 4:
+            fake = quote(self._fake_session_id(), safe="")
+            return "/admin/sessions/ID", f"/admin/sessions/{fake or 'x'}", False, False
+        if kind == 5:
+            path = self.pick(["", "/gw/mcp", f"/gw/servers/{server}/http", "/nope", "/%ff"])
+            return "/.well-known/...", f"/.well-known/oauth-protected-resource{path}", False, False
+        if kind in (6, 7):
+            leaf = self.pick(["mcp", "http"])
+            return f"/servers/NAME/{leaf}", f"/servers/{server}/{leaf}", True, False
+        if kind == 8:
+            query = self.pick(["", "?session_id=x", "?session_id=" + "a" * 43])
+            label = "/servers/NAME/messages/"
+            return label, f"/servers/{server}/messages/{query}", True, False
+        if kind == 9:
+            return "/servers/NAME/sse", f"/servers/{server}/sse", True, False
+        if kind in (10, 11, 12):
+            return "/servers/HOSTILE/mcp", f"/servers/{hostile}/mcp", True, True
+        return "unknown", self.pick(UNKNOWN_PATHS).replace("{server}", server), False, False
+
+
+INITIALIZE: Final = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "route-fuzz", "version": "0"},
+    },
+}

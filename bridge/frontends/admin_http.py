@@ -2,7 +2,8 @@
 
 Mounted only when ``BRIDGE_ADMIN_TOKEN`` is set, and every call must carry
 ``Authorization: Bearer <that token>`` (compared in constant time; 401
-otherwise). Front-door auth for MCP clients is separate (issue #5).
+otherwise). Front-door auth for MCP clients is separate (issue #5). The same
+token shows ``/readyz`` the crashed stdio children's stderr tails (issue #15).
 
 - ``GET /admin/sessions?limit=N``: summaries, one per stored session
 - ``GET /admin/sessions/{id}``: the stored record
@@ -34,9 +35,16 @@ class AdminApi:
             web.delete("/admin/sessions/{session_id}", self.evict),
         ]
 
-    def _authorize(self, request: web.Request) -> None:
+    def authorized(self, request: web.Request) -> bool:
+        """Whether ``request`` carries ``Authorization: Bearer <admin token>``."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+        # aiohttp keeps bytes that are not UTF-8 as surrogates: give them back
+        # as they came, rather than fail to encode them (a 500; issue #15).
+        presented = token.encode("utf-8", "surrogateescape")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented, self._token)
+
+    def _authorize(self, request: web.Request) -> None:
+        if not self.authorized(request):
             raise web.HTTPUnauthorized(
                 headers={"WWW-Authenticate": 'Bearer realm="mcp-bridge admin"'}
             )

@@ -111,6 +111,8 @@ class UpstreamTimeouts:
     max_message_bytes: int
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     max_posts: int = 8  # legacy SSE: POSTs in flight at once per server (each holds a connection)
+    stderr_log_lines: int = 100  # stdio: stderr lines logged per child per stderr_log_interval
+    stderr_log_interval: float = 10.0  # seconds
 
 
 def decode_frames(text: str | bytes, server: str) -> Iterator[Message]:

@@ -5,7 +5,9 @@ Contract (spec-notes §2):
 - ``connect`` GETs the SSE URL and waits, within ``upstream_connect_timeout``,
   for the ``endpoint`` event; its data is resolved against the SSE URL and
   must stay on the same origin (an upstream must not redirect our POSTs, and
-  the credentials in ``headers``, elsewhere). The answer must be a 200 event
+  the credentials in ``headers``, elsewhere) and carry no userinfo (aiohttp
+  would turn it into an ``Authorization`` header); a malformed URL is an
+  UpstreamProtocolError like those. The answer must be a 200 event
   stream; events before ``endpoint`` are kept for messages(), up to
   ``max_message_bytes`` of them in all, past which the upstream is flooding
   rather than shaking hands (UpstreamProtocolError).
@@ -41,8 +43,41 @@ EVENT_STREAM: Final = "text/event-stream"
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port of ``url``.
+
+    Raises:
+        ValueError: a malformed URL (a port out of range or not a number, an unclosed ``[``).
+    """
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
+
+
+def _userinfo(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[0]
+
+
+def endpoint_url(base: str, data: str, server: str) -> str:
+    """The absolute URL an ``endpoint`` event's ``data`` names, resolved against ``base``.
+
+    Raises:
+        UpstreamProtocolError: the URL is malformed, carries credentials
+            (userinfo) other than ``base``'s, or is not on ``base``'s origin.
+    """
+    try:
+        endpoint = urljoin(base, data.strip())
+        origin = _origin(endpoint)
+        # Only the configured URL's own userinfo, if any, may come back.
+        userinfo = _userinfo(endpoint) != _userinfo(base)
+        same = origin == _origin(base)
+    except ValueError:
+        raise UpstreamProtocolError(
+            f"server {server!r}: endpoint event names a malformed URL"
+        ) from None
+    if userinfo:
+        raise UpstreamProtocolError(f"server {server!r}: endpoint event URL carries credentials")
+    if not same:
+        raise UpstreamProtocolError(f"server {server!r}: endpoint event points to another origin")
+    return endpoint
 
 
 class SseUpstream:
@@ -107,11 +142,7 @@ class SseUpstream:
                         )
                     early.append(event)
                     continue
-                endpoint = urljoin(self._url, event.data.strip())
-                if _origin(endpoint) != _origin(self._url):
-                    raise UpstreamProtocolError(
-                        f"server {self.name!r}: endpoint event points to another origin"
-                    )
+                endpoint = endpoint_url(self._url, event.data, self.name)
                 log.debug("upstream_endpoint", server=self.name)
                 return SseConnection(self, response, decoder, endpoint, early, extra)
         raise UpstreamProtocolError(f"server {self.name!r}: stream ended before endpoint event")

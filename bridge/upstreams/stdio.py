@@ -8,10 +8,14 @@ Contract (spec 2025-11-25 transports §stdio, lifecycle §Shutdown; spec-notes �
   the gateway's own secrets stay with the gateway.
 - One JSON message per line, compact (no embedded newline); lines over
   ``max_message_bytes`` are a protocol error.
-- stderr is logged line by line and is never an error signal.
+- stderr is logged line by line, credentials redacted
+  (:func:`bridge.log.redact`), at most ``stderr_log_lines`` per
+  ``stderr_log_interval`` per child (:class:`StderrLimiter`: the rest are
+  counted and the count logged once per interval), and is never an error signal.
 - :meth:`StdioConnection.aclose` closes stdin, waits ``shutdown_grace``,
   sends SIGTERM to the group, waits ``shutdown_grace`` again, then SIGKILLs
-  the group, and always reaps the child: no zombie and no orphan on any path.
+  the group, always reaps the child, and closes its pipes' transport: no
+  zombie, no orphan and no transport left for the garbage collector on any path.
   It runs shielded, so a cancelled caller cannot leave a child behind.
 
 Supervision (issue #5): a child that dies ends its connection at once, and
@@ -34,7 +38,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
 
 import structlog
@@ -42,6 +46,8 @@ import structlog
 from bridge import jsonrpc, tasks
 from bridge.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from bridge.jsonrpc import Message
+from bridge.log import redact
+from bridge.metrics import Metrics
 from bridge.settings import StdioServer
 from bridge.upstreams.base import Health, UpstreamTimeouts, decode_frames
 from bridge.upstreams.supervisor import Supervisor, describe_exit
@@ -56,12 +62,90 @@ READ_CHUNK: Final = 64 * 1024
 STDERR_LINE_MAX: Final = 2000  # characters of one stderr line that reach the log
 
 
+class StderrLimiter:
+    """Which of one child's stderr lines are logged: a token bucket (issue #15).
+
+    The bucket holds ``lines`` tokens and refills at ``lines`` per
+    ``interval`` seconds; a line is logged if it takes a token, else it is
+    counted (``dropped``, and ``mcp_bridge_stderr_dropped_total{server}``).
+    What was dropped is logged as ``child_stderr_dropped`` with its count
+    once per interval while lines drop (a timer, so a burst is reported
+    within the interval even if the child then falls silent), and once more
+    by :meth:`flush` when stderr ends.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        lines: int,
+        interval: float,
+        counter: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.server = server
+        self._capacity = float(lines)
+        self._rate = lines / interval  # tokens per second
+        self._interval = interval
+        self._counter = counter
+        self._clock = clock
+        self._tokens = float(lines)
+        self._refilled = self._reported = clock()
+        self._report: asyncio.TimerHandle | None = None  # the next report, once lines drop
+        self.dropped = 0  # since the last report
+
+    def admit(self) -> bool:
+        """Whether the next line may be logged; reports the dropped count when due."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._refilled) * self._rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            admitted = True
+        else:
+            admitted = False
+            self.dropped += 1
+            if self._counter is not None:
+                self._counter()
+            if self._report is None:  # the count goes out within the interval
+                delay = max(0.0, self._reported + self._interval - now)
+                self._report = asyncio.get_running_loop().call_later(delay, self.flush)
+        return admitted
+
+    def flush(self) -> None:
+        """Log the count dropped since the last report, if any."""
+        if self._report is not None:
+            self._report.cancel()
+            self._report = None
+        if self.dropped:
+            log.warning(
+                "child_stderr_dropped",
+                server=self.server,
+                dropped=self.dropped,
+                interval_s=self._interval,
+            )
+        self.dropped = 0
+        self._reported = self._clock()
+
+
 class StdioUpstream:
-    def __init__(self, spec: StdioServer, timeouts: UpstreamTimeouts) -> None:
+    def __init__(
+        self, spec: StdioServer, timeouts: UpstreamTimeouts, metrics: Metrics | None = None
+    ) -> None:
         self.name = spec.name
         self._spec = spec
         self._timeouts = timeouts
+        self._metrics = metrics
         self.supervisor = Supervisor(spec.name, timeouts.restart)
+
+    def stderr_limiter(self) -> StderrLimiter:
+        """A fresh token bucket for one child's stderr (settings ``stderr_log_*``)."""
+        counter = None
+        if self._metrics is not None:
+            counter = self._metrics.stderr_dropped.labels(self.name).inc
+        timeouts = self._timeouts
+        return StderrLimiter(
+            self.name, timeouts.stderr_log_lines, timeouts.stderr_log_interval, counter
+        )
 
     def child_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
@@ -81,9 +165,13 @@ class StdioUpstream:
         """
         await self._admit()
         spec = self._spec
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeouts.connect):
-                process = await asyncio.create_subprocess_exec(
+                # asyncio.create_subprocess_exec, keeping the transport: the
+                # connection closes it itself (see StdioConnection._terminate).
+                transport, protocol = await loop.subprocess_exec(
+                    lambda: asyncio.subprocess.SubprocessStreamProtocol(READ_CHUNK, loop),
                     spec.command,
                     *spec.args,
                     stdin=asyncio.subprocess.PIPE,
@@ -92,8 +180,8 @@ class StdioUpstream:
                     env=self.child_env(),
                     cwd=spec.cwd,
                     start_new_session=True,
-                    limit=READ_CHUNK,
                 )
+                process = asyncio.subprocess.Process(transport, protocol, loop)
         except TimeoutError as exc:
             self.supervisor.failed_to_start("spawn timed out")
             raise UpstreamTimeout(f"server {self.name!r}: spawn timed out") from exc
@@ -103,7 +191,9 @@ class StdioUpstream:
                 f"server {self.name!r}: cannot start {spec.command!r}: {exc.strerror}"
             ) from exc
         log.info("child_started", server=self.name, pid=process.pid)
-        return StdioConnection(self.name, process, self._timeouts, self.supervisor)
+        return StdioConnection(
+            self.name, process, self._timeouts, self.supervisor, self.stderr_limiter(), transport
+        )
 
     async def _admit(self) -> None:
         """Wait out the restart delay if it ends within ``restart.wait``; else fail fast."""
@@ -158,9 +248,12 @@ class StdioConnection:
         process: asyncio.subprocess.Process,
         timeouts: UpstreamTimeouts,
         supervisor: Supervisor,
+        stderr_limiter: StderrLimiter | None = None,
+        transport: asyncio.SubprocessTransport | None = None,
     ) -> None:
         self._name = name
         self._process = process
+        self._transport = transport
         self._timeouts = timeouts
         self._supervisor = supervisor
         self._round = supervisor.started()
@@ -169,7 +262,11 @@ class StdioConnection:
         self._healthy_timer = asyncio.get_running_loop().call_later(
             timeouts.restart.healthy_after, supervisor.healthy, self._round
         )
+        # Raw (cut, not yet redacted): redaction costs only the lines shown.
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._stderr_limiter = stderr_limiter or StderrLimiter(
+            name, timeouts.stderr_log_lines, timeouts.stderr_log_interval
+        )
         self._stderr_task = tasks.spawn(self._pump_stderr(), name=f"stdio-stderr:{name}")
         self._close_task: asyncio.Task[None] | None = None
 
@@ -197,8 +294,12 @@ class StdioConnection:
             status=describe_exit(self._process.returncode),
             ran_for=self._ended_at - self._started,
             by_itself=by_itself,
-            stderr=list(self._stderr_tail),
+            stderr=self._tail(),
         )
+
+    def _tail(self) -> list[str]:
+        """The last stderr lines, redacted and cut to ``STDERR_LINE_MAX``."""
+        return [redact(line)[:STDERR_LINE_MAX] for line in self._stderr_tail]
 
     async def send(self, message: Message) -> None:
         stdin = self._process.stdin
@@ -257,13 +358,21 @@ class StdioConnection:
         self._signal_group(signal.SIGKILL)
         await self._wait(grace)
         await tasks.cancel_and_wait(self._stderr_task, grace, "stdio connection closed")
+        if self._transport is not None:
+            # Close the pipes now, while the loop runs. A pipe whose reading was
+            # paused (a client that reads nothing held the child back) never
+            # sees its end of file, so asyncio would leave the transport open
+            # until it is collected after the loop has closed: "Exception
+            # ignored ... BaseSubprocessTransport.__del__ ... Event loop is
+            # closed" at exit (issue #15).
+            self._transport.close()
         self._note_end(by_itself=by_itself)
         log.info(
             "child_stopped",
             server=self._name,
             pid=process.pid,
             status=process.returncode,
-            stderr_tail=list(self._stderr_tail),
+            stderr_tail=self._tail(),
         )
 
     async def _wait(self, seconds: float) -> bool:
@@ -281,13 +390,20 @@ class StdioConnection:
     async def _pump_stderr(self) -> None:
         stderr = self._process.stderr
         assert stderr is not None
-        while True:
-            try:
-                line = await stderr.readline()
-            except ValueError:  # an over-long line: skip what is buffered
-                continue
-            if not line:
-                return
-            text = line.decode("utf-8", errors="replace").rstrip()[:STDERR_LINE_MAX]
-            self._stderr_tail.append(text)
-            log.info("child_stderr", server=self._name, line=text)
+        limiter = self._stderr_limiter
+        try:
+            while True:
+                try:
+                    line = await stderr.readline()
+                except ValueError:  # an over-long line: skip what is buffered
+                    continue
+                if not line:
+                    return
+                # Cut a little long, so that a token across the cut is seen whole
+                # by redact(), which runs before a line is logged or shown.
+                text = line.decode("utf-8", errors="replace").rstrip()[: STDERR_LINE_MAX + 64]
+                self._stderr_tail.append(text)
+                if limiter.admit():
+                    log.info("child_stderr", server=self._name, line=redact(text)[:STDERR_LINE_MAX])
+        finally:
+            limiter.flush()

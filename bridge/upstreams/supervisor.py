@@ -8,8 +8,9 @@
   fails fast with 503, ``Retry-After`` and -32030: it never hangs.
 - A child that has run ``healthy_after`` seconds resets the count.
 - Three crashes in a row with no child of the latest round running is a
-  crash loop: ``/readyz`` shows it (with the last stderr lines, truncated) and
-  the log says ``upstream_crash_loop`` with the whole tail.
+  crash loop: ``/readyz`` shows it (with the last stderr lines, truncated,
+  to the admin token only) and the log says ``upstream_crash_loop`` with the
+  whole tail. Lines arrive here already redacted (:func:`bridge.log.redact`).
 
 No I/O: :class:`bridge.upstreams.stdio.StdioUpstream` reports starts and
 exits and asks how long to wait; the clock is injected, so tests need no sleep.

@@ -31,7 +31,8 @@ import pytest
 import structlog
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -230,16 +231,24 @@ class Issuer:
     published: list[str] = field(default_factory=list)  # kids in the JWKS
     fetches: int = 0
 
-    def add_key(self, kid: str, publish: bool = True) -> None:
-        self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def add_key(self, kid: str, publish: bool = True, kind: str = "RSA") -> None:
+        if kind == "EC":
+            self.keys[kid] = ec.generate_private_key(ec.SECP256R1())
+        else:
+            self.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         if publish:
             self.published.append(kid)
 
     def jwks(self) -> dict[str, Any]:
         keys = []
         for kid in self.published:
-            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.keys[kid].public_key()))
-            keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+            key = self.keys[kid]
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+                keys.append({**jwk, "kid": kid, "use": "sig", "alg": "ES256"})
+            else:
+                jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+                keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
         return {"keys": keys}
 
     def token(self, kid: str = "k1", alg: str = "RS256", **claims: Any) -> str:
@@ -373,6 +382,40 @@ async def test_bad_tokens_get_401_invalid_token(
     assert len(gw.hub) == 0
 
 
+def signed(alg: str, kid: str, key: Any) -> str:
+    """A token with good claims whose header says ``alg`` and ``kid``, signed with ``key``."""
+    claims = {"iss": ISSUER, "aud": f"{PUBLIC}/mcp", "exp": int(time.time()) + 60, "sub": "x"}
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+#: Header permutations whose ``alg`` does not fit the key ``kid`` names (issue
+#: #15: each was a 500, ``TypeError: Expecting a PEM-formatted key``).
+MISFIT_TOKENS: dict[str, Callable[[Issuer], str]] = {
+    "es256-with-rsa-kid": lambda i: signed("ES256", "k1", i.keys["e1"]),
+    "rs256-with-ec-kid": lambda i: signed("RS256", "e1", i.keys["k1"]),
+    "ps256-with-ec-kid": lambda i: signed("PS256", "e1", i.keys["k1"]),
+    "hs256-with-rsa-kid": lambda i: signed("HS256", "k1", "an-hmac-secret-of-32-bytes-or-more!"),
+    "hs256-with-ec-kid": lambda i: signed("HS256", "e1", "an-hmac-secret-of-32-bytes-or-more!"),
+    "eddsa-with-rsa-kid": lambda i: signed("EdDSA", "k1", Ed25519PrivateKey.generate()),
+}
+
+
+@pytest.mark.parametrize("case", list(MISFIT_TOKENS))
+async def test_a_token_whose_alg_does_not_fit_its_key_gets_401(
+    gateway: GatewayFactory, issuer: Issuer, http: aiohttp.ClientSession, case: str
+) -> None:
+    issuer.add_key("e1", kind="EC")
+    algorithms = ["RS256", "PS256", "ES256", "HS256", "EdDSA"]  # every family allowed
+    gw = await oauth_gateway(gateway, issuer.jwks_url, oauth_algorithms=algorithms)
+    # The EC key itself works: only the mismatch is refused.
+    good = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {issuer.token('e1', 'ES256')}"})
+    assert (await good.post(good.request("ping"))).status == 400  # authorised; no session yet
+    client = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {MISFIT_TOKENS[case](issuer)}"})
+    reply = await client.post(client.request("tools/list"))
+    assert (reply.status, reply.error_code) == (401, UNAUTHORIZED)
+    assert 'error="invalid_token"' in reply.headers["WWW-Authenticate"]
+
+
 async def test_a_token_without_the_scope_gets_403(
     gateway: GatewayFactory, issuer: Issuer, http: aiohttp.ClientSession
 ) -> None:
@@ -441,6 +484,43 @@ async def test_oauth_sessions_are_bound_to_the_subject(
     alice2 = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {issuer.token(jti='x')}"})
     alice2.session_id = alice.session_id
     assert (await alice2.post(alice2.request("tools/list"))).status == 200
+
+
+async def test_users_and_clients_are_different_principals(
+    gateway: GatewayFactory, issuer: Issuer, http: aiohttp.ClientSession
+) -> None:
+    """A token without ``sub`` (client credentials) names its client, apart from every
+    user: a client ``alice`` is not the user ``alice``, nor a user ``client:alice``
+    (issue #15: both were ``oauth:ISS#alice``)."""
+    gw = await oauth_gateway(gateway, issuer.jwks_url)
+    tokens = {
+        "user alice": issuer.token(sub="alice"),
+        "client alice": issuer.token(sub=None, client_id="alice"),
+        "azp alice": issuer.token(sub=None, azp="alice"),
+        "user client:alice": issuer.token(sub="client:alice"),
+        "user sub:client:alice": issuer.token(sub="sub:client:alice"),
+    }
+    clients = {}
+    for who, token in tokens.items():
+        clients[who] = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {token}"})
+        await clients[who].initialize()
+    stored = {r.session_id: r.principal for r in await gw.hub.stores.sessions.list(10)}
+    principals = {who: stored[str(c.session_id)] for who, c in clients.items()}
+    assert principals == {
+        "user alice": f"oauth:{ISSUER}#alice",
+        "client alice": f"oauth:{ISSUER}#client:alice",
+        "azp alice": f"oauth:{ISSUER}#client:alice",  # azp names the client too
+        "user client:alice": f"oauth:{ISSUER}#sub:client:alice",
+        "user sub:client:alice": f"oauth:{ISSUER}#sub:sub:client:alice",
+    }
+    for who in clients:
+        for other, session in clients.items():
+            if principals[other] == principals[who]:
+                continue
+            stranger = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {tokens[who]}"})
+            stranger.session_id = session.session_id
+            reply = await stranger.post(stranger.request("tools/list"))
+            assert (reply.status, reply.error_code) == (404, SESSION_NOT_FOUND), (who, other)
 
 
 def test_oauth_mode_needs_a_public_url_and_jwks() -> None:

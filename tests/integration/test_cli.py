@@ -7,6 +7,7 @@ server and the field, before any port is bound (issue #2 "The interface").
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import REPO, ProcFactory, free_port, start_fixture_sse, start_gateway
+from tests.integration.test_limits import stalled_flood
+from tests.integration.test_stdio_lifecycle import assert_gone
 from tests.rawclient import RawClient
 
 EXIT_TIMEOUT = 30.0
@@ -86,7 +89,13 @@ async def test_yaml_config_env_config_and_request_log(procs: ProcFactory, tmp_pa
         assert health.status == 200
         assert await health.json() == {"status": "ok", "sessions": 1}
         assert await client.delete() == 200
-    await gateway.stop()
+        assert gateway.json_events("child_started")  # the shared child still runs
+    assert await gateway.stop() == 0
+    # Shutdown closes the child's transports while the loop still runs: no
+    # "Exception ignored in: <function BaseSubprocessTransport.__del__ ...>:
+    # RuntimeError: Event loop is closed" on stderr (issue #15).
+    assert not [line for line in gateway.lines if "Exception ignored" in line], gateway.lines[-30:]
+    assert not [line for line in gateway.lines if "Event loop is closed" in line]
     requests = gateway.json_events("request")
     listed = [r for r in requests if r["rpc_method"] == "tools/list"]
     assert len(listed) == 1
@@ -167,3 +176,35 @@ async def test_bad_api_keys_file_exits_2(
     message = "\n".join(proc.lines)
     assert needle in message, message
     assert "Traceback" not in message
+
+
+async def test_sigterm_with_a_child_held_back_exits_cleanly(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    """A child whose stdout the gateway stopped reading (its client reads nothing) is
+    running at SIGTERM: the gateway exits 0, the child is gone, and stderr holds no
+    ``Exception ignored in: <function BaseSubprocessTransport.__del__>`` with
+    ``RuntimeError: Event loop is closed`` (issue #15)."""
+    config = tmp_path / "servers.json"
+    server = {"command": sys.executable, "args": [str(REPO / "tests/fixtures/flood_server.py")]}
+    config.write_text(json.dumps({"mcpServers": {"flood": server}}))
+    gateway, base = await start_gateway(
+        procs, "--config", str(config), "--share", "none", "--stream-queue-size", "64",
+        "--shutdown-timeout", "2",
+    )  # fmt: skip
+    flood = {"count": 6000, "size": 16 * 1024, "every": 100}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=EXIT_TIMEOUT)) as http:
+        client = RawClient(http, f"{base}/mcp")
+        await client.initialize()
+        assert client.session_id is not None
+        writer = await stalled_flood(f"{base}/mcp", client.session_id, flood)
+        try:
+            await gateway.wait_for(r"flooded 200\b", EXIT_TIMEOUT)  # held back from here on
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.exited(EXIT_TIMEOUT) == 0
+        finally:
+            writer.close()
+    assert not [line for line in gateway.lines if "Exception ignored" in line], gateway.lines[-20:]
+    assert not [line for line in gateway.lines if "Event loop is closed" in line]
+    [child] = [e["pid"] for e in gateway.json_events("child_started")]
+    assert_gone(child)

@@ -17,6 +17,16 @@ A real gateway (subprocess, stdio example upstream) gets at least
 - a foreign-Host/Origin DELETE of session A never ends it: A still answers;
 - the process is alive and serves an MCP SDK client normally afterwards.
 
+A second fuzz (:func:`test_fuzz_every_route_with_credentials`, issue #15)
+aims :class:`tests.fuzzcases.RouteFuzzer` at every route of a gateway with
+API keys, OAuth and an admin token: probes, metrics, admin, RFC 9728
+metadata and both front doors, with good and bad credentials, JWT header
+permutations (``alg`` against each ``kid``'s key type, odd ``alg``/``kid``
+values, broken structure), header bytes outside ASCII, and ``initialize``
+for legacy SSE servers whose ``endpoint`` URLs are malformed. No 500; those
+initializes get 502 with -32031; only the admin token opens ``/admin``; no
+answer or log line carries the API key or the admin token.
+
 Run with ``pytest -s`` to see the counts by route and by status.
 """
 
@@ -30,19 +40,34 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from secrets import token_hex
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
+import jwt
 import yarl
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpServer
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 from multidict import CIMultiDict
 
 from bridge import errors
 from bridge.events.ids import session_tag
-from tests.conftest import GatewayFactory, Proc, ProcFactory, example_stdio, start_gateway
-from tests.fuzzcases import DEEP_PREFIX, Case, Fuzzer, Targets
+from tests.conftest import REPO, GatewayFactory, Proc, ProcFactory, example_stdio, start_gateway
+from tests.fuzzcases import (
+    DEEP_PREFIX,
+    MALFORMED_ENDPOINTS,
+    Case,
+    Fuzzer,
+    RouteFuzzer,
+    RouteTargets,
+    Targets,
+    jwt_permutations,
+)
 from tests.rawclient import RawClient, read_events
 
 SEED: Final = 20260505
@@ -449,6 +474,159 @@ async def test_fuzz_front_doors(procs: ProcFactory) -> None:
             assert marker.encode() in raw
             await sdk_client_is_served(f"{base}/mcp")
             await gateway_ok(proc)
+
+
+# -- every route, with credentials -------------------------------------------------
+
+ROUTE_TOTAL: Final = 4_000  # requests at least
+ROUTE_TIME_BOUND: Final = 60.0  # seconds for the whole fuzz
+ISSUER: Final = "https://issuer.fuzz"
+PUBLIC: Final = "https://mcp.example.com/gw"
+HOSTILE: Final = REPO / "tests" / "fixtures" / "hostile_upstream.py"
+#: Every family, so that each alg/kid permutation reaches the key-type check.
+ALGORITHMS: Final = ["RS256", "PS256", "ES256", "HS256", "EdDSA"]
+
+
+@dataclass
+class Secrets:
+    api_key: str = field(default_factory=lambda: f"tok-{token_hex(16)}")
+    admin: str = field(default_factory=lambda: f"admin-{token_hex(16)}")
+    hmac: str = field(default_factory=lambda: token_hex(32))
+
+
+async def jwks_url(aiohttp_server: AiohttpServer, keys: dict[str, Any]) -> str:
+    """A local issuer's JWKS publishing the public half of ``keys`` (kid -> private key)."""
+    published = []
+    for kid, key in keys.items():
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        else:
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+        published.append({**jwk, "kid": kid, "use": "sig"})
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.json_response({"keys": published})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve)
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}/jwks.json"
+
+
+def check_route(
+    tally: Tally, case: Case, credential: str, answer: Answer, secrets: Secrets
+) -> None:
+    """:func:`check`'s rules, but a hostile server's initialize must get 502 and -32031,
+    only the admin token opens /admin, and no answer carries a secret."""
+    tally.checks[f"credentials: {credential}"] += 1
+    if case.route == "POST /servers/HOSTILE/mcp" and answer.status == 502:
+        tally.by_route[case.route] += 1
+        tally.by_status["502 (a hostile endpoint refused)"] += 1
+        body = json.loads(answer.body)
+        if body["error"]["code"] != errors.UPSTREAM_PROTOCOL_ERROR:
+            tally.fail(case, f"502 with {body}")
+        tally.checks["malformed endpoint URLs refused: 502, -32031"] += 1
+        return
+    check(tally, case, answer, secrets.api_key.encode(), set())
+    if secrets.admin.encode() in answer.body:
+        tally.fail(case, "the admin token leaked")
+    admin = case.target.startswith("/admin/") and case.method in ("GET", "DELETE")
+    if admin and answer.status in (200, 404) and answer.content_type == "application/json":
+        tally.checks["admin answers (200, 404) to the admin token"] += 1
+        if not credential.startswith("admin token"):
+            tally.fail(case, f"/admin answered {answer.status} to {credential}")
+
+
+async def test_fuzz_every_route_with_credentials(
+    procs: ProcFactory, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """Every route of a gateway with API keys, OAuth and an admin token, with good and bad
+    credentials, JWT header permutations, header bytes outside ASCII, and legacy SSE
+    upstreams whose endpoint URLs are malformed (issue #15): no 500, nothing leaks."""
+    secrets = Secrets()
+    keys = {
+        "k1": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "e1": ec.generate_private_key(ec.SECP256R1()),
+    }
+    jwks = await jwks_url(aiohttp_server, keys)
+    tokens = jwt_permutations(ISSUER, f"{PUBLIC}/servers/{SERVER}/mcp", keys, secrets.hmac)
+    hostile = await procs(sys.executable, HOSTILE)
+    upstream = (await hostile.wait_for(r"listening on (http://\S+)", BOUND)).group(1)
+    servers: dict[str, Any] = {SERVER: {"command": sys.executable, "args": EXAMPLE.split()[1:]}}
+    for n, url in enumerate(MALFORMED_ENDPOINTS):
+        servers[f"bad-{n}"] = {
+            "url": f"{upstream}/legacy/endpoint-from-query?endpoint={quote(url, safe='')}",
+            "type": "sse",
+            "share": "none",
+        }
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": servers}))
+    proc, base = await start_gateway(
+        procs, "--config", str(config), "--max-body-bytes", str(BODY_LIMIT),
+        "--api-keys", f"fuzz:{secrets.api_key}", "--admin-token", secrets.admin,
+        "--oauth-issuer", ISSUER, "--oauth-jwks-url", jwks, "--public-url", PUBLIC,
+        env={"BRIDGE_OAUTH_ALGORITHMS": json.dumps(ALGORITHMS)},
+    )  # fmt: skip
+    good = {name: t for name, t in tokens.items() if name.startswith("good")}
+    credentials = {
+        "api key": (f"Bearer {secrets.api_key}", f"bearer  {secrets.api_key}"),
+        "admin token": (f"Bearer {secrets.admin}",),
+        "good JWT": tuple(f"Bearer {t}" for t in good.values()),
+        "JWT permutation": tuple(f"Bearer {t}" for n, t in tokens.items() if n not in good),
+        "wrong": ("Bearer wrong", "Basic dXNlcjpwYXNz", "", "Bearer", f"Bearer {secrets.admin}x",
+                  f"Bearer {secrets.api_key} {secrets.api_key}", "Bearer " + "a" * 9000),
+    }  # fmt: skip
+    targets = RouteTargets(
+        host=yarl.URL(base).raw_authority,
+        server=SERVER,
+        hostile=tuple(f"bad-{n}" for n in range(len(MALFORMED_ENDPOINTS))),
+        credentials=credentials,
+    )
+    fuzzer = RouteFuzzer(SEED, targets, BODY_LIMIT)
+    port = yarl.URL(base).port
+    assert port is not None
+    tally = Tally()
+    started = time.monotonic()
+
+    async def worker() -> None:
+        while tally.sent < ROUTE_TOTAL and time.monotonic() - started < ROUTE_TIME_BOUND:
+            case, credential = fuzzer.route_case()
+            tally.sent += 1
+            tally.by_channel["raw socket"] += 1
+            try:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    answer = await send_raw(port, case)
+            except TimeoutError:
+                tally.by_route[case.route] += 1
+                tally.by_status["timeout"] += 1
+                tally.fail(case, "no answer within REQUEST_TIMEOUT")
+                continue
+            check_route(tally, case, credential, answer, secrets)
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    report(tally, time.monotonic() - started)
+    assert tally.sent >= ROUTE_TOTAL, f"only {tally.sent} requests within {ROUTE_TIME_BOUND} s"
+    assert not tally.failures, f"{len(tally.failures)} failures, first: {tally.failures[0]}"
+    refused = tally.by_status["502 (a hostile endpoint refused)"]
+    assert not [s for s in tally.by_status if s[:1] == "5" and not s.startswith("502 (")]
+    assert refused >= 50  # the malformed endpoint URLs were met, not only 401s
+    assert tally.checks["admin answers (200, 404) to the admin token"] >= 10
+    permutations = sum(n for k, n in tally.checks.items() if "JWT permutation" in k)
+    assert permutations >= 400
+    # Every answer is in; a last request's log line comes after all of theirs.
+    done = f"/fuzz-done-{token_hex(4)}"
+    async with aiohttp.ClientSession() as http, http.get(base + done) as response:
+        assert response.status == 404
+    await proc.wait_for(f'"path": "{done}"', BOUND)
+    assert proc.process.returncode is None, "the gateway died"
+    statuses = Counter(e.get("status") for e in proc.json_events("request"))
+    print(f"gateway log: {sum(statuses.values())} requests by status {sorted(statuses.items())}")
+    assert [s for s in statuses if isinstance(s, int) and s >= 500] == [502]
+    assert statuses[502] == refused
+    assert not proc.json_events("request_failed")
+    assert not [line for line in proc.lines if "Traceback" in line]
+    assert not [line for line in proc.lines if secrets.admin in line or secrets.api_key in line]
+    assert not proc.json_events("child_started")  # nobody initialized the stdio server
 
 
 # -- what the fuzz found, pinned -------------------------------------------------

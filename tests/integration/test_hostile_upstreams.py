@@ -84,6 +84,7 @@ RELEASED = "session_released"
 NO_ENDPOINT = "no endpoint event in time"
 NO_ANSWER = "no answer to initialize in time"
 REDIRECT = "redirects are not followed"
+BAD_ENDPOINT = "endpoint event names a malformed URL"
 TOO_LARGE = "larger than"
 #: How an endless upstream ends: cut off once it has sent max_message_bytes (one
 #: endless line, or that much of a flood where none is allowed), or a flood
@@ -135,6 +136,11 @@ CASES = [
     Case("legacy/endless-line", PROTOCOL, CONNECT, CONNECT_FAILED, TOO_LARGE, CUT),
     Case("legacy/flood-before-endpoint", PROTOCOL, CONNECT, CONNECT_FAILED, "before the endpoint", CUT),
     Case("legacy/foreign-endpoint", PROTOCOL, CONNECT, CONNECT_FAILED, "another origin"),
+    Case("legacy/endpoint-port-out-of-range", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
+    Case("legacy/endpoint-port-not-a-number", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
+    Case("legacy/endpoint-bad-ipv6", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
+    Case("legacy/endpoint-userinfo", PROTOCOL, CONNECT, CONNECT_FAILED, "credentials"),
+    Case("legacy/endpoint-from-query", PROTOCOL, CONNECT, CONNECT_FAILED, BAD_ENDPOINT),
     # ... and after it, on the gateway's POST of initialize.
     Case("legacy/garbage-after-endpoint", TIMEOUT, INITIALIZE, GARBAGE),
     Case("legacy/half-event", UNAVAILABLE, INITIALIZE, LOST, "closed the connection"),

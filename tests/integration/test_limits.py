@@ -2,6 +2,8 @@
 
 - Requests in flight per session: the next one gets 429 with ``Retry-After``
   and a JSON-RPC error, and is served again once one is answered.
+- Subscriptions per session: past the cap a ``resources/subscribe`` gets
+  -32602, reaches no upstream and is not stored.
 - Live sessions per principal and in total: at the limit, the longest-idle
   session's upstream is released to make room (its client resumes it
   unharmed); when every session is busy, 429 (per principal) or 503 (total)
@@ -26,7 +28,7 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from bridge.errors import LIMIT_EXCEEDED
+from bridge.errors import INVALID_PARAMS, LIMIT_EXCEEDED
 from bridge.settings import StdioServer
 from tests.conftest import GatewayFactory, ProcFactory, example_stdio, start_gateway
 from tests.rawclient import ACCEPT_BOTH, RawClient, keyed, next_message
@@ -299,3 +301,50 @@ async def test_a_client_that_reads_nothing_lets_go_of_a_shared_upstream(
     assert len(after) == 20
     assert rss_growth < 64 * MiB
     print(f"\nshared flood: gateway RSS grew {rss_growth / MiB:.1f} MiB while 32 MiB passed")
+
+
+@pytest.mark.parametrize("share", ["none", "principal"])
+async def test_subscriptions_per_session_are_capped(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path, share: str
+) -> None:
+    """Past BRIDGE_MAX_SUBSCRIPTIONS_PER_SESSION a subscribe gets -32602, reaches no
+    upstream and is not stored (issue #15: 4,000 made a 212 KB record, all replayed)."""
+    spec = recorder(tmp_path)
+    gw = await gateway([spec], max_subscriptions_per_session=3, share=share)
+    record = Path(spec.args[1])
+
+    def upstream_subscribed() -> list[str]:
+        lines = [json.loads(line) for line in record.read_text().splitlines()]
+        return [m["params"]["uri"] for m in lines if m.get("method") == "resources/subscribe"]
+
+    async def subscribe(uri: str, method: str = "resources/subscribe") -> dict[str, object]:
+        reply = await client.post(client.request(method, {"uri": uri}))
+        assert reply.status == 200
+        message: dict[str, object] = reply.messages[-1]
+        return message
+
+    async def stored() -> list[str]:
+        found = await gw.hub.stores.sessions.get(str(client.session_id))
+        assert found is not None
+        return found.subscriptions
+
+    async def sync() -> None:  # answered once all sent before it is recorded upstream
+        await client.post(client.request("tools/call", {"name": "sync", "arguments": {}}))
+
+    client = RawClient(http, f"{gw.url}/mcp")
+    await client.initialize()
+    for uri in ("file:///a", "file:///b", "file:///c"):
+        assert (await subscribe(uri))["result"] == {}
+    refused = await subscribe("file:///d")
+    assert refused["error"] == {
+        "code": INVALID_PARAMS,
+        "message": "more than 3 resource subscriptions in this session",
+    }
+    assert (await subscribe("file:///a"))["result"] == {}  # already held: no new one
+    await sync()
+    assert set(upstream_subscribed()) == {"file:///a", "file:///b", "file:///c"}
+    assert await stored() == ["file:///a", "file:///b", "file:///c"]
+    # Room again once one is given up.
+    assert (await subscribe("file:///a", "resources/unsubscribe"))["result"] == {}
+    assert (await subscribe("file:///d"))["result"] == {}
+    assert await stored() == ["file:///b", "file:///c", "file:///d"]

@@ -37,10 +37,20 @@ from bridge.upstreams.base import RestartPolicy
 from bridge.upstreams.stdio import SAFE_ENV
 from bridge.upstreams.supervisor import CRASH_LOOP_AFTER, READYZ_LINE_MAX, Supervisor
 from tests.conftest import REPO, GatewayFactory, Proc, ProcFactory, start_gateway
+from tests.fixtures.stdio_server import LEAKY
 from tests.integration.test_stdio_lifecycle import assert_gone
 from tests.rawclient import RawClient, Reply
 
 STDIO_SERVER = REPO / "tests" / "fixtures" / "stdio_server.py"
+ADMIN_TOKEN = "admin-token-for-readyz"
+LEAKY_HEX = "5ec2e7a1b2c3d4e5f60718293a4b5c6d7e8f9012"
+#: The fixture's LEAKY stderr lines as /readyz and the log show them.
+REDACTED_LEAKY = [
+    "GET /api failed: Authorization: Bearer [redacted]",
+    "config: api_key=[redacted]&token=[redacted] password: [redacted], client_secret='[redacted]'",
+    "db postgres://[redacted]@db.internal:5432/app unreachable",
+    "hex [redacted] b64 [redacted]",
+]
 BOUND = 15.0  # seconds any single step may take
 REQUEST_BOUND = 10.0  # seconds one request may take under chaos: more is a hang
 
@@ -63,8 +73,11 @@ async def stop_and_check_no_child(gateway: Proc) -> None:
         assert_gone(pid)
 
 
-async def readyz(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    async with http.get(f"{base}/readyz") as response:
+async def readyz(
+    http: aiohttp.ClientSession, base: str, authorization: str | None = None
+) -> dict[str, Any]:
+    headers = {"Authorization": authorization} if authorization else {}
+    async with http.get(f"{base}/readyz", headers=headers) as response:
         assert response.status == 200
         body: dict[str, Any] = (await response.json())["upstreams"]["flaky"]
         return body
@@ -259,7 +272,9 @@ async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
     flag = tmp_path / "fixed"
     # A child per client, so that each crash meets the client's own initialize;
     # shared, the gateway's handshake meets it (test_a_shared_crash_loop_answers_...).
-    gateway, base = await start_flaky(procs, tmp_path, flag, "--share", "none")
+    gateway, base = await start_flaky(
+        procs, tmp_path, flag, "--share", "none", "--admin-token", ADMIN_TOKEN
+    )
     attempts = Attempts()
     async with aiohttp.ClientSession() as http:
         client = RawClient(http, f"{base}/mcp")
@@ -291,20 +306,35 @@ async def test_crash_loop_backs_off_shows_in_readyz_and_recovers(
         assert delays[0] < delays[1] < delays[2] <= 0.8
         print(f"\ncrash loop: backoff {delays} s, {len(attempts.refused)} requests got 503")
 
-        # /readyz and the log show the loop, with the child's last stderr lines.
+        # /readyz and the log show the loop, with the child's last stderr lines:
+        # credentials redacted everywhere, and in /readyz for the admin token only.
         state = await readyz(http, base)
         assert state["status"] == "crash_loop"
         assert state["crashes"] == state["consecutive_crashes"] == CRASH_LOOP_AFTER
         assert state["last_crash"].startswith("exited with status 3 after")
+        assert "stderr_tail" not in state
+        assert "stderr_tail" not in await readyz(http, base, "Bearer wrong-token")
+        state = await readyz(http, base, f"Bearer {ADMIN_TOKEN}")
         long_line = "x" * 500
         assert state["stderr_tail"] == [
             "starting up",
             long_line[:READYZ_LINE_MAX],
+            *REDACTED_LEAKY,
             f"fatal: {flag} is missing",
         ]
         [loop_line] = gateway.json_events("upstream_crash_loop")
         assert loop_line["level"] == "warning"
-        assert loop_line["stderr_tail"] == ["starting up", long_line, f"fatal: {flag} is missing"]
+        assert loop_line["stderr_tail"] == [
+            "starting up",
+            long_line,
+            *REDACTED_LEAKY,
+            f"fatal: {flag} is missing",
+        ]
+        assert len(gateway.json_events("child_stderr")) >= len(LEAKY)
+        assert LEAKY_HEX in LEAKY[3]
+        for line in gateway.lines:
+            assert "SECRET" not in line
+            assert LEAKY_HEX not in line
 
         # Fix the command: the first request after the backoff starts a child that works.
         flag.touch()
