@@ -23,6 +23,9 @@ bearer token. On the same gateway URL, an SDK 1.x client's session is opened
 before the modern clients run and exercised after them (the
 test_sdk_clients scenario), so both eras are served side by side.
 
+The Inspector's CLI (``@modelcontextprotocol/inspector-cli``, SDK 1.x) runs on
+the same URL at the same time as the SDK 2.x client, and gets a session.
+
 tests/modern_clients/native_server.py is an SDK 2.x server with the same
 tools, not used here: run the scripts against it by hand to tell a script
 fault from a gateway fault.
@@ -30,8 +33,12 @@ fault from a gateway fault.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -49,6 +56,7 @@ from pydantic import SecretStr
 from bridge.settings import ServerSpec, StreamableHttpServer
 from tests.conftest import (
     NODE22_BIN,
+    NPM_BIN,
     REPO,
     GatewayFactory,
     ProcFactory,
@@ -202,3 +210,85 @@ def test_sdk2_scripts_type_check() -> None:
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the MCP Inspector's CLI on the same URL ----------------------------------
+
+INSPECTOR_CLI_PACKAGE = "@modelcontextprotocol/inspector-cli"
+# The launcher (build/cli.js): with --cli it spawns ``node build/index.js``, node from PATH.
+INSPECTOR_CLI = NPM_BIN / "mcp-inspector-cli"
+INSPECTOR_CLI_DIR = REPO / "tests" / "npm" / "node_modules" / INSPECTOR_CLI_PACKAGE
+SIMPLE_TEXT = "This is a simple text response for testing."
+
+
+def _pinned_npm(package: str) -> str:
+    """The exact version tests/npm/package.json pins for ``package``."""
+    pinned = json.loads((REPO / "tests" / "npm" / "package.json").read_text())
+    version = pinned["dependencies"][package]
+    assert isinstance(version, str)
+    return version
+
+
+async def run_inspector_cli(url: str, *method: str) -> dict[str, Any]:
+    """``mcp-inspector-cli --cli URL --transport http --method ...``: its stdout, parsed.
+
+    Run by the Node 22 in tests/npm, first on PATH for the CLI process the
+    launcher spawns. stdout and stderr are read apart: stdout must be the bare
+    JSON (what a CI job pipes into jq), stderr carries the launcher's v1
+    deprecation notice. The cwd is the package's build/ because 1.0.3 probes
+    ``../package.json`` relative to the cwd but imports it relative to the
+    module (modelcontextprotocol/inspector#1503, #1702): from a cwd whose parent
+    holds no package.json it dies with ERR_MODULE_NOT_FOUND before connecting.
+    """
+    argv = [NODE, INSPECTOR_CLI, "--cli", url, "--transport", "http", "--method", *method]
+    process = await asyncio.create_subprocess_exec(
+        *map(str, argv),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=INSPECTOR_CLI_DIR / "build",
+        env={**os.environ, "PATH": f"{NODE22_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(CLIENT_TIMEOUT):
+            out, err = await process.communicate()  # both pipes at EOF: the spawned CLI is gone too
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and the CLI it spawned
+        await process.wait()
+        raise
+    assert process.returncode == 0, err.decode(errors="replace")
+    result = json.loads(out)
+    assert isinstance(result, dict), out
+    return result
+
+
+async def test_inspector_cli_on_the_same_url(procs: ProcFactory, gateway: GatewayFactory) -> None:
+    """The Inspector's CLI (SDK 1.x) and the Python SDK 2.x client on one URL, at once.
+
+    The CLI (@modelcontextprotocol/inspector-cli, what ``npx
+    @modelcontextprotocol/inspector@0.x --cli`` runs) is a session-era client:
+    it must still get a session, at 2025-11-25, while the SDK 2.x client, run
+    concurrently, reaches 2026-07-28 sessionless on the same ``/mcp``.
+    """
+    gw = await gateway([fixture_stdio()])
+    url = f"{gw.url}/mcp"
+    python_sdk = f"python-sdk-{_pinned_sdk2()}"
+
+    listed, called, modern = await asyncio.gather(
+        run_inspector_cli(url, "tools/list"),
+        run_inspector_cli(url, "tools/call", "--tool-name", "test_simple_text"),
+        run_client(procs, client_commands(url, None)[python_sdk]),
+    )
+
+    assert "test_simple_text" in {tool["name"] for tool in listed["tools"]}, listed
+    assert called == {"content": [{"type": "text", "text": SIMPLE_TEXT}], "isError": False}
+    assert modern["client"] == python_sdk
+    check_scenario(modern, MODERN)
+
+    # One session per CLI run, at the session era (the CLI closes its transport
+    # without a DELETE, so both are still live), and none for the SDK 2.x client.
+    cli = f"inspector-cli {_pinned_npm(INSPECTOR_CLI_PACKAGE)}"  # its clientInfo
+    sessions = [(s.record.summary()["client"], s.record.protocol_version) for s in gw.hub.live()]
+    assert sessions == [(cli, SESSION_ERA), (cli, SESSION_ERA)], sessions
