@@ -148,9 +148,12 @@ class SessionHub:
         session = Session(record, connection, self.stores, self._config.limits, self.metrics)
         try:
             await self._store.create(record, self._config.limits.ttl)
-        except StoreUnavailable as exc:
+        except BaseException as exc:
+            # Whatever failed, the upstream leased for it belongs to no session.
             await connection.aclose()
-            raise StoreDown(f"session store unavailable: {exc}") from exc
+            if isinstance(exc, StoreUnavailable):
+                raise StoreDown(f"session store unavailable: {exc}") from exc
+            raise
         self._sessions[session.id] = session
         session.start()
         log.info(

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
+    store_probe_timeout: Seconds = Field(
+        5.0,
+        description="the /readyz store probe as a whole (a write and a read of a probe record); "
+        "past it the store is reported unavailable",
+    )
     session_ttl: Seconds = Field(
         7 * 24 * 3600.0, description="a session is forgotten this long after its last use"
     )

@@ -21,8 +21,9 @@ Every call is bounded: connecting and each socket read or write by
 ``timeout``, retries by :data:`RETRIES` with exponential backoff (at most
 :data:`RETRY_CAP` seconds between attempts), so a call gives up after about
 ``(RETRIES + 1) * timeout + RETRIES * RETRY_CAP`` in the worst case. A Redis
-that is down, loading, read-only or out of memory surfaces as
-:class:`StoreUnavailable`; the next call reconnects by itself.
+that is down, loading, read-only or out of memory, and any error reply (an
+ACL's ``NOPERM`` included), surfaces as :class:`StoreUnavailable`; the next
+call reconnects by itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import builtins
 import contextlib
 import math
 import re
+import secrets
 from collections.abc import Iterator
 from typing import Final
 
@@ -47,19 +49,16 @@ RETRIES: Final = 2
 RETRY_BASE: Final = 0.05
 #: Most seconds between two attempts.
 RETRY_CAP: Final = 0.5
+#: Seconds the readiness probe's key lives (:meth:`RedisSessionStore.ping`).
+PROBE_TTL: Final = 60.0
 #: Keys asked for per SCAN step of :meth:`RedisSessionStore.list`.
 SCAN_COUNT: Final = 500
 
-#: Errors that mean "Redis cannot serve us now", not "we sent nonsense".
-UNAVAILABLE: Final = (
-    redis_errors.ConnectionError,  # incl. BusyLoadingError (LOADING), auth failures
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # we reached a replica (failover in progress)
-    redis_errors.OutOfMemoryError,
-    redis_errors.ClusterDownError,  # incl. MasterDownError
-    redis_errors.TryAgainError,
-    OSError,
-)
+#: Errors that mean "Redis cannot serve us": down, loading, a replica, out of
+#: memory, and also every error reply (``NOPERM`` from an ACL, ``WRONGTYPE``
+#: from a foreign key under our prefix): whatever the kind, the call failed
+#: and the client gets 503, never a 500 (issue #15).
+UNAVAILABLE: Final = (redis_errors.RedisError, OSError)
 
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -134,6 +133,7 @@ class RedisSessionStore:
         self._prefix = check_prefix(prefix)
         # SCAN MATCH is a glob: a stream named "x:session" matches it too.
         self._record_key = re.compile(re.escape(prefix) + r":\{[^{}]+\}:session")
+        self._probe_key = f"{prefix}:probe:{secrets.token_hex(8)}"  # this process's own
 
     async def create(self, record: SessionRecord, ttl: float) -> None:
         await self.save(record, ttl)
@@ -185,8 +185,12 @@ class RedisSessionStore:
         return None if stored is None else text(stored)
 
     async def ping(self) -> None:
-        with unavailable("ping"):
-            await self._client.ping()
+        nonce = secrets.token_hex(8)
+        with unavailable("probe"):
+            await self._client.set(self._probe_key, nonce, px=ms(PROBE_TTL))
+            stored = await self._client.get(self._probe_key)
+        if stored is None or text(stored) != nonce:
+            raise StoreUnavailable("redis probe: the value written did not read back")
 
     async def aclose(self) -> None:
         """Nothing to release: the shared client is closed by its owner."""

@@ -9,7 +9,9 @@ timeout and the wait for the worker are both bounded by ``timeout``.
 
 A call that is cancelled, or that gives up after ``timeout``, may still be
 carried out by the worker afterwards: the store stays consistent, the caller
-just does not learn the outcome.
+just does not learn the outcome. Every ``sqlite3.Error`` (locked, full, I/O
+error, ``database disk image is malformed``) surfaces as
+:class:`StoreUnavailable`: whatever the kind, the store cannot serve the call.
 
 Schema::
 
@@ -23,6 +25,7 @@ Expiry is checked on read; every write also deletes up to
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -36,6 +39,9 @@ T = TypeVar("T")
 
 #: Most expired rows deleted per write (bounded work per call).
 PURGE_BATCH: Final = 100
+#: The row :meth:`SqliteSessionStore.ping` writes, already expired (never a
+#: session: ids are URL-safe base64) and purged by a later write.
+PROBE_ID: Final = "!probe"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS bridge_sessions (
@@ -123,7 +129,7 @@ class SqliteDatabase:
                 return await loop.run_in_executor(self._executor, work, self._conn)
         except TimeoutError as exc:
             raise StoreUnavailable(f"sqlite did not answer within {self._timeout}s") from exc
-        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+        except sqlite3.Error as exc:  # locked, disk full, I/O error, a corrupt page
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     @staticmethod
@@ -211,7 +217,15 @@ class SqliteSessionStore:
         return None if row is None else str(row[0])
 
     async def ping(self) -> None:
-        await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        now, nonce = self._clock(), secrets.token_hex(8)
+        await self._db.write(lambda conn: _save(conn, now, PROBE_ID, nonce, now - 1))
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT record FROM bridge_sessions WHERE session_id = ?", (PROBE_ID,)
+            ).fetchone()
+        )
+        if row is None or row[0] != nonce:
+            raise StoreUnavailable("sqlite: the probe record did not read back")
 
     async def aclose(self) -> None:
         """Nothing to release: the shared :class:`SqliteDatabase` is closed by its owner."""

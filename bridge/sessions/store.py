@@ -93,7 +93,14 @@ class SessionStore(Protocol):
         """The live value under ``key``, or None."""
 
     async def ping(self) -> None:
-        """Return if the store answers; raise :class:`StoreUnavailable` if not."""
+        """Return if the store takes a write and reads it back; raise :class:`StoreUnavailable` if not.
+
+        The readiness probe: it writes and reads what sessions use (SQLite's
+        sessions table, a Redis key under the prefix), so a store that answers
+        a ``PING`` but refuses writes (an ACL, a full disk, a corrupt page)
+        is reported as down. It leaves nothing a reader sees: the probe record
+        is already expired (SQLite) or expires within a minute (Redis).
+        """
 
     async def aclose(self) -> None:
         """Release connections and files."""

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from bridge.errors import ConfigError
 from bridge.events.memory import MemoryEventStore
@@ -128,8 +129,10 @@ async def test_list_returns_live_records_up_to_limit(stores: Backend) -> None:
     assert {r.session_id for r in some} <= {"s-0", "s-1", "s-2", "s-3"}
 
 
-async def test_ping_answers(stores: Backend) -> None:
+async def test_ping_answers_and_its_probe_is_never_seen(stores: Backend) -> None:
     await stores.sessions.ping()
+    await stores.sessions.ping()  # the probe record is written over, not added to
+    assert await stores.sessions.list(10) == []
 
 
 async def test_values_live_apart_from_records_and_first_writer_wins(stores: Backend) -> None:
@@ -258,6 +261,25 @@ async def test_sqlite_lock_held_elsewhere_fails_within_bound_then_heals(tmp_path
         await stores.aclose()
 
 
+async def test_sqlite_ping_fails_while_writes_do_though_reads_work(tmp_path: Path) -> None:
+    """The readiness probe writes (issue #15): a store that reads but cannot write is down."""
+    path = tmp_path / "bridge.db"
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="p", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock; WAL readers go on
+        assert await stores.sessions.get("s-1") is None
+        with pytest.raises(StoreUnavailable, match="sqlite"):
+            await stores.sessions.ping()
+        other.execute("ROLLBACK")
+        await stores.sessions.ping()
+    finally:
+        other.close()
+        await stores.aclose()
+
+
 async def test_sqlite_stores_refuse_calls_once_closed(tmp_path: Path) -> None:
     stores = await open_stores(
         f"sqlite:///{tmp_path}/b.db", prefix="p", max_events=10, max_age=60, timeout=1
@@ -294,6 +316,34 @@ async def test_redis_outage_fails_fast_and_heals_without_restart(own_redis: Redi
         assert await stores.sessions.get("s-1") is None
         await stores.sessions.create(record(), TTL)
         assert await stores.sessions.get("s-1") == record()
+    finally:
+        await stores.aclose()
+
+
+async def test_redis_error_replies_are_store_errors_and_fail_the_probe(
+    own_redis: RedisServer,
+) -> None:
+    """An ACL user without write rights: NOPERM is StoreUnavailable, and PING alone would pass."""
+    admin = Redis.from_url(own_redis.url)
+    await admin.execute_command(
+        "ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write"
+    )
+    await admin.aclose()
+    url = f"redis://reader:pw@127.0.0.1:{own_redis.port}/0"
+    stores = await open_stores(url, prefix="t", max_events=10, max_age=60, timeout=1.0)
+    try:
+        assert await stores.sessions.get("s-1") is None  # reads work
+        calls = {
+            "save": lambda: stores.sessions.create(record(), TTL),
+            "delete": lambda: stores.sessions.delete("s-1"),
+            "append": lambda: stores.events.append("s-1", "get", None, TTL),
+            "probe": stores.sessions.ping,
+        }
+        for name, call in calls.items():
+            with pytest.raises(
+                StoreUnavailable, match=f"redis {name} failed: .*(permission|can't run)"
+            ):
+                await call()
     finally:
         await stores.aclose()
 

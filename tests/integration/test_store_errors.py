@@ -1,0 +1,121 @@
+"""Store errors of every kind, not just outages (issue #15 "Hardening II").
+
+A corrupt SQLite page or a Redis ``NOPERM`` is no less a store failure than a
+Redis that is down: the client gets 503 with -32034 (never a 500), the
+upstream started for the request is closed (no child left belonging to no
+session), and ``/readyz`` reports the store degraded, since its probe writes
+and reads back a record instead of asking ``SELECT 1`` or ``PING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+from redis.asyncio import Redis
+
+from bridge import errors
+from bridge.stores import open_stores
+from tests.conftest import GatewayFactory, example_stdio
+from tests.rawclient import RawClient
+from tests.redis_server import RedisServer
+
+BOUND = 30.0  # seconds any one step may take
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "store-errors-test", "version": "0"},
+}
+PASSWORD = "bridge-pw"
+
+
+def example_children() -> list[psutil.Process]:
+    """This test process's children running the example server."""
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "bridge.examples.server" in " ".join(p.cmdline())
+    ]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
+async def corrupt_sqlite(path: Path) -> None:
+    """A database file whose schema page is intact and every other page is garbage."""
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="t", max_events=10, max_age=60.0, timeout=2.0
+    )
+    await stores.aclose()  # the last connection checkpoints the WAL into the file
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    assert len(data) > page_size, "the schema made no table pages"
+    data[page_size:] = bytes([0xA5]) * (len(data) - page_size)
+    path.write_bytes(bytes(data))
+
+
+async def readyz(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async with http.get(f"{base}/readyz") as response:
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def test_a_corrupt_sqlite_page_is_503_and_leaks_no_child(
+    tmp_path: Path, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    path = tmp_path / "corrupt.db"
+    await corrupt_sqlite(path)
+    gw = await gateway([example_stdio()], store_url=f"sqlite:///{path}", share="none")
+    client = RawClient(http, f"{gw.url}/http")
+    async with asyncio.timeout(BOUND):
+        reply = await client.post(client.request("initialize", INITIALIZE))
+        assert (reply.status, reply.error_code) == (503, errors.STORE_UNAVAILABLE), reply
+        assert "malformed" in reply.messages[0]["error"]["message"]
+        assert example_children() == []  # the child started for it is gone
+        assert gw.hub.pools["example"].health()["size"] == 0
+        ready = await readyz(http, gw.url)
+    assert ready["status"] == "degraded"
+    assert ready["store"]["status"] == "unavailable"
+    assert "malformed" in ready["store"]["error"]
+
+
+async def test_a_redis_user_without_write_rights_is_503_and_leaks_no_child(
+    redis: RedisServer, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    admin = Redis.from_url(redis.url)
+    try:
+        # Reads and PING allowed, every write command refused (NOPERM).
+        await admin.execute_command(
+            "ACL", "SETUSER", "reader", "on", f">{PASSWORD}", "~*", "&*", "+@all", "-@write"
+        )
+    finally:
+        await admin.aclose()
+    url = f"redis://reader:{PASSWORD}@127.0.0.1:{redis.port}/0"
+    gw = await gateway([example_stdio()], store_url=url, share="none", store_timeout=2.0)
+    client = RawClient(http, f"{gw.url}/http")
+    async with asyncio.timeout(BOUND):
+        reply = await client.post(client.request("initialize", INITIALIZE))
+        assert (reply.status, reply.error_code) == (503, errors.STORE_UNAVAILABLE), reply
+        assert "no permissions" in reply.messages[0]["error"]["message"]
+        assert example_children() == []
+        assert gw.hub.pools["example"].health()["size"] == 0
+        ready = await readyz(http, gw.url)
+    assert ready["status"] == "degraded"
+    assert ready["store"]["status"] == "unavailable"
