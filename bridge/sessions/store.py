@@ -93,7 +93,7 @@ class SessionStore(Protocol):
         """The live value under ``key``, or None."""
 
     async def ping(self) -> None:
-        """Return if the store takes a write and reads it back; raise :class:`StoreUnavailable` if not.
+        """Return if the store takes a write and reads it back, else raise StoreUnavailable.
 
         The readiness probe: it writes and reads what sessions use (SQLite's
         sessions table, a Redis key under the prefix), so a store that answers

@@ -325,8 +325,13 @@ async def test_redis_error_replies_are_store_errors_and_fail_the_probe(
 ) -> None:
     """An ACL user without write rights: NOPERM is StoreUnavailable, and PING alone would pass."""
     admin = Redis.from_url(own_redis.url)
-    await admin.execute_command(
-        "ACL", "SETUSER", "reader", "on", ">pw", "~*", "&*", "+@all", "-@write"
+    await admin.acl_setuser(
+        "reader",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@write"],
     )
     await admin.aclose()
     url = f"redis://reader:pw@127.0.0.1:{own_redis.port}/0"

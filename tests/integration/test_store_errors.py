@@ -62,6 +62,11 @@ async def corrupt_sqlite(path: Path) -> None:
         f"sqlite:///{path}", prefix="t", max_events=10, max_age=60.0, timeout=2.0
     )
     await stores.aclose()  # the last connection checkpoints the WAL into the file
+    await asyncio.to_thread(overwrite_pages, path)
+
+
+def overwrite_pages(path: Path) -> None:
+    """Every page but the first (the schema) of ``path`` overwritten with garbage."""
     with sqlite3.connect(path) as conn:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     data = bytearray(path.read_bytes())
@@ -102,8 +107,13 @@ async def test_a_redis_user_without_write_rights_is_503_and_leaks_no_child(
     admin = Redis.from_url(redis.url)
     try:
         # Reads and PING allowed, every write command refused (NOPERM).
-        await admin.execute_command(
-            "ACL", "SETUSER", "reader", "on", f">{PASSWORD}", "~*", "&*", "+@all", "-@write"
+        await admin.acl_setuser(
+            "reader",
+            enabled=True,
+            passwords=[f"+{PASSWORD}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-@write"],
         )
     finally:
         await admin.aclose()
