@@ -124,6 +124,8 @@ class Session(StreamResumption):
         self.last_touch = time.monotonic()  # last sliding-expiry touch of the record
         self.ended = asyncio.Event()
         self.end_reason = ""
+        #: Why the store kept the record when close(forget=True) meant to delete it.
+        self.forget_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -275,11 +277,17 @@ class Session(StreamResumption):
         log.info("session_released", session_id=short(self.id), reason=reason, forgotten=forget)
 
     async def _forget_stored(self) -> None:
+        """Delete the record, then the events; a record that stays sets :attr:`forget_error`."""
         try:
             await self._stores.sessions.delete(self.id)
-            await self._stores.events.delete_session(self.id)
-        except StoreUnavailable as exc:  # the TTL removes it later
+        except StoreUnavailable as exc:  # the caller decides (DELETE answers 503)
+            self.forget_error = str(exc)
             log.warning("store_delete_failed", session_id=short(self.id), error=str(exc))
+            return
+        try:
+            await self._stores.events.delete_session(self.id)
+        except StoreUnavailable as exc:  # without a record nobody replays them; TTL removes them
+            log.warning("event_delete_failed", session_id=short(self.id), error=str(exc))
 
     # -- client -> upstream ------------------------------------------------
 

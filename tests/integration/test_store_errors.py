@@ -129,3 +129,85 @@ async def test_a_redis_user_without_write_rights_is_503_and_leaks_no_child(
         ready = await readyz(http, gw.url)
     assert ready["status"] == "degraded"
     assert ready["store"]["status"] == "unavailable"
+
+
+class WriteBlocker:
+    """Makes a real store refuse writes while reads go on, and heals it."""
+
+    def __init__(self, kind: str, tmp_path: Path, redis: RedisServer | None) -> None:
+        self.kind = kind
+        self._path = tmp_path / "sessions.db"
+        self._redis = redis
+        self._lock: sqlite3.Connection | None = None
+
+    async def store_url(self) -> str:
+        if self._redis is None:
+            return f"sqlite:///{self._path}"
+        await self._acl(["+@all"])
+        return f"redis://bridge:{PASSWORD}@127.0.0.1:{self._redis.port}/0"
+
+    async def block(self) -> None:
+        if self._redis is not None:
+            await self._acl(["+@all", "-@write"])  # applies to open connections at once
+            return
+        self._lock = sqlite3.connect(self._path, isolation_level=None)
+        self._lock.execute("BEGIN IMMEDIATE")  # another writer holds on; WAL readers go on
+
+    async def heal(self) -> None:
+        if self._redis is not None:
+            await self._acl(["+@all"])
+        elif self._lock is not None:
+            self._lock.execute("ROLLBACK")
+            self._lock.close()
+            self._lock = None
+
+    async def _acl(self, commands: list[str]) -> None:
+        assert self._redis is not None
+        admin = Redis.from_url(self._redis.url)
+        try:
+            await admin.acl_setuser(
+                "bridge",
+                enabled=True,
+                passwords=[f"+{PASSWORD}"],
+                keys=["*"],
+                channels=["*"],
+                commands=commands,
+                reset_permissions=True,
+            )
+        finally:
+            await admin.aclose()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def blocker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WriteBlocker]:
+    redis = request.getfixturevalue("redis") if request.param == "redis" else None
+    blocker = WriteBlocker(request.param, tmp_path, redis)
+    yield blocker
+    await blocker.heal()
+
+
+async def test_a_delete_the_store_cannot_record_is_503_and_the_session_stays_ended(
+    blocker: WriteBlocker, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Issue #15: DELETE answered 200 while the record stayed, and the next request resumed it."""
+    url = await blocker.store_url()
+    gw = await gateway([example_stdio()], store_url=url, store_timeout=0.5)
+    client = RawClient(http, f"{gw.url}/http")
+    async with asyncio.timeout(BOUND):
+        await client.initialize()
+        assert client.session_id
+        assert (await client.post(client.request("tools/list"))).status == 200
+        await blocker.block()
+
+        async with http.delete(client.url, headers=client.headers()) as response:
+            body = await response.json()
+            assert (response.status, body["error"]["code"]) == (503, errors.STORE_UNAVAILABLE)
+        assert await gw.hub.stores.sessions.get(client.session_id) is not None  # kept, truly
+        again = await client.post(client.request("tools/list"))
+        assert (again.status, again.error_code) == (404, errors.SESSION_NOT_FOUND)
+
+        await blocker.heal()
+        assert await client.delete() == 200  # the repeated DELETE is recorded now
+        assert await gw.hub.stores.sessions.get(client.session_id) is None
+        assert (await client.post(client.request("tools/list"))).status == 404
+        assert await client.delete() == 404
