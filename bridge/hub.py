@@ -92,7 +92,8 @@ class SessionHub:
         self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
-        self._resuming: dict[str, asyncio.Task[Session]] = {}
+        #: (session id, server, principal) -> the lookup and resume under way.
+        self._resuming: dict[tuple[str, str, str | None], asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
         #: Ended sessions whose record the store kept (a failed DELETE), oldest first:
         #: never resumed here, however the store answers, until the record's TTL.
@@ -200,7 +201,13 @@ class SessionHub:
         if session is not None and session.ended.is_set():
             self._forget(session)
             session = None
-        if session is None:
+        if session is None or (session.record.server, session.record.principal) != (
+            server,
+            principal,
+        ):
+            # Unknown, ended elsewhere, or another principal's live session: the
+            # same store lookup for each, so how long the 404 takes does not tell
+            # a stranger that an id is live here (issue #15 "Timing").
             session = await self._resume(session_id, server, principal, client_headers)
         if (session.record.server, session.record.principal) != (server, principal):
             raise SessionNotFound("session not found")
@@ -214,15 +221,18 @@ class SessionHub:
         principal: str | None,
         client_headers: Mapping[str, str] | None,
     ) -> Session:
-        task = self._resuming.get(session_id)
+        # Keyed by who asks too: a stranger's lookup (a 404) is never the
+        # owner's resume, nor the other way round.
+        key = (session_id, server, principal)
+        task = self._resuming.get(key)
         if task is None:
             task = tasks.spawn(
                 self._load_and_resume(session_id, server, principal, client_headers),
                 name=f"resume:{short(session_id)}",
                 awaited=True,
             )
-            self._resuming[session_id] = task
-            task.add_done_callback(lambda _: self._resuming.pop(session_id, None))
+            self._resuming[key] = task
+            task.add_done_callback(lambda _: self._resuming.pop(key, None))
         return await asyncio.shield(task)
 
     async def _load_and_resume(
@@ -356,16 +366,18 @@ class SessionHub:
             StoreDown: the store cannot be reached, or could not delete the record.
         """
         session = self._sessions.get(session_id)
-        if session is not None and not session.ended.is_set():
-            if (session.record.server, session.record.principal) != (server, principal):
-                raise SessionNotFound("session not found")
+        mine = session is not None and (session.record.server, session.record.principal) == (
+            server,
+            principal,
+        )
+        if session is not None and mine and not session.ended.is_set():
             await session.close(reason, forget=True)
             self._sessions.pop(session_id, None)
             if session.forget_error is not None:
                 self._bury(session_id, server, principal)
                 raise StoreDown(f"session store could not delete it: {session.forget_error}")
             return
-        try:
+        try:  # another principal's live session too: the same lookup as an unknown id
             record = await self._store.get(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
