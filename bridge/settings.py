@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     )
     oauth_leeway: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
     oauth_jwks_timeout: Seconds = Field(5.0, description="one JWKS fetch from the issuer")
+    oauth_jwks_failure_ttl: Seconds = Field(
+        10.0,
+        description="after a JWKS fetch failed, requests that need the keys get 503 with "
+        "Retry-After for this long, without fetching again",
+    )
     public_url: str | None = Field(
         None,
         pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
