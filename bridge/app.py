@@ -365,6 +365,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
         max_subscriptions=settings.max_subscriptions_per_session,
+        unused_ttl=settings.session_unused_ttl,
     )
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
@@ -379,6 +380,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             limits,
             max_sessions=settings.max_sessions,
             max_sessions_per_principal=settings.max_sessions_per_principal,
+            max_records_per_principal=settings.max_records_per_principal,
         ),
         metrics,
     )

@@ -71,6 +71,7 @@ class HubConfig:
     limits: SessionLimits
     max_sessions: int = 10000  # live client sessions in this process
     max_sessions_per_principal: int = 100  # ... that hold an upstream of their own (share none)
+    max_records_per_principal: int = 1000  # stored records, live or not, per principal
 
 
 def new_session_id() -> str:
@@ -165,7 +166,9 @@ class SessionHub:
         )
         session = Session(record, connection, self.stores, self._config.limits, self.metrics)
         try:
-            await self._store.create(record, self._config.limits.ttl)
+            evicted = await self._store.create(
+                record, session.record_ttl, max_per_principal=self._config.max_records_per_principal
+            )
         except BaseException as exc:
             # Whatever failed, the upstream leased for it belongs to no session.
             await connection.aclose()
@@ -177,6 +180,8 @@ class SessionHub:
         log.info(
             "session_started", session_id=short(session.id), server=server, principal=principal
         )
+        if evicted:
+            self._evicted(evicted)
         return session, await session.post_requests([request])
 
     # -- find --------------------------------------------------------------
@@ -308,6 +313,28 @@ class SessionHub:
             if self._starting[principal] <= 0:
                 del self._starting[principal]
 
+    def _evicted(self, session_ids: list[str]) -> None:
+        """Records the store deleted for the per-principal cap: release them here too,
+        and drop their events (in the background: the new session does not wait)."""
+        self.metrics.limited.labels("records_per_principal").inc(len(session_ids))
+        log.info("records_evicted", count=len(session_ids))
+        for session_id in session_ids:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                self._forget(session)
+                _ = tasks.spawn(
+                    session.close("limit: record evicted for a newer one"),
+                    name=f"evict:{short(session_id)}",
+                )
+        _ = tasks.spawn(self._drop_events(session_ids), name="evicted-events")
+
+    async def _drop_events(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            try:
+                await self.stores.events.delete_session(session_id)
+            except StoreUnavailable:
+                return  # they expire with the session TTL
+
     def _dedicated(self, session: Session) -> bool:
         pool = self.pools.get(session.record.server)
         return pool is not None and pool.config.share == "none"
@@ -341,7 +368,7 @@ class SessionHub:
         touch period, its next request gets 404.
         """
         try:
-            alive = await self._store.touch(session.id, self._config.limits.ttl)
+            alive = await self._store.touch(session.id, session.record_ttl)
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("touch").inc()
             log.warning("store_touch_failed", session_id=short(session.id), error=str(exc))

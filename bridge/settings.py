@@ -183,6 +183,17 @@ class Settings(BaseSettings):
     session_ttl: Seconds = Field(
         7 * 24 * 3600.0, description="a session is forgotten this long after its last use"
     )
+    session_unused_ttl: Seconds = Field(
+        900.0,
+        description="a session that did nothing but initialize is forgotten this long after "
+        "it; its first request, notification or GET stream gives it session_ttl",
+    )
+    max_records_per_principal: int = Field(
+        1000,
+        ge=1,
+        description="session records one principal keeps in the store (live or not); a new "
+        "one past it deletes that principal's longest-unused records",
+    )
     upstream_idle_timeout: Seconds = Field(
         1800.0,
         description="release a session's upstream (child, SSE stream) after no request and no "

@@ -150,7 +150,7 @@ def _open_redis(
         client = redis_sessions.connect(url, timeout=timeout)
     except ValueError as exc:
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
-    sessions = redis_sessions.RedisSessionStore(client, prefix=prefix)
+    sessions = redis_sessions.RedisSessionStore(client, prefix=prefix, clock=clock)
     events = RedisEventStore(
         client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
     )

@@ -7,6 +7,8 @@ Key layout (every key carries a TTL; nothing is ever written without one)::
                                                  the message JSON ("" for priming)
     {prefix}:{<session_id>}:streams      zset    the session's stream names,
                                                  scored by last append (Unix ms)
+    {prefix}:owner:<principal digest>    zset    the ids of a principal's records
+                                                 (create's cap), by creation (Unix ms)
 
 The ``{<session_id>}`` hash tag keeps all keys of a session in one Redis
 Cluster slot, so the multi-key writes below stay legal there. Session ids
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import math
 import re
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from redis import exceptions as redis_errors
@@ -117,6 +121,12 @@ def streams_key(prefix: str, session_id: str) -> str:
     return f"{prefix}:{{{session_id}}}:streams"
 
 
+def owner_key(prefix: str, principal: str | None) -> str:
+    """The index of one principal's records (a zset of session ids, for create's cap)."""
+    name = "-" if principal is None else hashlib.sha256(principal.encode()).hexdigest()[:32]
+    return f"{prefix}:owner:{name}"
+
+
 def stream_key(prefix: str, session_id: str, stream: str) -> str:
     return f"{prefix}:{{{session_id}}}:ev:{stream}"
 
@@ -128,21 +138,71 @@ class RedisSessionStore:
     and belongs to whoever made it (:func:`bridge.stores.open_stores`).
     """
 
-    def __init__(self, client: Redis, *, prefix: str) -> None:
+    def __init__(
+        self, client: Redis, *, prefix: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self._client = client
+        self._clock = clock
         self._prefix = check_prefix(prefix)
         # SCAN MATCH is a glob: a stream named "x:session" matches it too.
         self._record_key = re.compile(re.escape(prefix) + r":\{[^{}]+\}:session")
         self._probe_key = f"{prefix}:probe:{secrets.token_hex(8)}"  # this process's own
 
-    async def create(self, record: SessionRecord, ttl: float) -> None:
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
         await self.save(record, ttl)
+        if max_per_principal is None:
+            return []
+        owner = owner_key(self._prefix, record.principal)
+        with unavailable("create"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.zadd(owner, {record.session_id: ms(self._clock())})
+                _ = pipe.pttl(owner)
+                _ = pipe.zcard(owner)
+                _, owner_ttl, count = await pipe.execute()
+            await self._outlive(owner, int(owner_ttl), ttl)
+            if int(count) <= max_per_principal:
+                return []
+            return await self._cap(owner, record.session_id, max_per_principal)
+
+    async def _cap(self, owner: str, keep: str, cap: int) -> builtins.list[str]:
+        """Trim the principal index to its live records, then delete the soonest expiring.
+
+        The index only says which records a principal made; each record's own
+        TTL says how recently it was used (touches move it), so the expiries
+        are read, one ``PTTL`` per member, only when the index is over ``cap``.
+        """
+        members = [text(m) for m in await self._client.zrange(owner, 0, -1)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in members:
+                _ = pipe.pttl(session_key(self._prefix, member))
+            ttls = await pipe.execute()
+        live = [(int(t), m) for t, m in zip(ttls, members, strict=True) if int(t) != -2]
+        gone = set(members) - {m for _, m in live}
+        others = sorted((t, m) for t, m in live if m != keep)
+        evicted = [m for _, m in others[: max(0, len(others) + 1 - cap)]]
+        if evicted:
+            await self._client.delete(*(session_key(self._prefix, m) for m in evicted))
+        if gone or evicted:
+            await self._client.zrem(owner, *gone, *evicted)
+        return evicted
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         require_session_id(record.session_id)
         key = session_key(self._prefix, record.session_id)
+        owner = owner_key(self._prefix, record.principal)
         with unavailable("save"):
-            await self._client.set(key, record.to_json(), px=ms(ttl))
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.set(key, record.to_json(), px=ms(ttl))
+                _ = pipe.pttl(owner)
+                _, owner_ttl = await pipe.execute()
+            await self._outlive(owner, int(owner_ttl), ttl)
+
+    async def _outlive(self, owner: str, owner_ttl: int, ttl: float) -> None:
+        """Let the principal index live as long as the record just written (if it exists)."""
+        if owner_ttl != -2 and owner_ttl < ms(ttl):
+            await self._client.pexpire(owner, ms(ttl))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         if not valid_session_id(session_id):

@@ -15,9 +15,11 @@ error, ``database disk image is malformed``) surfaces as
 
 Schema::
 
-    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL)
+    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL, owner TEXT)
 
-``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds.
+``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds;
+``owner`` is ``p:`` + the record's principal, ``''`` for none (added to
+older files on open), indexed with ``expires_at`` for ``create``'s cap.
 Expiry is checked on read; every write also deletes up to
 :data:`PURGE_BATCH` expired records.
 """
@@ -165,14 +167,26 @@ class SqliteSessionStore:
     ) -> SqliteSessionStore:
         """The store over ``db``, creating its table if need be."""
         await db.read(lambda conn: conn.executescript(_SCHEMA))
+        await db.write(_migrate)
         return cls(db, clock=clock)
 
-    async def create(self, record: SessionRecord, ttl: float) -> None:
-        await self.save(record, ttl)
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
+        now, text, owner = self._clock(), record.to_json(), _owner(record.principal)
+        session_id = record.session_id
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            _save(conn, now, session_id, text, now + ttl, owner)
+            return [] if max_per_principal is None else _cap(conn, now, record, max_per_principal)
+
+        return await self._db.write(work)
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
-        now, text = self._clock(), record.to_json()
-        await self._db.write(lambda conn: _save(conn, now, record.session_id, text, now + ttl))
+        now, text, owner = self._clock(), record.to_json(), _owner(record.principal)
+        await self._db.write(
+            lambda conn: _save(conn, now, record.session_id, text, now + ttl, owner)
+        )
 
     async def get(self, session_id: str) -> SessionRecord | None:
         now = self._clock()
@@ -240,15 +254,57 @@ def _purge(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
+def _owner(principal: str | None) -> str:
+    """The ``owner`` column of a principal's records: '' for None (auth off)."""
+    return "" if principal is None else "p:" + principal
+
+
 def _save(
-    conn: sqlite3.Connection, now: float, session_id: str, text: str, expires_at: float
+    conn: sqlite3.Connection,
+    now: float,
+    session_id: str,
+    text: str,
+    expires_at: float,
+    owner: str = "",
 ) -> None:
     _purge(conn, now)
     conn.execute(
-        "INSERT INTO bridge_sessions (session_id, record, expires_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (session_id) DO UPDATE"
-        " SET record = excluded.record, expires_at = excluded.expires_at",
-        (session_id, text, expires_at),
+        "INSERT INTO bridge_sessions (session_id, record, expires_at, owner) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (session_id) DO UPDATE SET record = excluded.record,"
+        " expires_at = excluded.expires_at, owner = excluded.owner",
+        (session_id, text, expires_at, owner),
+    )
+
+
+def _cap(conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int) -> list[str]:
+    """Delete the principal's other live records past ``cap - 1``, soonest expiring first."""
+    rows = conn.execute(
+        "SELECT session_id FROM bridge_sessions"
+        " WHERE owner = ? AND expires_at > ? AND session_id <> ?"
+        " ORDER BY expires_at DESC LIMIT -1 OFFSET ?",
+        (_owner(record.principal), now, record.session_id, max(cap - 1, 0)),
+    ).fetchall()
+    evicted = [str(row[0]) for row in rows]
+    for start in range(0, len(evicted), 500):
+        batch = evicted[start : start + 500]
+        conn.execute(
+            f"DELETE FROM bridge_sessions WHERE session_id IN ({placeholders(len(batch))})",
+            batch,
+        )
+    return evicted
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add ``owner`` (a principal's records, for create's cap) to a file made before it."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
+    if "owner" not in columns:
+        conn.execute("ALTER TABLE bridge_sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        conn.execute(
+            "UPDATE bridge_sessions SET owner = 'p:' || json_extract(record, '$.principal')"
+            " WHERE json_valid(record) AND json_extract(record, '$.principal') IS NOT NULL"
+        )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS bridge_sessions_owner ON bridge_sessions (owner, expires_at)"
     )
 
 

@@ -40,6 +40,7 @@ class SessionRecord:
     principal: str | None = None  # who created it (front-door auth)
     created_at: float = 0.0  # Unix seconds
     last_seen_at: float = 0.0  # Unix seconds
+    used: bool = False  # the client did more than initialize (kept for the full TTL)
 
     def summary(self) -> dict[str, Any]:
         """What an operator lists: no client params beyond the client's name."""
@@ -63,8 +64,16 @@ class SessionRecord:
 
 
 class SessionStore(Protocol):
-    async def create(self, record: SessionRecord, ttl: float) -> None:
-        """Store a new record that expires ``ttl`` seconds after its last touch."""
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
+        """Store a new record that expires ``ttl`` seconds after its last touch.
+
+        With ``max_per_principal``, the records of ``record.principal`` (None
+        is one principal too) are capped: past it, the other records of that
+        principal that expire soonest (the longest unused) are deleted, events
+        not included. Returns the ids deleted so.
+        """
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """The record, or None if unknown or expired."""
