@@ -167,7 +167,8 @@ class SqliteSessionStore:
     ) -> SqliteSessionStore:
         """The store over ``db``, creating its table if need be."""
         await db.read(lambda conn: conn.executescript(_SCHEMA))
-        await db.write(_migrate)
+        if await db.read(_needs_migration):  # a write only when there is something to do
+            await db.write(_migrate)
         return cls(db, clock=clock)
 
     async def create(
@@ -292,6 +293,12 @@ def _cap(conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int) 
             batch,
         )
     return evicted
+
+
+def _needs_migration(conn: sqlite3.Connection) -> bool:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(bridge_sessions)")}
+    return "owner" not in columns or "bridge_sessions_owner" not in indexes
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
