@@ -60,6 +60,7 @@ FRONT_DOOR: Final = "streamable_http"
 #: releases sessions and reaps children.
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
+PROBE_TIMEOUT: Final = web.AppKey("store_probe_timeout", float)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
 CORS_ALLOW_HEADERS: Final = (
     "Accept",
@@ -169,7 +170,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: ``ok``, or ``degraded`` while the session store is unreachable.
+    """Readiness: ``ok``, or ``degraded`` while the session store fails its probe.
+
+    The probe writes and reads back a record (:meth:`SessionStore.ping`),
+    bounded as a whole by ``BRIDGE_STORE_PROBE_TIMEOUT``.
 
     Degraded still answers 200: live sessions keep being served during a store
     outage, and taking every replica out of rotation would end them too. A
@@ -178,9 +182,15 @@ async def readyz(request: web.Request) -> web.Response:
     """
     hub = request.app[HUB]
     try:
-        await hub.stores.sessions.ping()
+        # A write and a read of a probe record (not a bare PING or SELECT 1):
+        # a store that answers but refuses writes is down for sessions.
+        async with asyncio.timeout(request.app[PROBE_TIMEOUT]):
+            await hub.stores.sessions.ping()
     except StoreUnavailable as exc:
         store = {"status": "unavailable", "error": str(exc)}
+    except TimeoutError:
+        timeout = request.app[PROBE_TIMEOUT]
+        store = {"status": "unavailable", "error": f"store probe took over {timeout:g}s"}
     else:
         store = {"status": "ok"}
     status = "ok" if store["status"] == "ok" else "degraded"
@@ -355,6 +365,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
         max_subscriptions=settings.max_subscriptions_per_session,
+        unused_ttl=settings.session_unused_ttl,
     )
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
@@ -369,11 +380,13 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             limits,
             max_sessions=settings.max_sessions,
             max_sessions_per_principal=settings.max_sessions_per_principal,
+            max_records_per_principal=settings.max_records_per_principal,
         ),
         metrics,
     )
     app[HUB] = hub
     app[HTTP_CLIENT] = client
+    app[PROBE_TIMEOUT] = settings.store_probe_timeout
 
     guard = Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins)
     default_server = servers[0].name if len(servers) == 1 else None

@@ -31,9 +31,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -43,6 +45,7 @@ import jwt
 import structlog
 from aiohttp import web
 
+from bridge import tasks
 from bridge.errors import AuthServerDown, ConfigError, InsufficientScope, Unauthorized
 from bridge.settings import Settings
 
@@ -188,6 +191,7 @@ class OAuthConfig:
     leeway: float
     jwks_timeout: float
     public_url: str
+    jwks_failure_ttl: float = 10.0
 
 
 class OAuthResourceServer:
@@ -200,6 +204,12 @@ class OAuthResourceServer:
             config.jwks_url, cache_keys=True, lifespan=300, timeout=config.jwks_timeout
         )
         self._last_refresh = -JWKS_MIN_REFRESH
+        # PyJWKClient blocks (urllib): it runs on a thread of its own, never on
+        # the loop's default executor, which aiohttp's DNS lookups share (issue #15).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-jwks")
+        self._fetching: asyncio.Future[list[jwt.PyJWK]] | None = None  # at most one
+        self._failed_until = 0.0  # monotonic: until then a failed fetch is not retried
+        self.fetches = 0  # JWKS fetches started (for tests and logs)
 
     async def authenticate(self, request: web.Request) -> str | None:
         token = bearer_token(request)
@@ -247,13 +257,13 @@ class OAuthResourceServer:
     async def _signing_key(self, token: str) -> Any:
         kid = jwt.get_unverified_header(token).get("kid")
         keys = self._cached_keys()
-        if keys is None:  # fetch off the event loop (PyJWKClient uses urllib)
-            keys = await asyncio.to_thread(self._jwks.get_signing_keys)
+        if keys is None:
+            keys = await self._fetch(refresh=False)
         found = self._jwks.match_kid(keys, kid) if kid else (keys[0] if len(keys) == 1 else None)
         now = time.monotonic()
         if found is None and now - self._last_refresh >= JWKS_MIN_REFRESH:
             self._last_refresh = now
-            keys = await asyncio.to_thread(self._jwks.get_signing_keys, True)
+            keys = await self._fetch(refresh=True)
             found = self._jwks.match_kid(keys, kid) if kid else None
         if found is None:
             raise jwt.PyJWKClientError("no signing key matches the token")
@@ -264,6 +274,44 @@ class OAuthResourceServer:
             # PyJWT would hand an RSA key to the EC verifier (a TypeError, a 500).
             raise jwt.InvalidAlgorithmError("the token's alg does not fit its key")
         return found.key
+
+    async def _fetch(self, *, refresh: bool) -> list[jwt.PyJWK]:
+        """The issuer's signing keys, fetched once however many requests ask at once.
+
+        Concurrent callers share the fetch in flight; a fetch that failed is
+        not retried for ``jwks_failure_ttl`` seconds, during which callers get
+        503 with ``Retry-After`` at once. A fetch takes at most ``jwks_timeout``.
+
+        Raises:
+            AuthServerDown: the JWKS could not be fetched (now, or recently).
+        """
+        wait = self._failed_until - time.monotonic()
+        if wait > 0:
+            raise _jwks_down(wait)
+        if self._fetching is None:
+            self.fetches += 1
+            fetching = tasks.spawn(self._fetch_once(refresh), name="jwks-fetch", awaited=True)
+            self._fetching = fetching
+            fetching.add_done_callback(self._fetched)
+        return await asyncio.shield(self._fetching)
+
+    def _fetched(self, fetching: asyncio.Future[list[jwt.PyJWK]]) -> None:
+        if self._fetching is fetching:
+            self._fetching = None
+
+    async def _fetch_once(self, refresh: bool) -> list[jwt.PyJWK]:
+        loop = asyncio.get_running_loop()
+        timeout = self._config.jwks_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await loop.run_in_executor(
+                    self._executor, self._jwks.get_signing_keys, refresh
+                )
+        except (TimeoutError, jwt.PyJWKClientConnectionError) as exc:
+            error = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else exc
+            self._failed_until = time.monotonic() + self._config.jwks_failure_ttl
+            log.warning("jwks_unavailable", url=self._config.jwks_url, error=str(error))
+            raise _jwks_down(self._config.jwks_failure_ttl) from exc
 
     def _cached_keys(self) -> list[jwt.PyJWK] | None:
         """The signing keys of a fresh cached JWKS, without a thread hop; None if stale."""
@@ -279,6 +327,13 @@ class OAuthResourceServer:
             return self._config.audiences
         base = self._config.public_url.rstrip("/")
         return (resource_url(self._config.public_url, request.path), base, base + "/")
+
+
+def _jwks_down(retry_after: float) -> AuthServerDown:
+    return AuthServerDown(
+        "authorization server keys unavailable",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
 
 
 def oauth_subject(claims: dict[str, Any]) -> str | None:
@@ -425,6 +480,7 @@ def from_settings(
         leeway=settings.oauth_leeway,
         jwks_timeout=settings.oauth_jwks_timeout,
         public_url=settings.public_url,
+        jwks_failure_ttl=settings.oauth_jwks_failure_ttl,
     )
     metadata = ProtectedResource(config, is_endpoint)
     challenge = Challenge(metadata.metadata_url, config.scopes)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -46,6 +46,20 @@ log = structlog.get_logger("bridge.hub")
 
 #: Seconds a client turned away by a session limit is told to wait (Retry-After).
 LIMIT_RETRY_AFTER: Final = 5
+#: Most sessions this process remembers as ended although the store kept their
+#: record (a DELETE it could not record); past it the oldest is forgotten.
+MAX_TOMBSTONES: Final = 100_000
+#: Tombstoned records the reaper tries to delete from the store per pass.
+TOMBSTONE_RETRY_BATCH: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A session ended here (DELETE) whose record the store could not delete."""
+
+    server: str
+    principal: str | None
+    expires_at: float  # monotonic: when the record expires in the store at the latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,7 @@ class HubConfig:
     limits: SessionLimits
     max_sessions: int = 10000  # live client sessions in this process
     max_sessions_per_principal: int = 100  # ... that hold an upstream of their own (share none)
+    max_records_per_principal: int = 1000  # stored records, live or not, per principal
 
 
 def new_session_id() -> str:
@@ -78,8 +93,12 @@ class SessionHub:
         self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
-        self._resuming: dict[str, asyncio.Task[Session]] = {}
+        #: (session id, server, principal) -> the lookup and resume under way.
+        self._resuming: dict[tuple[str, str, str | None], asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
+        #: Ended sessions whose record the store kept (a failed DELETE), oldest first:
+        #: never resumed here, however the store answers, until the record's TTL.
+        self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
         #: principal -> sessions being started or resumed (not yet in _sessions).
         self._starting: Counter[str | None] = Counter()
         # Sliding expiry without a store write per request (issue #3 "Cost").
@@ -147,15 +166,22 @@ class SessionHub:
         )
         session = Session(record, connection, self.stores, self._config.limits, self.metrics)
         try:
-            await self._store.create(record, self._config.limits.ttl)
-        except StoreUnavailable as exc:
+            evicted = await self._store.create(
+                record, session.record_ttl, max_per_principal=self._config.max_records_per_principal
+            )
+        except BaseException as exc:
+            # Whatever failed, the upstream leased for it belongs to no session.
             await connection.aclose()
-            raise StoreDown(f"session store unavailable: {exc}") from exc
+            if isinstance(exc, StoreUnavailable):
+                raise StoreDown(f"session store unavailable: {exc}") from exc
+            raise
         self._sessions[session.id] = session
         session.start()
         log.info(
             "session_started", session_id=short(session.id), server=server, principal=principal
         )
+        if evicted:
+            self._evicted(evicted)
         return session, await session.post_requests([request])
 
     # -- find --------------------------------------------------------------
@@ -180,7 +206,13 @@ class SessionHub:
         if session is not None and session.ended.is_set():
             self._forget(session)
             session = None
-        if session is None:
+        if session is None or (session.record.server, session.record.principal) != (
+            server,
+            principal,
+        ):
+            # Unknown, ended elsewhere, or another principal's live session: the
+            # same store lookup for each, so how long the 404 takes does not tell
+            # a stranger that an id is live here (issue #15 "Timing").
             session = await self._resume(session_id, server, principal, client_headers)
         if (session.record.server, session.record.principal) != (server, principal):
             raise SessionNotFound("session not found")
@@ -194,15 +226,18 @@ class SessionHub:
         principal: str | None,
         client_headers: Mapping[str, str] | None,
     ) -> Session:
-        task = self._resuming.get(session_id)
+        # Keyed by who asks too: a stranger's lookup (a 404) is never the
+        # owner's resume, nor the other way round.
+        key = (session_id, server, principal)
+        task = self._resuming.get(key)
         if task is None:
             task = tasks.spawn(
                 self._load_and_resume(session_id, server, principal, client_headers),
                 name=f"resume:{short(session_id)}",
                 awaited=True,
             )
-            self._resuming[session_id] = task
-            task.add_done_callback(lambda _: self._resuming.pop(session_id, None))
+            self._resuming[key] = task
+            task.add_done_callback(lambda _: self._resuming.pop(key, None))
         return await asyncio.shield(task)
 
     async def _load_and_resume(
@@ -216,7 +251,7 @@ class SessionHub:
             record = await self._store.get(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
-        if record is None or not record.init_result:
+        if record is None or not record.init_result or self._buried(session_id):
             raise SessionNotFound("session not found")
         if (record.server, record.principal) != (server, principal):
             raise SessionNotFound("session not found")  # a stranger must not start an upstream
@@ -278,6 +313,28 @@ class SessionHub:
             if self._starting[principal] <= 0:
                 del self._starting[principal]
 
+    def _evicted(self, session_ids: list[str]) -> None:
+        """Records the store deleted for the per-principal cap: release them here too,
+        and drop their events (in the background: the new session does not wait)."""
+        self.metrics.limited.labels("records_per_principal").inc(len(session_ids))
+        log.info("records_evicted", count=len(session_ids))
+        for session_id in session_ids:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                self._forget(session)
+                _ = tasks.spawn(
+                    session.close("limit: record evicted for a newer one"),
+                    name=f"evict:{short(session_id)}",
+                )
+        _ = tasks.spawn(self._drop_events(session_ids), name="evicted-events")
+
+    async def _drop_events(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            try:
+                await self.stores.events.delete_session(session_id)
+            except StoreUnavailable:
+                return  # they expire with the session TTL
+
     def _dedicated(self, session: Session) -> bool:
         pool = self.pools.get(session.record.server)
         return pool is not None and pool.config.share == "none"
@@ -311,7 +368,7 @@ class SessionHub:
         touch period, its next request gets 404.
         """
         try:
-            alive = await self._store.touch(session.id, self._config.limits.ttl)
+            alive = await self._store.touch(session.id, session.record_ttl)
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("touch").inc()
             log.warning("store_touch_failed", session_id=short(session.id), error=str(exc))
@@ -326,26 +383,79 @@ class SessionHub:
         """End a session for good (DELETE): release it and forget its record.
 
         A session that is stored but not live is forgotten without resuming it.
+        A record the store cannot delete is not pretended away: the session
+        stays ended in this process (a tombstone, until the record's TTL) and
+        the caller learns it (StoreDown, 503); a DELETE repeated later tries
+        the store again, as does the reaper.
 
         Raises:
             SessionNotFound: as for :meth:`get` (another principal's session included).
-            StoreDown: the store cannot be reached.
+            StoreDown: the store cannot be reached, or could not delete the record.
         """
         session = self._sessions.get(session_id)
-        try:
-            if session is not None and not session.ended.is_set():
-                if (session.record.server, session.record.principal) != (server, principal):
-                    raise SessionNotFound("session not found")
-                await session.close(reason, forget=True)
-                self._sessions.pop(session_id, None)
-                return
+        mine = session is not None and (session.record.server, session.record.principal) == (
+            server,
+            principal,
+        )
+        if session is not None and mine and not session.ended.is_set():
+            await session.close(reason, forget=True)
+            self._sessions.pop(session_id, None)
+            if session.forget_error is not None:
+                self._bury(session_id, server, principal)
+                raise StoreDown(f"session store could not delete it: {session.forget_error}")
+            return
+        try:  # another principal's live session too: the same lookup as an unknown id
             record = await self._store.get(session_id)
-            if record is None or (record.server, record.principal) != (server, principal):
-                raise SessionNotFound("session not found")
-            await self._store.delete(session_id)
-            await self.stores.events.delete_session(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
+        tombstone = self._buried(session_id)
+        if record is None and tombstone is not None and tombstone.principal == principal:
+            del self._tombstones[session_id]  # deleted since (the reaper, the TTL, a replica)
+            return
+        if record is None or (record.server, record.principal) != (server, principal):
+            raise SessionNotFound("session not found")
+        try:
+            await self._store.delete(session_id)
+        except StoreUnavailable as exc:
+            self._bury(session_id, server, principal)
+            raise StoreDown(f"session store could not delete it: {exc}") from exc
+        self._tombstones.pop(session_id, None)
+        try:
+            await self.stores.events.delete_session(session_id)
+        except StoreUnavailable as exc:  # without a record nobody replays them; TTL removes them
+            log.warning("event_delete_failed", session_id=short(session_id), error=str(exc))
+
+    def _bury(self, session_id: str, server: str, principal: str | None) -> None:
+        """Remember ``session_id`` as ended here until its record's TTL (bounded)."""
+        expires_at = time.monotonic() + self._config.limits.ttl
+        self._tombstones[session_id] = Tombstone(server, principal, expires_at)
+        self._tombstones.move_to_end(session_id)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
+        log.warning("session_tombstoned", session_id=short(session_id))
+
+    def _buried(self, session_id: str) -> Tombstone | None:
+        """The live tombstone of ``session_id``, if any (an expired one is dropped)."""
+        tombstone = self._tombstones.get(session_id)
+        if tombstone is not None and tombstone.expires_at <= time.monotonic():
+            del self._tombstones[session_id]
+            return None
+        return tombstone
+
+    async def retry_tombstones(self) -> int:
+        """Try again to delete the oldest tombstoned records; return how many went."""
+        now, deleted = time.monotonic(), 0
+        for session_id, tombstone in list(self._tombstones.items())[:TOMBSTONE_RETRY_BATCH]:
+            if tombstone.expires_at <= now:
+                self._tombstones.pop(session_id, None)
+                continue
+            try:
+                await self._store.delete(session_id)
+            except StoreUnavailable:
+                break  # still failing: the next pass tries again
+            self._tombstones.pop(session_id, None)
+            deleted += 1
+        return deleted
 
     def _forget(self, session: Session) -> None:
         """Drop a released session from the live map; keep waiting for its close."""
@@ -376,6 +486,8 @@ class SessionHub:
         while True:
             await asyncio.sleep(interval)
             await self.reap()
+            if self._tombstones:
+                await self.retry_tombstones()
             for pool in self.pools.values():
                 await pool.reap()
 

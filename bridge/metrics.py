@@ -136,7 +136,8 @@ class Metrics:
         self.limited = Counter(
             "mcp_bridge_limited_total",
             "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
-            "subscriptions_per_session, ...)",
+            "subscriptions_per_session, ...); records_per_principal counts stored records "
+            "deleted for a principal's newer ones",
             ["limit"],
             registry=r,
         )

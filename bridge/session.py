@@ -80,6 +80,7 @@ class SessionLimits:
     max_requests: int = 64  # requests in flight at once (429 above)
     max_subscriptions: int = 100  # resources/subscribe URIs held at once (-32602 above)
     stream_queue_bytes: int = 16 * 1024 * 1024  # per stream, and for the standalone buffer
+    unused_ttl: float = 900.0  # the record's TTL until the client does more than initialize
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,8 @@ class Session(StreamResumption):
         self.last_touch = time.monotonic()  # last sliding-expiry touch of the record
         self.ended = asyncio.Event()
         self.end_reason = ""
+        #: Why the store kept the record when close(forget=True) meant to delete it.
+        self.forget_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -275,11 +278,17 @@ class Session(StreamResumption):
         log.info("session_released", session_id=short(self.id), reason=reason, forgotten=forget)
 
     async def _forget_stored(self) -> None:
+        """Delete the record, then the events; a record that stays sets :attr:`forget_error`."""
         try:
             await self._stores.sessions.delete(self.id)
-            await self._stores.events.delete_session(self.id)
-        except StoreUnavailable as exc:  # the TTL removes it later
+        except StoreUnavailable as exc:  # the caller decides (DELETE answers 503)
+            self.forget_error = str(exc)
             log.warning("store_delete_failed", session_id=short(self.id), error=str(exc))
+            return
+        try:
+            await self._stores.events.delete_session(self.id)
+        except StoreUnavailable as exc:  # without a record nobody replays them; TTL removes them
+            log.warning("event_delete_failed", session_id=short(self.id), error=str(exc))
 
     # -- client -> upstream ------------------------------------------------
 
@@ -301,6 +310,8 @@ class Session(StreamResumption):
                 headers={"Retry-After": str(REQUEST_RETRY_AFTER)},
             )
         self.last_active = time.monotonic()
+        if any(r.get("method") != "initialize" for r in requests):
+            await self.mark_used()
         key = self._router.open_stream(unrelated=resumable)
         stream = self._streams[key] = self._new_stream(key)
         if resumable:
@@ -383,6 +394,8 @@ class Session(StreamResumption):
         """Forward a client notification or response (the caller answers 202)."""
         self._check_open()
         self.last_active = time.monotonic()
+        if message.get("method") != "notifications/initialized":
+            await self.mark_used()
         if kind is jsonrpc.Kind.RESPONSE:
             forwarded = self._router.client_response(message)
             deliveries: list[Delivery] = []
@@ -499,7 +512,7 @@ class Session(StreamResumption):
         """Store one event; its SSE id, or None if the store is down (sent unresumable)."""
         started = time.monotonic()
         try:
-            position = await self._stores.events.append(self.id, name, message, self._limits.ttl)
+            position = await self._stores.events.append(self.id, name, message, self.record_ttl)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("append").inc()
             log.warning("event_store_failed", session_id=short(self.id), error=str(exc))
@@ -507,9 +520,22 @@ class Session(StreamResumption):
         self._metrics.store_latency.labels("append").observe(time.monotonic() - started)
         return str(ids.EventId(self._tag, name, position))
 
+    @property
+    def record_ttl(self) -> float:
+        """The record's TTL: short until the client does more than initialize (issue #15)."""
+        ttl = float(self._limits.ttl)
+        return ttl if self.record.used else min(float(self._limits.unused_ttl), ttl)
+
+    async def mark_used(self) -> None:
+        """The client did more than initialize: keep the record for the full TTL from now."""
+        if self.record.used:
+            return
+        self.record.used = True
+        await self._save_record()
+
     async def _save_record(self) -> None:
         try:
-            await self._stores.sessions.save(self.record, self._limits.ttl)
+            await self._stores.sessions.save(self.record, self.record_ttl)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("save").inc()
             log.warning("record_save_failed", session_id=short(self.id), error=str(exc))

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     )
     oauth_leeway: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
     oauth_jwks_timeout: Seconds = Field(5.0, description="one JWKS fetch from the issuer")
+    oauth_jwks_failure_ttl: Seconds = Field(
+        10.0,
+        description="after a JWKS fetch failed, requests that need the keys get 503 with "
+        "Retry-After for this long, without fetching again",
+    )
     public_url: str | None = Field(
         None,
         pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
@@ -170,8 +175,24 @@ class Settings(BaseSettings):
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
+    store_probe_timeout: Seconds = Field(
+        5.0,
+        description="the /readyz store probe as a whole (a write and a read of a probe record); "
+        "past it the store is reported unavailable",
+    )
     session_ttl: Seconds = Field(
         7 * 24 * 3600.0, description="a session is forgotten this long after its last use"
+    )
+    session_unused_ttl: Seconds = Field(
+        900.0,
+        description="a session that did nothing but initialize is forgotten this long after "
+        "it; its first request, notification or GET stream gives it session_ttl",
+    )
+    max_records_per_principal: int = Field(
+        1000,
+        ge=1,
+        description="session records one principal keeps in the store (live or not); a new "
+        "one past it deletes that principal's longest-unused records",
     )
     upstream_idle_timeout: Seconds = Field(
         1800.0,

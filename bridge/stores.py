@@ -31,7 +31,7 @@ from bridge.events.store import EventStore
 from bridge.sessions import redis as redis_sessions
 from bridge.sessions.memory import MemorySessionStore
 from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore
-from bridge.sessions.store import SessionStore
+from bridge.sessions.store import SessionStore, StoreUnavailable
 
 
 async def _nothing() -> None:
@@ -129,7 +129,7 @@ async def _open_sqlite(
         )
     except BaseException as exc:
         await db.aclose()
-        if isinstance(exc, sqlite3.DatabaseError):  # e.g. "file is not a database"
+        if isinstance(exc, sqlite3.DatabaseError | StoreUnavailable):  # "file is not a database"
             raise ConfigError(f"store URL {url!r}: cannot use {path}: {exc}") from exc
         raise
     return Stores(sessions, events, db.aclose)
@@ -150,7 +150,7 @@ def _open_redis(
         client = redis_sessions.connect(url, timeout=timeout)
     except ValueError as exc:
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
-    sessions = redis_sessions.RedisSessionStore(client, prefix=prefix)
+    sessions = redis_sessions.RedisSessionStore(client, prefix=prefix, clock=clock)
     events = RedisEventStore(
         client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
     )

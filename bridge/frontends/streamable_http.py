@@ -191,6 +191,7 @@ class StreamableHttpFrontDoor:
         if not accepts(request.headers.get("Accept", ""), EVENT_STREAM):
             raise NotAcceptable(f"Accept must list {EVENT_STREAM}")
         session = await self._session(request, server, principal)
+        await session.mark_used()  # a client that listens is using its session
         last_event_id = request.headers.get("Last-Event-ID") or None  # empty: none (WHATWG)
         return await self._relay(request, session, await session.open_standalone(last_event_id))
 

@@ -34,13 +34,35 @@ class MemorySessionStore:
         # session id -> (record JSON, expires at); in write order, oldest first.
         self._records: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._values: OrderedDict[str, tuple[str, float]] = OrderedDict()  # put_value, likewise
+        # principal -> its records' ids (create's cap), and back.
+        self._owners: dict[str | None, dict[str, None]] = {}
+        self._owner_of: dict[str, str | None] = {}
 
-    async def create(self, record: SessionRecord, ttl: float) -> None:
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
         await self.save(record, ttl)
+        if max_per_principal is None:
+            return []
+        now, ids = self._clock(), self._owners.get(record.principal, {})
+        others = [
+            (entry[1], session_id)
+            for session_id in ids
+            if session_id != record.session_id
+            and (entry := self._live(session_id, now)) is not None
+        ]
+        others.sort()
+        excess = max(0, len(others) + 1 - max_per_principal)
+        evicted = [session_id for _, session_id in others[:excess]]
+        for session_id in evicted:
+            self._drop(session_id)
+        return evicted
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         now = self._purge()
         self._put(record.session_id, record.to_json(), now + ttl)
+        self._owner_of[record.session_id] = record.principal
+        self._owners.setdefault(record.principal, {})[record.session_id] = None
 
     async def get(self, session_id: str) -> SessionRecord | None:
         entry = self._live(session_id, self._clock())
@@ -56,7 +78,7 @@ class MemorySessionStore:
 
     async def delete(self, session_id: str) -> None:
         self._purge()
-        self._records.pop(session_id, None)
+        self._drop(session_id)
 
     async def list(self, limit: int) -> list[SessionRecord]:
         now = self._clock()
@@ -108,5 +130,17 @@ class MemorySessionStore:
             oldest = next(iter(self._records.items()), None)
             if oldest is None or oldest[1][1] > now:
                 break
-            del self._records[oldest[0]]
+            self._drop(oldest[0])
         return now
+
+    def _drop(self, session_id: str) -> None:
+        """Forget a record and its place in the principal index."""
+        self._records.pop(session_id, None)
+        if session_id not in self._owner_of:
+            return
+        principal = self._owner_of.pop(session_id)
+        ids = self._owners.get(principal)
+        if ids is not None:
+            ids.pop(session_id, None)
+            if not ids:
+                del self._owners[principal]

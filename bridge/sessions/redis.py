@@ -7,6 +7,8 @@ Key layout (every key carries a TTL; nothing is ever written without one)::
                                                  the message JSON ("" for priming)
     {prefix}:{<session_id>}:streams      zset    the session's stream names,
                                                  scored by last append (Unix ms)
+    {prefix}:owner:<principal digest>    zset    the ids of a principal's records
+                                                 (create's cap), by creation (Unix ms)
 
 The ``{<session_id>}`` hash tag keeps all keys of a session in one Redis
 Cluster slot, so the multi-key writes below stay legal there. Session ids
@@ -21,17 +23,21 @@ Every call is bounded: connecting and each socket read or write by
 ``timeout``, retries by :data:`RETRIES` with exponential backoff (at most
 :data:`RETRY_CAP` seconds between attempts), so a call gives up after about
 ``(RETRIES + 1) * timeout + RETRIES * RETRY_CAP`` in the worst case. A Redis
-that is down, loading, read-only or out of memory surfaces as
-:class:`StoreUnavailable`; the next call reconnects by itself.
+that is down, loading, read-only or out of memory, and any error reply (an
+ACL's ``NOPERM`` included), surfaces as :class:`StoreUnavailable`; the next
+call reconnects by itself.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import math
 import re
-from collections.abc import Iterator
+import secrets
+import time
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from redis import exceptions as redis_errors
@@ -47,19 +53,16 @@ RETRIES: Final = 2
 RETRY_BASE: Final = 0.05
 #: Most seconds between two attempts.
 RETRY_CAP: Final = 0.5
+#: Seconds the readiness probe's key lives (:meth:`RedisSessionStore.ping`).
+PROBE_TTL: Final = 60.0
 #: Keys asked for per SCAN step of :meth:`RedisSessionStore.list`.
 SCAN_COUNT: Final = 500
 
-#: Errors that mean "Redis cannot serve us now", not "we sent nonsense".
-UNAVAILABLE: Final = (
-    redis_errors.ConnectionError,  # incl. BusyLoadingError (LOADING), auth failures
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,  # we reached a replica (failover in progress)
-    redis_errors.OutOfMemoryError,
-    redis_errors.ClusterDownError,  # incl. MasterDownError
-    redis_errors.TryAgainError,
-    OSError,
-)
+#: Errors that mean "Redis cannot serve us": down, loading, a replica, out of
+#: memory, and also every error reply (``NOPERM`` from an ACL, ``WRONGTYPE``
+#: from a foreign key under our prefix): whatever the kind, the call failed
+#: and the client gets 503, never a 500 (issue #15).
+UNAVAILABLE: Final = (redis_errors.RedisError, OSError)
 
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -118,6 +121,12 @@ def streams_key(prefix: str, session_id: str) -> str:
     return f"{prefix}:{{{session_id}}}:streams"
 
 
+def owner_key(prefix: str, principal: str | None) -> str:
+    """The index of one principal's records (a zset of session ids, for create's cap)."""
+    name = "-" if principal is None else hashlib.sha256(principal.encode()).hexdigest()[:32]
+    return f"{prefix}:owner:{name}"
+
+
 def stream_key(prefix: str, session_id: str, stream: str) -> str:
     return f"{prefix}:{{{session_id}}}:ev:{stream}"
 
@@ -129,20 +138,71 @@ class RedisSessionStore:
     and belongs to whoever made it (:func:`bridge.stores.open_stores`).
     """
 
-    def __init__(self, client: Redis, *, prefix: str) -> None:
+    def __init__(
+        self, client: Redis, *, prefix: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self._client = client
+        self._clock = clock
         self._prefix = check_prefix(prefix)
         # SCAN MATCH is a glob: a stream named "x:session" matches it too.
         self._record_key = re.compile(re.escape(prefix) + r":\{[^{}]+\}:session")
+        self._probe_key = f"{prefix}:probe:{secrets.token_hex(8)}"  # this process's own
 
-    async def create(self, record: SessionRecord, ttl: float) -> None:
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
         await self.save(record, ttl)
+        if max_per_principal is None:
+            return []
+        owner = owner_key(self._prefix, record.principal)
+        with unavailable("create"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.zadd(owner, {record.session_id: ms(self._clock())})
+                _ = pipe.pttl(owner)
+                _ = pipe.zcard(owner)
+                _, owner_ttl, count = await pipe.execute()
+            await self._outlive(owner, int(owner_ttl), ttl)
+            if int(count) <= max_per_principal:
+                return []
+            return await self._cap(owner, record.session_id, max_per_principal)
+
+    async def _cap(self, owner: str, keep: str, cap: int) -> builtins.list[str]:
+        """Trim the principal index to its live records, then delete the soonest expiring.
+
+        The index only says which records a principal made; each record's own
+        TTL says how recently it was used (touches move it), so the expiries
+        are read, one ``PTTL`` per member, only when the index is over ``cap``.
+        """
+        members = [text(m) for m in await self._client.zrange(owner, 0, -1)]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in members:
+                _ = pipe.pttl(session_key(self._prefix, member))
+            ttls = await pipe.execute()
+        live = [(int(t), m) for t, m in zip(ttls, members, strict=True) if int(t) != -2]
+        gone = set(members) - {m for _, m in live}
+        others = sorted((t, m) for t, m in live if m != keep)
+        evicted = [m for _, m in others[: max(0, len(others) + 1 - cap)]]
+        if evicted:
+            await self._client.delete(*(session_key(self._prefix, m) for m in evicted))
+        if gone or evicted:
+            await self._client.zrem(owner, *gone, *evicted)
+        return evicted
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         require_session_id(record.session_id)
         key = session_key(self._prefix, record.session_id)
+        owner = owner_key(self._prefix, record.principal)
         with unavailable("save"):
-            await self._client.set(key, record.to_json(), px=ms(ttl))
+            async with self._client.pipeline(transaction=False) as pipe:
+                _ = pipe.set(key, record.to_json(), px=ms(ttl))
+                _ = pipe.pttl(owner)
+                _, owner_ttl = await pipe.execute()
+            await self._outlive(owner, int(owner_ttl), ttl)
+
+    async def _outlive(self, owner: str, owner_ttl: int, ttl: float) -> None:
+        """Let the principal index live as long as the record just written (if it exists)."""
+        if owner_ttl != -2 and owner_ttl < ms(ttl):
+            await self._client.pexpire(owner, ms(ttl))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         if not valid_session_id(session_id):
@@ -185,8 +245,12 @@ class RedisSessionStore:
         return None if stored is None else text(stored)
 
     async def ping(self) -> None:
-        with unavailable("ping"):
-            await self._client.ping()
+        nonce = secrets.token_hex(8)
+        with unavailable("probe"):
+            await self._client.set(self._probe_key, nonce, px=ms(PROBE_TTL))
+            stored = await self._client.get(self._probe_key)
+        if stored is None or text(stored) != nonce:
+            raise StoreUnavailable("redis probe: the value written did not read back")
 
     async def aclose(self) -> None:
         """Nothing to release: the shared client is closed by its owner."""

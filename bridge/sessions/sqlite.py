@@ -9,13 +9,17 @@ timeout and the wait for the worker are both bounded by ``timeout``.
 
 A call that is cancelled, or that gives up after ``timeout``, may still be
 carried out by the worker afterwards: the store stays consistent, the caller
-just does not learn the outcome.
+just does not learn the outcome. Every ``sqlite3.Error`` (locked, full, I/O
+error, ``database disk image is malformed``) surfaces as
+:class:`StoreUnavailable`: whatever the kind, the store cannot serve the call.
 
 Schema::
 
-    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL)
+    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL, owner TEXT)
 
-``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds.
+``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds;
+``owner`` is ``p:`` + the record's principal, ``''`` for none (added to
+older files on open), indexed with ``expires_at`` for ``create``'s cap.
 Expiry is checked on read; every write also deletes up to
 :data:`PURGE_BATCH` expired records.
 """
@@ -23,6 +27,7 @@ Expiry is checked on read; every write also deletes up to
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -36,6 +41,9 @@ T = TypeVar("T")
 
 #: Most expired rows deleted per write (bounded work per call).
 PURGE_BATCH: Final = 100
+#: The row :meth:`SqliteSessionStore.ping` writes, already expired (never a
+#: session: ids are URL-safe base64) and purged by a later write.
+PROBE_ID: Final = "!probe"
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS bridge_sessions (
@@ -123,7 +131,7 @@ class SqliteDatabase:
                 return await loop.run_in_executor(self._executor, work, self._conn)
         except TimeoutError as exc:
             raise StoreUnavailable(f"sqlite did not answer within {self._timeout}s") from exc
-        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+        except sqlite3.Error as exc:  # locked, disk full, I/O error, a corrupt page
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     @staticmethod
@@ -159,14 +167,27 @@ class SqliteSessionStore:
     ) -> SqliteSessionStore:
         """The store over ``db``, creating its table if need be."""
         await db.read(lambda conn: conn.executescript(_SCHEMA))
+        if await db.read(_needs_migration):  # a write only when there is something to do
+            await db.write(_migrate)
         return cls(db, clock=clock)
 
-    async def create(self, record: SessionRecord, ttl: float) -> None:
-        await self.save(record, ttl)
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
+        now, text, owner = self._clock(), record.to_json(), _owner(record.principal)
+        session_id = record.session_id
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            _save(conn, now, session_id, text, now + ttl, owner)
+            return [] if max_per_principal is None else _cap(conn, now, record, max_per_principal)
+
+        return await self._db.write(work)
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
-        now, text = self._clock(), record.to_json()
-        await self._db.write(lambda conn: _save(conn, now, record.session_id, text, now + ttl))
+        now, text, owner = self._clock(), record.to_json(), _owner(record.principal)
+        await self._db.write(
+            lambda conn: _save(conn, now, record.session_id, text, now + ttl, owner)
+        )
 
     async def get(self, session_id: str) -> SessionRecord | None:
         now = self._clock()
@@ -211,7 +232,15 @@ class SqliteSessionStore:
         return None if row is None else str(row[0])
 
     async def ping(self) -> None:
-        await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        now, nonce = self._clock(), secrets.token_hex(8)
+        await self._db.write(lambda conn: _save(conn, now, PROBE_ID, nonce, now - 1))
+        row = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT record FROM bridge_sessions WHERE session_id = ?", (PROBE_ID,)
+            ).fetchone()
+        )
+        if row is None or row[0] != nonce:
+            raise StoreUnavailable("sqlite: the probe record did not read back")
 
     async def aclose(self) -> None:
         """Nothing to release: the shared :class:`SqliteDatabase` is closed by its owner."""
@@ -226,15 +255,63 @@ def _purge(conn: sqlite3.Connection, now: float) -> None:
     )
 
 
+def _owner(principal: str | None) -> str:
+    """The ``owner`` column of a principal's records: '' for None (auth off)."""
+    return "" if principal is None else "p:" + principal
+
+
 def _save(
-    conn: sqlite3.Connection, now: float, session_id: str, text: str, expires_at: float
+    conn: sqlite3.Connection,
+    now: float,
+    session_id: str,
+    text: str,
+    expires_at: float,
+    owner: str = "",
 ) -> None:
     _purge(conn, now)
     conn.execute(
-        "INSERT INTO bridge_sessions (session_id, record, expires_at) VALUES (?, ?, ?)"
-        " ON CONFLICT (session_id) DO UPDATE"
-        " SET record = excluded.record, expires_at = excluded.expires_at",
-        (session_id, text, expires_at),
+        "INSERT INTO bridge_sessions (session_id, record, expires_at, owner) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (session_id) DO UPDATE SET record = excluded.record,"
+        " expires_at = excluded.expires_at, owner = excluded.owner",
+        (session_id, text, expires_at, owner),
+    )
+
+
+def _cap(conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int) -> list[str]:
+    """Delete the principal's other live records past ``cap - 1``, soonest expiring first."""
+    rows = conn.execute(
+        "SELECT session_id FROM bridge_sessions"
+        " WHERE owner = ? AND expires_at > ? AND session_id <> ?"
+        " ORDER BY expires_at DESC LIMIT -1 OFFSET ?",
+        (_owner(record.principal), now, record.session_id, max(cap - 1, 0)),
+    ).fetchall()
+    evicted = [str(row[0]) for row in rows]
+    for start in range(0, len(evicted), 500):
+        batch = evicted[start : start + 500]
+        conn.execute(
+            f"DELETE FROM bridge_sessions WHERE session_id IN ({placeholders(len(batch))})",
+            batch,
+        )
+    return evicted
+
+
+def _needs_migration(conn: sqlite3.Connection) -> bool:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(bridge_sessions)")}
+    return "owner" not in columns or "bridge_sessions_owner" not in indexes
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add ``owner`` (a principal's records, for create's cap) to a file made before it."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
+    if "owner" not in columns:
+        conn.execute("ALTER TABLE bridge_sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        conn.execute(
+            "UPDATE bridge_sessions SET owner = 'p:' || json_extract(record, '$.principal')"
+            " WHERE json_valid(record) AND json_extract(record, '$.principal') IS NOT NULL"
+        )
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS bridge_sessions_owner ON bridge_sessions (owner, expires_at)"
     )
 
 

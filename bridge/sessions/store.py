@@ -40,6 +40,7 @@ class SessionRecord:
     principal: str | None = None  # who created it (front-door auth)
     created_at: float = 0.0  # Unix seconds
     last_seen_at: float = 0.0  # Unix seconds
+    used: bool = False  # the client did more than initialize (kept for the full TTL)
 
     def summary(self) -> dict[str, Any]:
         """What an operator lists: no client params beyond the client's name."""
@@ -63,8 +64,16 @@ class SessionRecord:
 
 
 class SessionStore(Protocol):
-    async def create(self, record: SessionRecord, ttl: float) -> None:
-        """Store a new record that expires ``ttl`` seconds after its last touch."""
+    async def create(
+        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+    ) -> list[str]:
+        """Store a new record that expires ``ttl`` seconds after its last touch.
+
+        With ``max_per_principal``, the records of ``record.principal`` (None
+        is one principal too) are capped: past it, the other records of that
+        principal that expire soonest (the longest unused) are deleted, events
+        not included. Returns the ids deleted so.
+        """
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """The record, or None if unknown or expired."""
@@ -93,7 +102,14 @@ class SessionStore(Protocol):
         """The live value under ``key``, or None."""
 
     async def ping(self) -> None:
-        """Return if the store answers; raise :class:`StoreUnavailable` if not."""
+        """Return if the store takes a write and reads it back, else raise StoreUnavailable.
+
+        The readiness probe: it writes and reads what sessions use (SQLite's
+        sessions table, a Redis key under the prefix), so a store that answers
+        a ``PING`` but refuses writes (an ACL, a full disk, a corrupt page)
+        is reported as down. It leaves nothing a reader sees: the probe record
+        is already expired (SQLite) or expires within a minute (Redis).
+        """
 
     async def aclose(self) -> None:
         """Release connections and files."""

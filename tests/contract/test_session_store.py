@@ -9,12 +9,14 @@ healing without a restart; and the URLs :func:`open_stores` accepts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from bridge.errors import ConfigError
 from bridge.events.memory import MemoryEventStore
@@ -57,6 +59,7 @@ def record(session_id: str = "s-1", **changes: object) -> SessionRecord:
         principal="alice",
         created_at=1_800_000_000.25,
         last_seen_at=1_800_000_100.5,
+        used=True,
     )
     return dataclasses.replace(full, **changes)  # type: ignore[arg-type]
 
@@ -128,8 +131,42 @@ async def test_list_returns_live_records_up_to_limit(stores: Backend) -> None:
     assert {r.session_id for r in some} <= {"s-0", "s-1", "s-2", "s-3"}
 
 
-async def test_ping_answers(stores: Backend) -> None:
+async def test_create_caps_a_principals_records_soonest_expiring_first(stores: Backend) -> None:
+    """Issue #15: one key made 2,766 records in 50 s, each kept for the whole TTL."""
+    sessions = stores.sessions
+    for n, ttl in enumerate((100.0, 200.0, 300.0)):
+        assert await sessions.create(record(f"a-{n}"), ttl, max_per_principal=3) == []
+    await sessions.create(record("b-0", principal="bob"), 50.0, max_per_principal=3)
+    assert await sessions.touch("a-0", 1000.0)  # used again: now the last to expire
+
+    assert await sessions.create(record("a-3"), 400.0, max_per_principal=3) == ["a-1"]
+    # The new record stays even when it expires first (an unused one, short TTL).
+    assert await sessions.create(record("a-4"), 10.0, max_per_principal=3) == ["a-2"]
+
+    assert await sessions.get("a-1") is None
+    assert await sessions.get("a-2") is None
+    for kept in ("a-0", "a-3", "a-4", "b-0"):  # bob is capped apart
+        assert await sessions.get(kept) is not None, kept
+    assert len(await sessions.list(10)) == 4
+
+
+async def test_the_cap_counts_only_live_records_and_none_is_one_principal(
+    stores: Backend,
+) -> None:
+    sessions = stores.sessions
+    await sessions.create(record("n-0", principal=None), TTL, max_per_principal=2)
+    await sessions.create(record("n-1", principal=None), TTL, max_per_principal=2)
+    await sessions.delete("n-0")  # gone records do not count
+    assert await sessions.create(record("n-2", principal=None), TTL, max_per_principal=2) == []
+    assert await sessions.create(record("n-3", principal=None), TTL, max_per_principal=2) == ["n-1"]
+    assert await sessions.create(record("x-0"), TTL) == []  # no cap asked: none applied
+    assert {r.session_id for r in await sessions.list(10)} == {"n-2", "n-3", "x-0"}
+
+
+async def test_ping_answers_and_its_probe_is_never_seen(stores: Backend) -> None:
     await stores.sessions.ping()
+    await stores.sessions.ping()  # the probe record is written over, not added to
+    assert await stores.sessions.list(10) == []
 
 
 async def test_values_live_apart_from_records_and_first_writer_wins(stores: Backend) -> None:
@@ -258,6 +295,47 @@ async def test_sqlite_lock_held_elsewhere_fails_within_bound_then_heals(tmp_path
         await stores.aclose()
 
 
+async def test_sqlite_ping_fails_while_writes_do_though_reads_work(tmp_path: Path) -> None:
+    """The readiness probe writes (issue #15): a store that reads but cannot write is down."""
+    path = tmp_path / "bridge.db"
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="p", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock; WAL readers go on
+        assert await stores.sessions.get("s-1") is None
+        with pytest.raises(StoreUnavailable, match="sqlite"):
+            await stores.sessions.ping()
+        other.execute("ROLLBACK")
+        await stores.sessions.ping()
+    finally:
+        other.close()
+        await stores.aclose()
+
+
+async def test_sqlite_file_from_before_the_cap_gets_its_owners_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE bridge_sessions (session_id TEXT PRIMARY KEY, record TEXT NOT NULL,"
+            " expires_at REAL NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO bridge_sessions VALUES (?, ?, ?)",
+            ("old-1", record("old-1").to_json(), time.time() + TTL),
+        )
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="p", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+    )
+    try:
+        assert await stores.sessions.get("old-1") == record("old-1")
+        evicted = await stores.sessions.create(record("new-1"), TTL * 2, max_per_principal=1)
+        assert evicted == ["old-1"]  # alice's, although written before owners were kept
+    finally:
+        await stores.aclose()
+
+
 async def test_sqlite_stores_refuse_calls_once_closed(tmp_path: Path) -> None:
     stores = await open_stores(
         f"sqlite:///{tmp_path}/b.db", prefix="p", max_events=10, max_age=60, timeout=1
@@ -294,6 +372,39 @@ async def test_redis_outage_fails_fast_and_heals_without_restart(own_redis: Redi
         assert await stores.sessions.get("s-1") is None
         await stores.sessions.create(record(), TTL)
         assert await stores.sessions.get("s-1") == record()
+    finally:
+        await stores.aclose()
+
+
+async def test_redis_error_replies_are_store_errors_and_fail_the_probe(
+    own_redis: RedisServer,
+) -> None:
+    """An ACL user without write rights: NOPERM is StoreUnavailable, and PING alone would pass."""
+    admin = Redis.from_url(own_redis.url)
+    await admin.acl_setuser(
+        "reader",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@write"],
+    )
+    await admin.aclose()
+    url = f"redis://reader:pw@127.0.0.1:{own_redis.port}/0"
+    stores = await open_stores(url, prefix="t", max_events=10, max_age=60, timeout=1.0)
+    try:
+        assert await stores.sessions.get("s-1") is None  # reads work
+        calls = {
+            "save": lambda: stores.sessions.create(record(), TTL),
+            "delete": lambda: stores.sessions.delete("s-1"),
+            "append": lambda: stores.events.append("s-1", "get", None, TTL),
+            "probe": stores.sessions.ping,
+        }
+        for name, call in calls.items():
+            with pytest.raises(
+                StoreUnavailable, match=f"redis {name} failed: .*(permission|can't run)"
+            ):
+                await call()
     finally:
         await stores.aclose()
 

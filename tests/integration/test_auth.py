@@ -41,7 +41,14 @@ from pydantic import SecretStr
 from bridge.app import build_app
 from bridge.errors import SESSION_NOT_FOUND, UNAUTHORIZED
 from bridge.settings import Settings, SseServer, StreamableHttpServer
-from tests.conftest import GatewayFactory, RunningGateway, example_stdio, free_port
+from tests.conftest import (
+    GatewayFactory,
+    ProcFactory,
+    RunningGateway,
+    example_stdio,
+    free_port,
+    start_fixture_http,
+)
 from tests.rawclient import ACCEPT_BOTH, RawClient, next_event
 
 KEYS = "alice:tok-alice, bob:sha256:" + hashlib.sha256(b"tok-bob").hexdigest()
@@ -468,6 +475,104 @@ async def test_an_unreachable_jwks_is_a_503_not_a_401(
     client = raw(http, f"{gw.url}/mcp", {"Authorization": f"Bearer {issuer.token()}"})
     reply = await client.post(client.request("ping"))
     assert (reply.status, reply.error_code) == (503, UNAUTHORIZED)
+
+
+@dataclass
+class SlowJwks:
+    """A JWKS endpoint that holds every fetch until released (or answers 500), counting them."""
+
+    url: str = ""
+    fetches: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    fetched: asyncio.Event = field(default_factory=asyncio.Event)
+    failing: bool = False
+
+
+@pytest.fixture
+async def slow_jwks(aiohttp_server: AiohttpServer, issuer: Issuer) -> SlowJwks:
+    slow = SlowJwks()
+
+    async def serve(request: web.Request) -> web.Response:
+        slow.fetches += 1
+        slow.fetched.set()
+        if slow.failing:
+            return web.Response(status=500)
+        async with asyncio.timeout(60):  # a bound for the test, far past its own
+            await slow.release.wait()
+        return web.json_response(issuer.jwks())
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve)
+    server = await aiohttp_server(app)
+    slow.url = f"http://127.0.0.1:{server.port}/jwks.json"
+    return slow
+
+
+FORGED = 40  # concurrent well-formed tokens signed by a key the issuer never published
+
+
+async def test_a_slow_jwks_is_fetched_once_and_stalls_no_one_else(
+    gateway: GatewayFactory,
+    issuer: Issuer,
+    slow_jwks: SlowJwks,
+    procs: ProcFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Issue #15: forged tokens each fetched the JWKS on the default executor, which
+    aiohttp's DNS lookups share, so an API-key client's initialize stalled for 30 s."""
+    _, upstream = await start_fixture_http(procs)
+    upstream = upstream.replace("127.0.0.1", "localhost")  # resolved on the default executor
+    gw = await gateway(
+        [StreamableHttpServer(name="remote", url=upstream, type="streamable-http")],
+        api_keys=SecretStr(KEYS),
+        oauth_issuer=ISSUER,
+        oauth_jwks_url=slow_jwks.url,
+        oauth_scopes=[SCOPE],
+        public_url=PUBLIC,
+        oauth_jwks_timeout=30.0,  # the issuer is slow, not down
+    )
+    url = f"{gw.url}/mcp"
+    for n in range(FORGED):
+        issuer.add_key(f"forged-{n}", publish=False)
+    forged = [
+        raw(http, url, {"Authorization": f"Bearer {issuer.token(kid=f'forged-{n}')}"})
+        for n in range(FORGED)
+    ]
+    attempts = [asyncio.ensure_future(c.post(c.request("ping"))) for c in forged]
+    try:
+        async with asyncio.timeout(10):
+            await slow_jwks.fetched.wait()
+        alice = raw(http, url, ALICE)
+        async with asyncio.timeout(10):  # while all of them wait for the JWKS
+            await alice.initialize()
+            assert (await alice.post(alice.request("tools/list"))).status == 200
+        assert not any(a.done() for a in attempts)  # still held by the issuer
+        assert slow_jwks.fetches == 1  # one fetch in flight for all of them
+    finally:
+        slow_jwks.release.set()
+        async with asyncio.timeout(30):
+            replies = await asyncio.gather(*attempts)
+    assert {r.status for r in replies} == {401}
+    assert slow_jwks.fetches <= 2  # then at most one refresh for the unknown kids
+
+
+async def test_a_failed_jwks_fetch_is_shared_and_remembered_with_retry_after(
+    gateway: GatewayFactory, issuer: Issuer, slow_jwks: SlowJwks, http: aiohttp.ClientSession
+) -> None:
+    slow_jwks.failing = True
+    gw = await oauth_gateway(gateway, slow_jwks.url, oauth_jwks_failure_ttl=60.0)
+    url = f"{gw.url}/mcp"
+    clients = [raw(http, url, {"Authorization": f"Bearer {issuer.token()}"}) for _ in range(FORGED)]
+    async with asyncio.timeout(30):
+        replies = await asyncio.gather(*(c.post(c.request("ping")) for c in clients))
+        assert {(r.status, r.error_code) for r in replies} == {(503, UNAUTHORIZED)}
+        assert all(1 <= int(r.headers["Retry-After"]) <= 60 for r in replies)
+        assert slow_jwks.fetches == 1
+        slow_jwks.failing = False  # back, but the failure is remembered for its TTL
+        again = await clients[0].post(clients[0].request("ping"))
+    assert (again.status, again.error_code) == (503, UNAUTHORIZED)
+    assert again.headers["Retry-After"]
+    assert slow_jwks.fetches == 1
 
 
 async def test_oauth_sessions_are_bound_to_the_subject(
