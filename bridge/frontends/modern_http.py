@@ -9,9 +9,7 @@ Per request:
 - checks in the spec's order (:func:`bridge.modern.wire.check`), then for
   ``tools/call`` the ``Mcp-Param-*`` headers against the tool's schema;
 - ``server/discover`` from the upstream's own handshake result;
-- ``subscriptions/listen``: an SSE stream, acknowledged first, carrying the
-  ``list_changed`` and ``resources/updated`` notifications asked for, tagged
-  with the subscription id (basic/patterns/subscriptions);
+- ``subscriptions/listen``: :mod:`bridge.frontends.modern_listen`;
 - anything else through an :class:`~bridge.modern.exchange.Exchange` on a
   pool group. The answer is plain JSON unless the request asked for progress
   or log messages, then an SSE stream scoped to it (no event ids: nothing is
@@ -23,28 +21,25 @@ No answer carries ``Mcp-Session-Id``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import structlog
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
-from bridge import errors, jsonrpc, tasks
-from bridge.errors import BridgeError, GatewayFull, StoreDown, UpstreamError
+from bridge import errors, jsonrpc
+from bridge.errors import BridgeError, GatewayFull, StoreDown
 from bridge.frontends.context import MODERN
+from bridge.frontends.modern_listen import ClientGone, event_stream, listen, until_gone
 from bridge.hub import SessionHub
 from bridge.jsonrpc import Message
 from bridge.modern import state, wire
-from bridge.modern.exchange import Exchange, Final_, Holds, InputRequired, Notice, Timing
+from bridge.modern.exchange import Answered, Exchange, Holds, InputRequired, Notice, Timing
 from bridge.modern.wire import ModernRequest
-from bridge.pool.channel import Channel, Refused
 from bridge.pool.group import Group
 from bridge.sessions.store import StoreUnavailable
 
@@ -52,16 +47,7 @@ T = TypeVar("T")
 
 log = structlog.get_logger("bridge.frontend")
 
-#: Seconds between checks that a client waiting on a plain-JSON answer is still there.
-DISCONNECT_POLL: Final = 0.25
-ACK: Final = "notifications/subscriptions/acknowledged"
 SPENT: Final = "requestState was already used; retry with the newest one"
-#: ``subscriptions/listen`` filter fields -> the notification each admits.
-LIST_FILTERS: Final = {
-    "toolsListChanged": ("tools", "notifications/tools/list_changed"),
-    "promptsListChanged": ("prompts", "notifications/prompts/list_changed"),
-    "resourcesListChanged": ("resources", "notifications/resources/list_changed"),
-}
 STATE_KEY_NAME: Final = "modern-state-key"
 HOLD_PREFIX: Final = "modern-hold:"  # store values: a held call's round and answers
 STATE_KEY_TTL: Final = 10 * 365 * 86400.0  # seconds: as long as the store keeps anything
@@ -128,9 +114,10 @@ class ModernFrontDoor:
         request[MODERN] = True
         modern = wire.check(message, kind, request.headers)
         pool = self._hub.pools[server]
-        if modern.method == "subscriptions/listen":
-            return await self._listen(request, modern, pool.group_for(principal, request.headers))
         group = pool.group_for(principal, request.headers)
+        if modern.method == "subscriptions/listen":
+            timing = self._config.keepalive_interval, self._config.send_timeout
+            return await listen(request, modern, group, *timing)
         try:
             if modern.method == "server/discover":
                 result = pool.init_result if pool.config.share == "none" else {}
@@ -249,7 +236,7 @@ class ModernFrontDoor:
             if streams:
                 response = await self._serve_sse(request, steps, modern, exchange, principal)
             else:
-                response = await _until_gone(request, self._serve_json(steps, exchange, principal))
+                response = await until_gone(request, self._serve_json(steps, exchange, principal))
             held = not exchange.done and self.holds.get(exchange.id) is exchange
             return response
         except ClientGone:
@@ -266,7 +253,7 @@ class ModernFrontDoor:
         self, steps: AsyncIterator[Any], exchange: Exchange, principal: str | None
     ) -> web.StreamResponse:
         async for step in steps:
-            if isinstance(step, Final_):
+            if isinstance(step, Answered):
                 return web.json_response(step.message, status=step.status, dumps=jsonrpc.encode)
             if isinstance(step, InputRequired):
                 body = await self._input_required(exchange, step, principal)
@@ -286,8 +273,8 @@ class ModernFrontDoor:
         The status must still be free to be 400 (-32021) or 404 when the first
         thing known is an error, so nothing is sent before it.
         """
-        first = await _until_gone(request, anext(steps))
-        response = self._event_stream()
+        first = await until_gone(request, anext(steps))
+        response = event_stream(self._config.keepalive_interval, self._config.send_timeout)
         try:
             await response.prepare(request)
             async with response:
@@ -296,7 +283,7 @@ class ModernFrontDoor:
                     try:
                         if isinstance(step, Notice):
                             await response.send(jsonrpc.encode(step.message), event="message")
-                            step = await _until_gone(request, anext(steps))
+                            step = await until_gone(request, anext(steps))
                             continue
                         if isinstance(step, InputRequired):
                             body = await self._input_required(exchange, step, principal)
@@ -313,16 +300,6 @@ class ModernFrontDoor:
         except ConnectionResetError as exc:
             log.info("stream_client_gone", error=exc.__class__.__name__)
             return response
-
-    def _event_stream(self) -> EventSourceResponse:
-        response = EventSourceResponse(
-            allow_all_methods=True,
-            ping_interval=self._config.keepalive_interval,
-            send_timeout=self._config.send_timeout,
-        )
-        response.headers["Cache-Control"] = "no-cache, no-transform"
-        response.headers["X-Accel-Buffering"] = "no"  # transports §Receiving Messages (SHOULD)
-        return response
 
     async def _input_required(
         self, exchange: Exchange, step: InputRequired, principal: str | None
@@ -352,103 +329,3 @@ class ModernFrontDoor:
             "requestState": state.seal(claims, await self.key()),
         }
         return {"jsonrpc": "2.0", "id": exchange.current_id, "result": result}
-
-    # -- subscriptions/listen ------------------------------------------------
-
-    async def _listen(
-        self, request: web.Request, modern: ModernRequest, group: Group
-    ) -> web.StreamResponse:
-        """basic/patterns/subscriptions: acknowledge, then relay what was asked, tagged."""
-        pool = self._hub.pools[group.server]
-        wanted = modern.params.get("notifications")
-        if not isinstance(wanted, dict):
-            wanted = {}
-        channel = group.attach(modern=True)
-        try:
-            init = await group.initialize_result(jsonrpc.LATEST_VERSION)
-            capabilities = init.get("capabilities") or {}
-            granted: dict[str, Any] = {}
-            admitted: set[str] = set()
-            for field, (area, method) in LIST_FILTERS.items():
-                offered = capabilities.get(area)
-                if (
-                    wanted.get(field) is True
-                    and isinstance(offered, dict)
-                    and offered.get("listChanged")
-                ):
-                    granted[field] = True
-                    admitted.add(method)
-            uris = wanted.get("resourceSubscriptions")
-            resources = capabilities.get("resources")
-            watchable = isinstance(resources, dict) and resources.get("subscribe")
-            if isinstance(uris, list) and watchable:
-                subscribed = []
-                for uri in uris[:MAX_LISTEN_URIS]:
-                    with contextlib.suppress(Refused, UpstreamError):
-                        await group.subscribe(channel, uri, "resources/subscribe")
-                        subscribed.append(uri)
-                granted["resourceSubscriptions"] = subscribed
-            tag = {wire.META_SUBSCRIPTION_ID: modern.id}
-            response = self._event_stream()
-            await response.prepare(request)
-            async with response:
-                ack = jsonrpc.notification(ACK, {"_meta": tag, "notifications": granted})
-                await response.send(jsonrpc.encode(ack), event="message")
-                await _until_gone(request, self._relay_listen(response, channel, admitted, tag))
-                closing = {"jsonrpc": "2.0", "id": modern.id,
-                           "result": {"resultType": "complete", "_meta": tag}}  # fmt: skip
-                with contextlib.suppress(ConnectionResetError):
-                    await response.send(jsonrpc.encode(closing), event="message")
-            return response
-        except (ConnectionResetError, ClientGone):
-            return web.Response(status=499)  # the client left; nobody reads this
-        finally:
-            await channel.aclose()
-            pool.release(group)
-
-    async def _relay_listen(
-        self,
-        response: EventSourceResponse,
-        channel: Channel,
-        admitted: set[str],
-        tag: dict[str, Any],
-    ) -> None:
-        async for message in channel.messages():
-            method = message.get("method")
-            if method not in admitted and method != "notifications/resources/updated":
-                continue  # filter: nothing the client did not ask for (MUST NOT)
-            params = dict(jsonrpc.params(message))
-            params["_meta"] = {**(params.get("_meta") or {}), **tag}
-            await response.send(jsonrpc.encode({**message, "params": params}), event="message")
-
-
-#: Resource URIs one ``subscriptions/listen`` may watch.
-MAX_LISTEN_URIS: Final = 100
-
-
-class ClientGone(Exception):
-    """The client closed its connection while its request was being served."""
-
-
-async def _until_gone(request: web.Request, work: Awaitable[T]) -> T:
-    """``work``, unless the client's connection closes first (then ClientGone).
-
-    aiohttp does not cancel a handler when its client leaves; this rule of the
-    revision (closing the stream cancels the request) needs it noticed.
-    """
-    task = tasks.spawn(_awaitable(work), name="modern-request", awaited=True)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
-            if done:
-                return task.result()
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ClientGone("client closed the connection")
-    finally:
-        if not task.done():
-            await tasks.cancel_and_wait(task, 1.0, "client gone")
-
-
-async def _awaitable(work: Awaitable[T]) -> T:
-    return await work

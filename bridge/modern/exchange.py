@@ -63,12 +63,6 @@ log = structlog.get_logger("bridge.modern")
 #: The JSON-RPC id the exchange's request goes upstream under (the mux maps it).
 LOCAL_ID: Final = 1
 _MRTR_FIELDS: Final = frozenset({"inputResponses", "requestState"})
-#: Short names for generated input keys.
-_KIND: Final = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +73,7 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
-class Final_:
+class Answered:
     """The final JSON-RPC response (already in this revision's shape)."""
 
     message: Message
@@ -93,7 +87,7 @@ class InputRequired:
     requests: dict[str, dict[str, Any]]
 
 
-Step = Notice | Final_ | InputRequired
+Step = Notice | Answered | InputRequired
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +155,7 @@ class Exchange:
     async def drive(self, current: ModernRequest) -> AsyncIterator[Step]:
         """Serve ``current`` (the first request or a retry): its notices, then one end step.
 
-        Ends with :class:`Final_` (the exchange is done) or :class:`InputRequired`
+        Ends with :class:`Answered` (the exchange is done) or :class:`InputRequired`
         (it is held for the next retry).
 
         Raises:
@@ -238,7 +232,7 @@ class Exchange:
                 ) from None
             if "method" not in message:  # the response to our one request
                 self.done = True
-                yield Final_(*self._final(message, current))
+                yield Answered(*self._final(message, current))
                 return
             method = message["method"]
             if "id" in message:
@@ -286,7 +280,7 @@ class Exchange:
     def _key(self, method: str, hint: object) -> str:
         if isinstance(hint, str) and hint and hint not in self._pending:
             return hint[:128]
-        kind = _KIND.get(method, "input")
+        kind = CAPABILITY_FOR.get(method, "input")  # sampling, elicitation, roots
         counter = self._counters.setdefault(kind, itertools.count(1))
         while (key := f"{kind}-{next(counter)}") in self._pending:
             pass

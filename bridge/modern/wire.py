@@ -369,18 +369,15 @@ def upstream_error(error: object, request: ModernRequest) -> dict[str, Any]:
 
 def discover_result(init_result: Mapping[str, Any]) -> dict[str, Any]:
     """``server/discover`` from an upstream's ``InitializeResult`` (server/discover §Response)."""
+    capabilities = init_result.get("capabilities")
     result: dict[str, Any] = {
         # Both eras (versioning §Protocol Version Negotiation): the same list
         # as -32022's data.supported; a session-era pick means initialize.
         "supportedVersions": list(ALL_VERSIONS),
-        "capabilities": _modern_capabilities(init_result.get("capabilities")),
+        # As the server declared them; resources.subscribe now means subscriptions/listen
+        # can watch resource URIs (resourceSubscriptions).
+        "capabilities": capabilities if isinstance(capabilities, dict) else {},
     }
     if isinstance(instructions := init_result.get("instructions"), str):
         result["instructions"] = instructions
     return complete(result, "server/discover", init_result.get("serverInfo"))
-
-
-def _modern_capabilities(capabilities: object) -> dict[str, Any]:
-    """The server's capabilities, less what this revision removed (resource ``subscribe``
-    becomes ``subscriptions/listen``'s ``resourceSubscriptions``, still advertised)."""
-    return dict(capabilities) if isinstance(capabilities, dict) else {}
