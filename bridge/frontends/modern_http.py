@@ -200,12 +200,17 @@ class ModernFrontDoor:
             if text is None:
                 return {}  # expired there, or never written (no store then): nothing to seed
             record = json.loads(text)
+            if not isinstance(record, dict):
+                return {}
             if record.get("round") != claims.round or record.get("spent"):
                 return None
             ttl = max(1.0, claims.expires - time.time())
             await store.put_value(key, json.dumps({**record, "spent": True}), ttl)
         except StoreUnavailable as exc:
             log.warning("modern_hold_record_unavailable", error=str(exc))
+            return {}
+        except ValueError:  # not a record of ours: nothing to seed, nothing spent
+            log.warning("modern_hold_record_unreadable", hold=claims.hold[:8])
             return {}
         return dict(record)
 
