@@ -14,9 +14,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge import log as bridge_log
+from bridge import tasks
 from bridge.app import build_app
 from bridge.errors import ConfigError
 from bridge.settings import ServerSpec, Settings, load_servers
+from bridge.upstreams import descendants
 
 EXIT_CONFIG = 2
 #: Short flags the issues name, for settings whose field names are longer.
@@ -86,7 +88,12 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
 
     Logs ``listening`` with the bound port once the socket accepts (``--port 0``
     picks a free one), and ``stopped`` when every session has been closed.
+    The process is its stdio children's subreaper: their orphans come to it,
+    and it reaps them (:mod:`bridge.upstreams.descendants`).
     """
+    reaper = None
+    if descendants.become_subreaper():
+        reaper = tasks.spawn(descendants.Reaper().run(), name="orphan-reaper")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,4 +119,6 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         log.info("shutting_down")
     finally:
         await runner.cleanup()
+        if reaper is not None:
+            await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         log.info("stopped")
