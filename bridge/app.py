@@ -30,6 +30,8 @@ from aiohttp import web
 
 from bridge import auth, errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
+from bridge.frontends.common import StreamCap
+from bridge.frontends.connections import ConnectionGate, connection_cap
 from bridge.frontends.context import DOOR, MODERN, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
@@ -60,6 +62,7 @@ FRONT_DOOR: Final = "streamable_http"
 #: releases sessions and reaps children.
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
+GATE: Final = web.AppKey("gate", ConnectionGate)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
 CORS_ALLOW_HEADERS: Final = (
     "Accept",
@@ -121,6 +124,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map errors to responses and log one canonical line per request."""
     started = time.perf_counter()
     status = 500
+    gate = request.app.get(GATE)
+    if gate is not None:  # this connection is serving a request: not one to close for room
+        gate.begin(request.protocol)
     try:
         response = await handler(request)
         status = response.status
@@ -146,6 +152,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("request_failed", method=request.method, path=logged_path(request))
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
+        if gate is not None:
+            gate.end(request.protocol)
         _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
@@ -404,6 +412,12 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             ),
         ),
     )
+    streams = StreamCap(settings.max_streams_per_principal, metrics)
+    app[GATE] = ConnectionGate(
+        connection_cap(settings.max_connections, settings.fd_reserve),
+        settings.header_timeout,
+        metrics,
+    )
     front = StreamableHttpFrontDoor(
         hub,
         FrontDoorConfig(
@@ -412,6 +426,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             send_timeout=settings.sse_send_timeout,
             retry_ms=settings.sse_retry_ms,
             poll_after=settings.sse_poll_after,
+            body_timeout=settings.body_timeout,
+            streams=streams,
         ),
         guard,
         authenticator,
@@ -429,6 +445,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             public_path_prefix=settings.public_path_prefix,
             grace=settings.legacy_grace,
             deprecation=settings.legacy_deprecation_header,
+            body_timeout=settings.body_timeout,
+            streams=streams,
         ),
         guard,
         authenticator,

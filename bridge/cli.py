@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from bridge import log as bridge_log
 from bridge import tasks
-from bridge.app import build_app
+from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
+from bridge.frontends.connections import AcceptErrors, GuardedSite
 from bridge.settings import ServerSpec, Settings, load_servers
 from bridge.upstreams import descendants
 
@@ -99,12 +100,14 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = await build_app(settings, servers)
+    # accept() out of file descriptors: a count per interval, not a traceback each.
+    loop.set_exception_handler(AcceptErrors(settings.accept_error_log_interval, app[HUB].metrics))
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(runner, settings.host, settings.port, app[GATE])
         await site.start()
         ports = [addr[1] for addr in runner.addresses]
         # At warning level so that it shows whatever the log level: supervisors,
@@ -114,6 +117,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
             host=settings.host,
             port=ports[0] if ports else settings.port,
             servers=[f"{s.name} ({type(s).__name__})" for s in servers],
+            max_connections=app[GATE].cap,
         )
         await stop.wait()
         log.info("shutting_down")

@@ -136,8 +136,14 @@ class Metrics:
         self.limited = Counter(
             "mcp_bridge_limited_total",
             "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
-            "subscriptions_per_session, ...)",
+            "subscriptions_per_session, streams_per_principal, body_timeout), and connections "
+            "(connections, connections_evicted, header_timeout, accept)",
             ["limit"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "mcp_bridge_open_connections",
+            "Client connections open (admitted under BRIDGE_MAX_CONNECTIONS)",
             registry=r,
         )
         self.store_errors = Counter(

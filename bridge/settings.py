@@ -121,6 +121,39 @@ class Settings(BaseSettings):
         "gets a -32602 error and is neither sent upstream nor stored",
     )
 
+    max_streams_per_principal: int = Field(
+        256,
+        ge=1,
+        description="GET streams (legacy /sse and Streamable HTTP) one principal holds open at "
+        "once per process (429 above)",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open client connections per process; 0: the open-files limit "
+        "(RLIMIT_NOFILE) minus fd_reserve minus 128 (room for bursts of accept()). Past it the "
+        "oldest connection with no request in progress is closed, else the new one is",
+    )
+    fd_reserve: int = Field(
+        64,
+        ge=0,
+        description="file descriptors kept free of client connections (for upstreams, children "
+        "and the store) when max_connections is 0",
+    )
+    header_timeout: Seconds = Field(
+        10.0,
+        description="a client connection must deliver a request's line and headers within this "
+        "long of its first byte (or of connecting), else it is closed",
+    )
+    body_timeout: Seconds = Field(
+        30.0, description="a request body must arrive within this long of its headers (408 above)"
+    )
+    accept_error_log_interval: Seconds = Field(
+        10.0,
+        description="failed accept() calls (out of file descriptors) are counted and logged at "
+        "most once per this interval",
+    )
+
     share: Literal["none", "principal", "all"] = Field(
         "principal",
         description="how client sessions share upstream sessions, for servers that do not say: "
