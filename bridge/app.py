@@ -363,6 +363,10 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         retry_ms=settings.sse_retry_ms,
         max_requests=settings.max_requests_per_session,
         max_subscriptions=settings.max_subscriptions_per_session,
+        max_session_bytes=settings.max_session_bytes,
+        max_principal_bytes=settings.max_principal_bytes,
+        max_stored_bytes=settings.max_stored_bytes_per_session,
+        max_stored_bytes_per_principal=settings.max_stored_bytes_per_principal,
     )
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)

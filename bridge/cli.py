@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge import log as bridge_log
-from bridge import tasks
+from bridge import memory, tasks
 from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
@@ -92,6 +92,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     The process is its stdio children's subreaper: their orphans come to it,
     and it reaps them (:mod:`bridge.upstreams.descendants`).
     """
+    memory.return_freed_memory()
     reaper = None
     if descendants.become_subreaper():
         reaper = tasks.spawn(descendants.Reaper().run(), name="orphan-reaper")

@@ -39,7 +39,7 @@ from bridge.metrics import Metrics
 from bridge.pool import Pool
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
-from bridge.streams import Stream
+from bridge.streams import ByteLedger, Stream
 from bridge.upstreams.base import Upstream, UpstreamConnection
 
 log = structlog.get_logger("bridge.hub")
@@ -78,6 +78,10 @@ class SessionHub:
         self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
+        #: Bytes each principal's sessions hold in memory (max_principal_bytes).
+        self.ledger = ByteLedger()
+        #: Bytes each principal's live sessions stored (max_stored_bytes_per_principal).
+        self.stored = ByteLedger()
         self._resuming: dict[str, asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
         #: principal -> sessions being started or resumed (not yet in _sessions).
@@ -145,7 +149,15 @@ class SessionHub:
             created_at=now,
             last_seen_at=now,
         )
-        session = Session(record, connection, self.stores, self._config.limits, self.metrics)
+        session = Session(
+            record,
+            connection,
+            self.stores,
+            self._config.limits,
+            self.metrics,
+            self.ledger,
+            self.stored,
+        )
         try:
             await self._store.create(record, self._config.limits.ttl)
         except StoreUnavailable as exc:
@@ -226,7 +238,13 @@ class SessionHub:
             connection = await self._connect(record.server, principal, client_headers)
         try:
             session = await Session.resume(
-                record, connection, self.stores, self._config.limits, self.metrics
+                record,
+                connection,
+                self.stores,
+                self._config.limits,
+                self.metrics,
+                self.ledger,
+                self.stored,
             )
         except UpstreamError:
             self.metrics.resumes.labels(record.server, "failed").inc()

@@ -136,8 +136,10 @@ class Metrics:
         self.limited = Counter(
             "mcp_bridge_limited_total",
             "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
-            "subscriptions_per_session, streams_per_principal, body_timeout), and connections "
-            "(connections, connections_evicted, header_timeout, accept)",
+            "subscriptions_per_session, streams_per_principal, bytes_per_session, "
+            "bytes_per_principal), events not stored (stored_bytes_per_session, "
+            "stored_bytes_per_principal), and connections (connections, connections_evicted, "
+            "header_timeout, accept)",
             ["limit"],
             registry=r,
         )

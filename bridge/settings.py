@@ -121,6 +121,24 @@ class Settings(BaseSettings):
         "gets a -32602 error and is neither sent upstream nor stored",
     )
 
+    max_session_bytes: Bytes = Field(
+        32 * 1024 * 1024,
+        description="bytes a session holds in memory: its requests in flight (their bodies) "
+        "and the answers its client has not read yet; past it its next request gets 429",
+    )
+    max_principal_bytes: Bytes = Field(
+        128 * 1024 * 1024,
+        description="the same for all of one principal's sessions in this process (429 above)",
+    )
+    max_stored_bytes_per_session: Bytes = Field(
+        64 * 1024 * 1024,
+        description="bytes of events one session stores for replay while live in this process; "
+        "later events are sent without an id (not resumable)",
+    )
+    max_stored_bytes_per_principal: Bytes = Field(
+        256 * 1024 * 1024,
+        description="the same for all of one principal's live sessions in this process",
+    )
     max_streams_per_principal: int = Field(
         256,
         ge=1,

@@ -196,7 +196,8 @@ class LegacySseFrontDoor:
         request[SESSION_ID] = connection_id
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"Content-Type must be {JSON}")
-        message, kind = self._parse(await self._read_body(request))
+        body = await self._read_body(request)
+        message, kind = self._parse(body)
         if (method := jsonrpc.method(message)) is not None:
             request[RPC_METHOD] = method
         if jsonrpc.is_request_id(message.get("id")):
@@ -214,7 +215,8 @@ class LegacySseFrontDoor:
                 raise InvalidRequest("send initialize first")
             request[SESSION_ID] = session.id
             if kind is Kind.REQUEST:
-                connection.pump(await session.post_requests([message], resumable=False))
+                stream = await session.post_requests([message], resumable=False, size=len(body))
+                connection.pump(stream)
             else:
                 await session.post_other(message, kind)
         return web.Response(status=202, text="Accepted", headers=self._headers())

@@ -150,7 +150,8 @@ class StreamableHttpFrontDoor:
             raise NotAcceptable(f"Accept must list both {JSON} and {EVENT_STREAM}")
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"Content-Type must be {JSON}")
-        messages, batch = self._parse(await self._read_body(request))
+        body = await self._read_body(request)
+        messages, batch = self._parse(body)
         first = messages[0][0]
         if (method := jsonrpc.method(first)) is not None:
             request[RPC_METHOD] = method
@@ -183,9 +184,10 @@ class StreamableHttpFrontDoor:
         if not requests:
             return web.Response(status=202)
         if not batch and plain_json_suffices(requests[0]):
-            stream = await session.post_requests(requests, resumable=False)
+            stream = await session.post_requests(requests, resumable=False, size=len(body))
             return await self._reply_json(session, stream)
-        return await self._relay(request, session, await session.post_requests(requests))
+        stream = await session.post_requests(requests, size=len(body))
+        return await self._relay(request, session, stream)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
