@@ -30,6 +30,8 @@ from aiohttp import web
 
 from bridge import auth, errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
+from bridge.frontends.common import StreamCap
+from bridge.frontends.connections import ConnectionGate, connection_cap
 from bridge.frontends.context import DOOR, MODERN, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
@@ -61,6 +63,7 @@ FRONT_DOOR: Final = "streamable_http"
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
 PROBE_TIMEOUT: Final = web.AppKey("store_probe_timeout", float)
+GATE: Final = web.AppKey("gate", ConnectionGate)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
 CORS_ALLOW_HEADERS: Final = (
     "Accept",
@@ -122,6 +125,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map errors to responses and log one canonical line per request."""
     started = time.perf_counter()
     status = 500
+    gate = request.app.get(GATE)
+    if gate is not None:  # this connection is serving a request: not one to close for room
+        gate.begin(request.protocol)
     try:
         response = await handler(request)
         status = response.status
@@ -147,6 +153,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("request_failed", method=request.method, path=logged_path(request))
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
+        if gate is not None:
+            gate.end(request.protocol)
         _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
@@ -366,6 +374,10 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         max_requests=settings.max_requests_per_session,
         max_subscriptions=settings.max_subscriptions_per_session,
         unused_ttl=settings.session_unused_ttl,
+        max_session_bytes=settings.max_session_bytes,
+        max_principal_bytes=settings.max_principal_bytes,
+        max_stored_bytes=settings.max_stored_bytes_per_session,
+        max_stored_bytes_per_principal=settings.max_stored_bytes_per_principal,
     )
     pools = {
         spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
@@ -417,6 +429,12 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             ),
         ),
     )
+    streams = StreamCap(settings.max_streams_per_principal, metrics)
+    app[GATE] = ConnectionGate(
+        connection_cap(settings.max_connections, settings.fd_reserve),
+        settings.header_timeout,
+        metrics,
+    )
     front = StreamableHttpFrontDoor(
         hub,
         FrontDoorConfig(
@@ -425,6 +443,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             send_timeout=settings.sse_send_timeout,
             retry_ms=settings.sse_retry_ms,
             poll_after=settings.sse_poll_after,
+            body_timeout=settings.body_timeout,
+            streams=streams,
         ),
         guard,
         authenticator,
@@ -442,6 +462,8 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             public_path_prefix=settings.public_path_prefix,
             grace=settings.legacy_grace,
             deprecation=settings.legacy_deprecation_header,
+            body_timeout=settings.body_timeout,
+            streams=streams,
         ),
         guard,
         authenticator,

@@ -14,9 +14,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bridge import log as bridge_log
-from bridge.app import build_app
+from bridge import memory, tasks
+from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
+from bridge.frontends.connections import AcceptErrors, GuardedSite
 from bridge.settings import ServerSpec, Settings, load_servers
+from bridge.upstreams import descendants
 
 EXIT_CONFIG = 2
 #: Short flags the issues name, for settings whose field names are longer.
@@ -86,18 +89,26 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
 
     Logs ``listening`` with the bound port once the socket accepts (``--port 0``
     picks a free one), and ``stopped`` when every session has been closed.
+    The process is its stdio children's subreaper: their orphans come to it,
+    and it reaps them (:mod:`bridge.upstreams.descendants`).
     """
+    memory.return_freed_memory()
+    reaper = None
+    if descendants.become_subreaper():
+        reaper = tasks.spawn(descendants.Reaper().run(), name="orphan-reaper")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = await build_app(settings, servers)
+    # accept() out of file descriptors: a count per interval, not a traceback each.
+    loop.set_exception_handler(AcceptErrors(settings.accept_error_log_interval, app[HUB].metrics))
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = GuardedSite(runner, settings.host, settings.port, app[GATE])
         await site.start()
         ports = [addr[1] for addr in runner.addresses]
         # At warning level so that it shows whatever the log level: supervisors,
@@ -107,9 +118,12 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
             host=settings.host,
             port=ports[0] if ports else settings.port,
             servers=[f"{s.name} ({type(s).__name__})" for s in servers],
+            max_connections=app[GATE].cap,
         )
         await stop.wait()
         log.info("shutting_down")
     finally:
         await runner.cleanup()
+        if reaper is not None:
+            await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         log.info("stopped")

@@ -7,6 +7,7 @@
     │   ├── NotAcceptable              Accept lacks a type we must send         406
     │   ├── UnsupportedMediaType       Content-Type is not application/json    415
     │   ├── PayloadTooLarge            body over ``max_body_bytes``             413
+    │   ├── BodyTimeout                body not received within ``body_timeout``  408
     │   ├── ParseError                 body is not JSON                         400 -32700
     │   ├── InvalidRequest             not a JSON-RPC message / bad batch       400 -32600
     │   ├── MissingSession             no Mcp-Session-Id on a non-initialize    400
@@ -119,6 +120,12 @@ class UnsupportedMediaType(ClientProtocolError):
 
 class PayloadTooLarge(ClientProtocolError):
     http_status = 413
+
+
+class BodyTimeout(ClientProtocolError):
+    """The request body did not arrive within ``body_timeout`` of its headers."""
+
+    http_status = 408
 
 
 class ParseError(ClientProtocolError):

@@ -31,6 +31,18 @@ SAFE_TO_REPEAT: Final = frozenset(
 )
 
 
+def as_stored(request: Message) -> Message:
+    """What a POST stream's record keeps of a request: whole only if safe to repeat.
+
+    An interrupted request is sent again only if safe to repeat; any other gets
+    an error naming its id and method (issue #3), so its params (a 4 MiB
+    ``tools/call`` argument, issue #15) need not be stored.
+    """
+    if request.get("method") in SAFE_TO_REPEAT:
+        return request
+    return {key: request[key] for key in ("jsonrpc", "id", "method") if key in request}
+
+
 def remember(record: SessionRecord, request: Message) -> bool:
     """Update ``record`` from a client request; True if it changed (store it)."""
     method, params = request.get("method"), jsonrpc.params(request)

@@ -39,7 +39,7 @@ from bridge.metrics import Metrics
 from bridge.pool import Pool
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
-from bridge.streams import Stream
+from bridge.streams import ByteLedger, Stream
 from bridge.upstreams.base import Upstream, UpstreamConnection
 
 log = structlog.get_logger("bridge.hub")
@@ -93,6 +93,10 @@ class SessionHub:
         self._store = stores.sessions
         self._config = config
         self._sessions: dict[str, Session] = {}
+        #: Bytes each principal's sessions hold in memory (max_principal_bytes).
+        self.ledger = ByteLedger()
+        #: Bytes each principal's live sessions stored (max_stored_bytes_per_principal).
+        self.stored = ByteLedger()
         #: (session id, server, principal) -> the lookup and resume under way.
         self._resuming: dict[tuple[str, str, str | None], asyncio.Task[Session]] = {}
         self._closing: set[Session] = set()
@@ -164,7 +168,15 @@ class SessionHub:
             created_at=now,
             last_seen_at=now,
         )
-        session = Session(record, connection, self.stores, self._config.limits, self.metrics)
+        session = Session(
+            record,
+            connection,
+            self.stores,
+            self._config.limits,
+            self.metrics,
+            self.ledger,
+            self.stored,
+        )
         try:
             evicted = await self._store.create(
                 record, session.record_ttl, max_per_principal=self._config.max_records_per_principal
@@ -261,7 +273,13 @@ class SessionHub:
             connection = await self._connect(record.server, principal, client_headers)
         try:
             session = await Session.resume(
-                record, connection, self.stores, self._config.limits, self.metrics
+                record,
+                connection,
+                self.stores,
+                self._config.limits,
+                self.metrics,
+                self.ledger,
+                self.stored,
             )
         except UpstreamError:
             self.metrics.resumes.labels(record.server, "failed").inc()

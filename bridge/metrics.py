@@ -136,9 +136,17 @@ class Metrics:
         self.limited = Counter(
             "mcp_bridge_limited_total",
             "Requests refused by a limit (sessions, sessions_per_principal, requests_per_session, "
-            "subscriptions_per_session, ...); records_per_principal counts stored records "
+            "subscriptions_per_session, streams_per_principal, bytes_per_session, "
+            "bytes_per_principal), events not stored (stored_bytes_per_session, "
+            "stored_bytes_per_principal), and connections (connections, connections_evicted, "
+            "header_timeout, accept); records_per_principal counts stored records "
             "deleted for a principal's newer ones",
             ["limit"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            "mcp_bridge_open_connections",
+            "Client connections open (admitted under BRIDGE_MAX_CONNECTIONS)",
             registry=r,
         )
         self.store_errors = Counter(

@@ -90,7 +90,11 @@ class StreamResumption:
         return stream
 
     def _new_stream(self, key: StreamKey) -> Stream:
-        return Stream(key, self._limits.stream_queue_size, self._limits.stream_queue_bytes)
+        limits = self._limits
+        return Stream(key, limits.stream_queue_size, limits.stream_queue_bytes, self._account)
+
+    def _account(self, delta: int) -> None:
+        """A stream of this session holds ``delta`` more bytes (the session keeps count)."""
 
     def _buffer_standalone(self, item: Outgoing) -> None:
         """Keep an event for a GET stream not yet open; drop the oldest past the limits."""

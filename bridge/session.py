@@ -57,7 +57,7 @@ from bridge.metrics import Metrics, end_reason, method_label
 from bridge.resumption import META, PRIMING_SINCE, StreamResumption
 from bridge.routing import GET, INTERNAL, Delivery, Router, StreamKey
 from bridge.sessions.store import SessionRecord, SessionStore, StoreUnavailable
-from bridge.streams import Outgoing, Stream
+from bridge.streams import ByteLedger, Outgoing, Stream
 from bridge.upstreams.base import UpstreamConnection
 
 log = structlog.get_logger("bridge.session")
@@ -81,6 +81,10 @@ class SessionLimits:
     max_subscriptions: int = 100  # resources/subscribe URIs held at once (-32602 above)
     stream_queue_bytes: int = 16 * 1024 * 1024  # per stream, and for the standalone buffer
     unused_ttl: float = 900.0  # the record's TTL until the client does more than initialize
+    max_session_bytes: int = 32 * 1024 * 1024  # requests in flight and answers unread (429)
+    max_principal_bytes: int = 128 * 1024 * 1024  # ... of all of a principal's sessions (429)
+    max_stored_bytes: int = 64 * 1024 * 1024  # events one session stores; past it: unstored
+    max_stored_bytes_per_principal: int = 256 * 1024 * 1024  # ... all of a principal's
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +101,17 @@ class Session(StreamResumption):
         stores: Stores,
         limits: SessionLimits,
         metrics: Metrics,
+        ledger: ByteLedger | None = None,
+        stored: ByteLedger | None = None,
     ) -> None:
         self.record = record
         self._metrics = metrics
+        self._ledger = ledger or ByteLedger()  # principal -> bytes held in memory
+        self._store_ledger = stored or ByteLedger()  # principal -> bytes stored by live sessions
+        self._request_bytes: dict[StreamKey, int] = {}  # a POST stream's requests, until answered
+        self.held_bytes = 0  # held by its streams' queues (and their messages being sent)
+        self.stored_bytes = 0  # of the events it stored in this process
+        self._bytes_closed = False  # released: its streams' later counts are no one's
         self._sent_at: dict[int, float] = {}  # upstream id -> monotonic send time
         self._deadlines: dict[int, asyncio.TimerHandle] = {}  # upstream id -> request timeout
         self.id = record.session_id
@@ -141,6 +153,8 @@ class Session(StreamResumption):
         stores: Stores,
         limits: SessionLimits,
         metrics: Metrics,
+        ledger: ByteLedger | None = None,
+        stored: ByteLedger | None = None,
     ) -> Session:
         """A live session again for a stored record, on a new connection: replays the handshake.
 
@@ -148,7 +162,7 @@ class Session(StreamResumption):
             UpstreamError: the upstream refused or did not finish the handshake
                 (the connection is closed; the record is kept: a later request may succeed).
         """
-        session = cls(record, connection, stores, limits, metrics)
+        session = cls(record, connection, stores, limits, metrics, ledger, stored)
         session.start()
         try:
             await session._replay_handshake()
@@ -265,6 +279,12 @@ class Session(StreamResumption):
             await self._deliver(delivery, wait=False)
         for stream in list(self._streams.values()):
             stream.close()
+        # What its streams still hold is no longer its principal's (memory goes with
+        # them), nor what it stored (trimmed by age and count, forgotten with it).
+        self._ledger.add(self.record.principal, -self.held_bytes)
+        self._store_ledger.add(self.record.principal, -self.stored_bytes)
+        self.held_bytes, self.stored_bytes, self._bytes_closed = 0, 0, True
+        self._request_bytes.clear()
         if self._reader is not None and self._reader is not asyncio.current_task():
             await tasks.cancel_and_wait(self._reader, self._limits.close_timeout, "session ended")
         await self._conn.aclose()
@@ -292,17 +312,21 @@ class Session(StreamResumption):
 
     # -- client -> upstream ------------------------------------------------
 
-    async def post_requests(self, requests: list[Message], *, resumable: bool = True) -> Stream:
+    async def post_requests(
+        self, requests: list[Message], *, resumable: bool = True, size: int = 0
+    ) -> Stream:
         """Send client requests upstream; their answers arrive on the returned stream.
 
         ``resumable=False`` is for a plain JSON reply: nothing is stored, and
-        the stream carries only the response.
+        the stream carries only the response. ``size``: the body's bytes, held
+        against the session's and principal's budgets until the stream ends.
 
         Raises:
             SessionNotFound: the session has ended.
             TooManyRequests: ``max_requests`` would be in flight (429, ``Retry-After``).
         """
         self._check_open()
+        self._check_bytes()
         if self.in_flight() + len(requests) > self._limits.max_requests:
             self._metrics.limited.labels("requests_per_session").inc()
             raise errors.TooManyRequests(
@@ -314,9 +338,13 @@ class Session(StreamResumption):
             await self.mark_used()
         key = self._router.open_stream(unrelated=resumable)
         stream = self._streams[key] = self._new_stream(key)
+        if size:
+            self._request_bytes[key] = size
+            self._account(size)
         if resumable:
             name = self._names[key] = ids.new_post_stream()
-            event_id = await self._store_event(name, {META: {"requests": requests}})
+            meta = {META: {"requests": [handshake.as_stored(r) for r in requests]}}
+            event_id = await self._store_event(name, meta, len(jsonrpc.encode(meta)))
             if event_id is not None and self._priming(requests):
                 stream.extend([(event_id, None)])
                 stream.resumable_by_client = True
@@ -362,6 +390,31 @@ class Session(StreamResumption):
                 continue
             if handshake.remember(self.record, request):
                 await self._save_record()
+
+    def _account(self, delta: int) -> None:
+        if self._bytes_closed:
+            return
+        self.held_bytes += delta
+        self._ledger.add(self.record.principal, delta)
+
+    def _check_bytes(self) -> None:
+        """Refuse a request while this session, or its principal, holds its byte budget.
+
+        Raises:
+            TooManyRequests: 429 with ``Retry-After`` (the client reads, and retries).
+        """
+        limits = self._limits
+        if self.held_bytes >= limits.max_session_bytes:
+            limit, what = "bytes_per_session", f"{limits.max_session_bytes} bytes this session"
+        elif self._ledger.held(self.record.principal) >= limits.max_principal_bytes:
+            limit, what = "bytes_per_principal", f"{limits.max_principal_bytes} bytes this client"
+        else:
+            return
+        self._metrics.limited.labels(limit).inc()
+        raise errors.TooManyRequests(
+            f"answers not yet read hold {what} may hold; read them first",
+            headers={"Retry-After": str(REQUEST_RETRY_AFTER)},
+        )
 
     def _over_limit(self, request: Message) -> tuple[int, str] | None:
         """The error for a request refused here, never sent upstream; None to send it.
@@ -489,17 +542,19 @@ class Session(StreamResumption):
             refused = not await self._record_initialize(message)
         name = self._names.get(delivery.stream)
         event_id = None
+        size = 0 if message is None else len(jsonrpc.encode(message))
         if message is not None and name is not None:
-            event_id = await self._store_event(name, message)
+            event_id = await self._store_event(name, message, size)
         stream = self._streams.get(delivery.stream)
         if message is not None:
             if stream is not None and wait:
-                await stream.put((event_id, message), len(jsonrpc.encode(message)))
+                await stream.put((event_id, message), size)
             elif stream is not None:
                 stream.extend([(event_id, message)])
             elif delivery.stream == GET:
                 self._buffer_standalone((event_id, message))
         if delivery.final:
+            self._account(-self._request_bytes.pop(delivery.stream, 0))
             self._names.pop(delivery.stream, None)
             if stream is not None:
                 stream.close()
@@ -508,8 +563,23 @@ class Session(StreamResumption):
         if refused:  # after the client has its answer: nothing to resume later
             _ = self._begin_close("upstream refused initialize", errors.SESSION_TERMINATED, True)
 
-    async def _store_event(self, name: str, message: Message | None) -> str | None:
-        """Store one event; its SSE id, or None if the store is down (sent unresumable)."""
+    async def _store_event(self, name: str, message: Message | None, size: int = 0) -> str | None:
+        """Store one event of ``size`` bytes; its SSE id, or None if it is sent unresumable.
+
+        Unresumable: the store is down, or this session stored ``max_stored_bytes``
+        already, or its principal's live sessions ``max_stored_bytes_per_principal``
+        (issue #15: each event is kept for replay until trimmed, so what clients
+        may put in the store is bounded in bytes, not only in events).
+        """
+        limits, principal = self._limits, self.record.principal
+        if self.stored_bytes + size > limits.max_stored_bytes:
+            self._metrics.limited.labels("stored_bytes_per_session").inc()
+            return None
+        if self._store_ledger.held(principal) + size > limits.max_stored_bytes_per_principal:
+            self._metrics.limited.labels("stored_bytes_per_principal").inc()
+            return None
+        self.stored_bytes += size
+        self._store_ledger.add(principal, size)
         started = time.monotonic()
         try:
             position = await self._stores.events.append(self.id, name, message, self.record_ttl)

@@ -126,6 +126,57 @@ class Settings(BaseSettings):
         "gets a -32602 error and is neither sent upstream nor stored",
     )
 
+    max_session_bytes: Bytes = Field(
+        32 * 1024 * 1024,
+        description="bytes a session holds in memory: its requests in flight (their bodies) "
+        "and the answers its client has not read yet; past it its next request gets 429",
+    )
+    max_principal_bytes: Bytes = Field(
+        128 * 1024 * 1024,
+        description="the same for all of one principal's sessions in this process (429 above)",
+    )
+    max_stored_bytes_per_session: Bytes = Field(
+        64 * 1024 * 1024,
+        description="bytes of events one session stores for replay while live in this process; "
+        "later events are sent without an id (not resumable)",
+    )
+    max_stored_bytes_per_principal: Bytes = Field(
+        256 * 1024 * 1024,
+        description="the same for all of one principal's live sessions in this process",
+    )
+    max_streams_per_principal: int = Field(
+        256,
+        ge=1,
+        description="GET streams (legacy /sse and Streamable HTTP) one principal holds open at "
+        "once per process (429 above)",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open client connections per process; 0: the open-files limit "
+        "(RLIMIT_NOFILE) minus fd_reserve minus 128 (room for bursts of accept()). Past it the "
+        "oldest connection with no request in progress is closed, else the new one is",
+    )
+    fd_reserve: int = Field(
+        64,
+        ge=0,
+        description="file descriptors kept free of client connections (for upstreams, children "
+        "and the store) when max_connections is 0",
+    )
+    header_timeout: Seconds = Field(
+        10.0,
+        description="a client connection must deliver a request's line and headers within this "
+        "long of its first byte (or of connecting), else it is closed",
+    )
+    body_timeout: Seconds = Field(
+        30.0, description="a request body must arrive within this long of its headers (408 above)"
+    )
+    accept_error_log_interval: Seconds = Field(
+        10.0,
+        description="failed accept() calls (out of file descriptors) are counted and logged at "
+        "most once per this interval",
+    )
+
     share: Literal["none", "principal", "all"] = Field(
         "principal",
         description="how client sessions share upstream sessions, for servers that do not say: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from bridge.jsonrpc import Message
 from bridge.routing import StreamKey
@@ -27,8 +28,19 @@ class Stream:
     queued without waiting (replays, priming, errors) are not counted.
     """
 
-    def __init__(self, key: StreamKey, limit: int, max_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        key: StreamKey,
+        limit: int,
+        max_bytes: int = 0,
+        account: Callable[[int], None] | None = None,
+    ) -> None:
         self.key = key
+        # Told every change of the bytes this stream holds (its session's and
+        # principal's budgets, issue #15): queued, and the last one taken until
+        # its reader comes back for the next (it was being written meanwhile).
+        self._account = account
+        self._taken = 0
         self._limit = limit
         self._max_bytes = max_bytes  # 0: no byte budget
         self._items: deque[tuple[str | None, Message | None, int]] = deque()
@@ -55,6 +67,8 @@ class Stream:
         if not self.detached and not self.closed:
             self._items.append((*message, size))
             self._bytes += size
+            if self._account is not None:
+                self._account(size)
             self._readable.set()
 
     def extend(self, messages: list[Outgoing]) -> None:
@@ -70,7 +84,9 @@ class Stream:
         seen = {event_id for event_id, _ in replayed}
         live = [item for item in self._items if item[0] is None or item[0] not in seen]
         self._items = deque([*((e, m, 0) for e, m in replayed), *live])
-        self._bytes = sum(item[2] for item in live)
+        before, self._bytes = self._bytes, sum(item[2] for item in live)
+        if self._account is not None:
+            self._account(self._bytes - before)
         self._readable.set()
         self._writable.set()
 
@@ -87,7 +103,12 @@ class Stream:
         self._writable.set()
 
     def detach(self) -> None:
+        """Its reader is gone: puts return at once, and what it held is let go."""
         self.detached = True
+        self._items.clear()
+        held, self._bytes, self._taken = self._bytes + self._taken, 0, 0
+        if self._account is not None and held:
+            self._account(-held)
         self._writable.set()
 
     async def get(self) -> Outgoing | None:
@@ -104,5 +125,30 @@ class Stream:
             await self._readable.wait()
         event_id, message, size = self._items.popleft()
         self._bytes -= size
+        if self._account is not None:
+            self._account(-self._taken)  # the one taken before has been written by now
+        self._taken = size
         self._writable.set()
         return (event_id, message), size
+
+
+class ByteLedger:
+    """Bytes the streams of each principal's live sessions hold in memory (issue #15).
+
+    Sessions add and subtract as their streams queue, send and let go of
+    messages; a session that ends gives back whatever it still held. With
+    auth off every client is one principal (None).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str | None, int] = {}
+
+    def add(self, principal: str | None, delta: int) -> None:
+        held = self._held.get(principal, 0) + delta
+        if held > 0:
+            self._held[principal] = held
+        else:
+            self._held.pop(principal, None)
+
+    def held(self, principal: str | None) -> int:
+        return self._held.get(principal, 0)

@@ -97,6 +97,19 @@ class Proc:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def wait_for_lines(self, pattern: str, count: int, within: float) -> list[str]:
+        """The first ``count`` output lines matching ``pattern``; fails after ``within`` seconds."""
+        regex = re.compile(pattern)
+        async with asyncio.timeout(within):
+            while True:
+                found = [line for line in self.lines if regex.search(line)]
+                if len(found) >= count:
+                    return found[:count]
+                if self.process.returncode is not None and all(r.done() for r in self._readers):
+                    raise AssertionError(f"{self.name} exited: " + "\n".join(self.lines[-20:]))
+                self._changed.clear()
+                await self._changed.wait()
+
     def json_events(self, event: str) -> list[dict[str, Any]]:
         """The gateway's JSON log lines whose ``event`` is ``event``."""
         found = []

@@ -617,7 +617,7 @@ def exposed_series() -> dict[str, set[str]]:
     """Every series name ``Metrics().render()`` can expose, with its label names."""
     metrics = Metrics()
     for wrapper in vars(metrics).values():
-        if isinstance(wrapper, MetricWrapperBase):
+        if isinstance(wrapper, MetricWrapperBase) and wrapper._labelnames:  # else: exposed as is
             wrapper.labels(*["x"] * len(wrapper._labelnames))
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):

@@ -34,7 +34,7 @@ from bridge.errors import (
     SessionNotFound,
     UnsupportedMediaType,
 )
-from bridge.frontends.common import admit, read_body
+from bridge.frontends.common import StreamCap, admit, read_body
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub, new_session_id
@@ -63,6 +63,8 @@ class LegacyConfig:
     public_path_prefix: str  # mount path behind a reverse proxy, no trailing slash
     grace: float  # seconds the session outlives its GET stream
     deprecation: str  # value of the Deprecation header; empty: none
+    body_timeout: float
+    streams: StreamCap  # GET streams open per principal, shared with the Streamable HTTP door
 
 
 class LegacyConnection:
@@ -149,6 +151,12 @@ class LegacySseFrontDoor:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
+        with self._config.streams.hold(principal):
+            return await self._stream(request, server, principal)
+
+    async def _stream(
+        self, request: web.Request, server: str, principal: str | None
+    ) -> web.StreamResponse:
         connection = LegacyConnection(
             new_session_id(), server, principal, self._config.queue_size, self._config.queue_bytes
         )
@@ -188,7 +196,8 @@ class LegacySseFrontDoor:
         request[SESSION_ID] = connection_id
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"Content-Type must be {JSON}")
-        message, kind = self._parse(await self._read_body(request))
+        body = await self._read_body(request)
+        message, kind = self._parse(body)
         if (method := jsonrpc.method(message)) is not None:
             request[RPC_METHOD] = method
         if jsonrpc.is_request_id(message.get("id")):
@@ -206,7 +215,8 @@ class LegacySseFrontDoor:
                 raise InvalidRequest("send initialize first")
             request[SESSION_ID] = session.id
             if kind is Kind.REQUEST:
-                connection.pump(await session.post_requests([message], resumable=False))
+                stream = await session.post_requests([message], resumable=False, size=len(body))
+                connection.pump(stream)
             else:
                 await session.post_other(message, kind)
         return web.Response(status=202, text="Accepted", headers=self._headers())
@@ -276,7 +286,7 @@ class LegacySseFrontDoor:
         return f"{prefix}{base}/messages/?{QUERY_PARAM}={connection.id}"
 
     async def _read_body(self, request: web.Request) -> bytes:
-        return await read_body(request, self._config.max_body_bytes)
+        return await read_body(request, self._config.max_body_bytes, self._config.body_timeout)
 
     @staticmethod
     def _parse(body: bytes) -> tuple[Message, Kind]:

@@ -40,7 +40,7 @@ from bridge.errors import (
     UnsupportedMediaType,
     UnsupportedProtocolVersion,
 )
-from bridge.frontends.common import admit, read_body
+from bridge.frontends.common import StreamCap, admit, read_body
 from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.frontends.modern_http import ModernFrontDoor
@@ -69,6 +69,8 @@ class FrontDoorConfig:
     send_timeout: float
     retry_ms: int  # the SSE retry hint sent with priming events
     poll_after: float  # seconds; close a resumable 2025-11-25 stream then (0: never)
+    body_timeout: float
+    streams: StreamCap  # GET streams open per principal, shared with the legacy door
 
 
 def accepts(header: str, media_type: str) -> bool:
@@ -148,7 +150,8 @@ class StreamableHttpFrontDoor:
             raise NotAcceptable(f"Accept must list both {JSON} and {EVENT_STREAM}")
         if request.content_type != JSON:
             raise UnsupportedMediaType(f"Content-Type must be {JSON}")
-        messages, batch = self._parse(await self._read_body(request))
+        body = await self._read_body(request)
+        messages, batch = self._parse(body)
         first = messages[0][0]
         if (method := jsonrpc.method(first)) is not None:
             request[RPC_METHOD] = method
@@ -181,9 +184,10 @@ class StreamableHttpFrontDoor:
         if not requests:
             return web.Response(status=202)
         if not batch and plain_json_suffices(requests[0]):
-            stream = await session.post_requests(requests, resumable=False)
+            stream = await session.post_requests(requests, resumable=False, size=len(body))
             return await self._reply_json(session, stream)
-        return await self._relay(request, session, await session.post_requests(requests))
+        stream = await session.post_requests(requests, size=len(body))
+        return await self._relay(request, session, stream)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
@@ -193,7 +197,8 @@ class StreamableHttpFrontDoor:
         session = await self._session(request, server, principal)
         await session.mark_used()  # a client that listens is using its session
         last_event_id = request.headers.get("Last-Event-ID") or None  # empty: none (WHATWG)
-        return await self._relay(request, session, await session.open_standalone(last_event_id))
+        with self._config.streams.hold(principal):
+            return await self._relay(request, session, await session.open_standalone(last_event_id))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         server, principal = await self._admit(request)
@@ -252,7 +257,7 @@ class StreamableHttpFrontDoor:
             )
 
     async def _read_body(self, request: web.Request) -> bytes:
-        return await read_body(request, self._config.max_body_bytes)
+        return await read_body(request, self._config.max_body_bytes, self._config.body_timeout)
 
     @staticmethod
     def _parse(body: bytes) -> tuple[list[tuple[Message, Kind]], bool]:

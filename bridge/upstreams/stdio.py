@@ -13,10 +13,15 @@ Contract (spec 2025-11-25 transports §stdio, lifecycle §Shutdown; spec-notes �
   ``stderr_log_interval`` per child (:class:`StderrLimiter`: the rest are
   counted and the count logged once per interval), and is never an error signal.
 - :meth:`StdioConnection.aclose` closes stdin, waits ``shutdown_grace``,
-  sends SIGTERM to the group, waits ``shutdown_grace`` again, then SIGKILLs
-  the group, always reaps the child, and closes its pipes' transport: no
-  zombie, no orphan and no transport left for the garbage collector on any path.
-  It runs shielded, so a cancelled caller cannot leave a child behind.
+  sends SIGTERM to the group (and to what the child started outside it),
+  waits ``shutdown_grace`` again, then SIGKILLs the group, always reaps the
+  child, SIGKILLs and reaps every descendant it left (a grandchild that
+  called ``setsid()`` too: :mod:`bridge.upstreams.descendants`), and closes
+  its pipes' transport: no zombie, no orphan and no transport left for the
+  garbage collector on any path. It runs shielded, so a cancelled caller
+  cannot leave a child behind.
+- The kernel SIGKILLs a child whose gateway died (``PR_SET_PDEATHSIG``),
+  even by SIGKILL, so a child that ignores stdin's end does not live on.
 
 Supervision (issue #5): a child that dies ends its connection at once, and
 the session answers every pending request with a -32030 error naming the
@@ -35,6 +40,7 @@ import asyncio
 import contextlib
 import math
 import os
+import secrets
 import signal
 import time
 from collections import deque
@@ -49,6 +55,7 @@ from bridge.jsonrpc import Message
 from bridge.log import redact
 from bridge.metrics import Metrics
 from bridge.settings import StdioServer
+from bridge.upstreams import descendants
 from bridge.upstreams.base import Health, UpstreamTimeouts, decode_frames
 from bridge.upstreams.supervisor import Supervisor, describe_exit
 
@@ -166,6 +173,7 @@ class StdioUpstream:
         await self._admit()
         spec = self._spec
         loop = asyncio.get_running_loop()
+        tag = secrets.token_hex(8)  # marks what this child starts (descendants.find)
         try:
             async with asyncio.timeout(self._timeouts.connect):
                 # asyncio.create_subprocess_exec, keeping the transport: the
@@ -177,9 +185,10 @@ class StdioUpstream:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                    env=self.child_env(),
+                    env={**self.child_env(), descendants.TAG_ENV: tag},
                     cwd=spec.cwd,
                     start_new_session=True,
+                    preexec_fn=descendants.die_with_gateway(),
                 )
                 process = asyncio.subprocess.Process(transport, protocol, loop)
         except TimeoutError as exc:
@@ -190,9 +199,16 @@ class StdioUpstream:
             raise UpstreamUnavailable(
                 f"server {self.name!r}: cannot start {spec.command!r}: {exc.strerror}"
             ) from exc
+        descendants.DIRECT.add(process.pid)
         log.info("child_started", server=self.name, pid=process.pid)
         return StdioConnection(
-            self.name, process, self._timeouts, self.supervisor, self.stderr_limiter(), transport
+            self.name,
+            process,
+            self._timeouts,
+            self.supervisor,
+            self.stderr_limiter(),
+            transport,
+            tag,
         )
 
     async def _admit(self) -> None:
@@ -250,8 +266,10 @@ class StdioConnection:
         supervisor: Supervisor,
         stderr_limiter: StderrLimiter | None = None,
         transport: asyncio.SubprocessTransport | None = None,
+        tag: str = "",
     ) -> None:
         self._name = name
+        self._tag = tag
         self._process = process
         self._transport = transport
         self._timeouts = timeouts
@@ -347,16 +365,26 @@ class StdioConnection:
     async def _terminate(self) -> None:
         process, grace = self._process, self._timeouts.shutdown_grace
         by_itself = process.returncode is not None  # it was gone before we asked
+        # What it started, while the tree under it is whole (setsid() leaves the group).
+        started = await self._descendants()
         if process.returncode is None and process.stdin is not None:
             process.stdin.close()
             if not await self._wait(grace):
                 self._signal_group(signal.SIGTERM)
+                descendants.signal_all(started, signal.SIGTERM)
                 if not await self._wait(grace):
                     self._signal_group(signal.SIGKILL)
                     await self._wait(grace)
         # Whatever the leader left in its group is orphaned now: end it too.
         self._signal_group(signal.SIGKILL)
         await self._wait(grace)
+        # And whatever it started elsewhere, found again now that its orphans are ours.
+        if left := await descendants.end(started | await self._descendants(), grace):
+            log.warning(
+                "child_descendants_left", server=self._name, pid=process.pid, pids=sorted(left)
+            )
+        if process.returncode is not None:
+            descendants.DIRECT.discard(process.pid)
         await tasks.cancel_and_wait(self._stderr_task, grace, "stdio connection closed")
         if self._transport is not None:
             # Close the pipes now, while the loop runs. A pipe whose reading was
@@ -374,6 +402,11 @@ class StdioConnection:
             status=process.returncode,
             stderr_tail=self._tail(),
         )
+
+    async def _descendants(self) -> set[int]:
+        pid = self._process.pid
+        alive = pid if self._process.returncode is None else None  # else its pid may be reused
+        return await asyncio.to_thread(descendants.find, alive, pid, self._tag)
 
     async def _wait(self, seconds: float) -> bool:
         try:

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -34,6 +35,7 @@ import pytest
 from bridge import errors
 from bridge.settings import StdioServer
 from bridge.upstreams.base import RestartPolicy
+from bridge.upstreams.descendants import TAG_ENV
 from bridge.upstreams.stdio import SAFE_ENV
 from bridge.upstreams.supervisor import CRASH_LOOP_AFTER, READYZ_LINE_MAX, Supervisor
 from tests.conftest import REPO, GatewayFactory, Proc, ProcFactory, start_gateway
@@ -205,9 +207,12 @@ async def test_child_gets_config_env_and_safe_set_not_gateway_secrets(
     for name, value in secrets.items():
         assert name not in child_env
         assert value not in text
-    # Nothing else at all: the safe set, the config's names, and what Python
-    # itself may add at startup (PEP 538 locale coercion).
-    assert set(child_env) <= {*SAFE_ENV, "CONFIGURED", "API_TOKEN", "LC_CTYPE"}, child_env
+    # Nothing else at all: the safe set, the config's names, what Python
+    # itself may add at startup (PEP 538 locale coercion), and the gateway's
+    # tag that finds what the child starts (a random hex string, no secret).
+    allowed = {*SAFE_ENV, "CONFIGURED", "API_TOKEN", "LC_CTYPE", TAG_ENV}
+    assert set(child_env) <= allowed, child_env
+    assert re.fullmatch("[0-9a-f]{16}", child_env[TAG_ENV])
     await stop_and_check_no_child(gateway)
 
 

@@ -49,7 +49,22 @@ async def test_the_count_limit_still_applies() -> None:
     assert not third.done()
     stream.detach()  # the client went away: the upstream is never blocked by it
     await third
-    assert stream.queued() == 2
+    assert stream.queued() == 0  # and what it held is let go (issue #15)
+
+
+async def test_a_ledger_is_told_what_the_stream_holds() -> None:
+    """Queued bytes, then the last taken until the reader is back, then nothing once detached."""
+    held: list[int] = []
+    stream = Stream(1, limit=10, max_bytes=10**9, account=held.append)
+    await stream.put((None, msg(1)), 100)
+    await stream.put((None, msg(2)), 50)
+    assert sum(held) == 150
+    await stream.get()  # being written: still held
+    assert sum(held) == 150
+    await stream.get()  # the reader is back: the first one was written
+    assert sum(held) == 50
+    stream.detach()
+    assert sum(held) == 0
 
 
 async def test_replays_and_extends_are_not_counted_and_keep_live_sizes() -> None:
