@@ -106,7 +106,7 @@ SLOW_STEPS, SLOW_DELAY = 3, 0.2  # tools/call slow: 3 progress events, 0.6 s
 MiB = 1024 * 1024
 EXAMPLES = 2  # problems of each kind printed with their details
 UPSTREAM_REQUEST = re.compile(r"Processing request of type")
-CRASH_LINES = 12  # stderr lines printed of the first stdio server that exited by itself
+CRASH_LINES = 10  # stderr lines kept of a stdio server that exited by itself, before and after
 SESSION_OPS = {"echo": 30, "list_tools": 15, "add": 10, "slow": 10, "slow_resume": 15,
                "get_resume": 10}  # fmt: skip
 MODERN_OPS = {"echo": 40, "list_tools": 25, "add": 15, "slow": 10, "slow_drop": 10}
@@ -669,8 +669,8 @@ RSS, fds (/proc/PID/fd), procs (descendants) of the gateway; store = the SQLite 
 its -wal; records, events = session and SSE event rows in it; orphan = events of sessions
 without a record; live = /healthz sessions; evicted = records the gateway evicted for the
 per-principal cap so far (its records_evicted log lines); starts = the pool's upstream
-starts (/readyz); kills so far; ok / expect(ed failures) / probl(ems) in the interval,
-p50 / p99 of its ok operations; gw cpu, other = cores busy with the gateway and its
+starts (/readyz); kills so far; ok / expect(ed failures) / probl(ems) since the row
+before, p50 / p99 of those ok; gw cpu, other = cores busy with the gateway and its
 children, and with anything else but this script (other programs)."""
 
 
@@ -690,7 +690,8 @@ class GatewayChild(Child):
         super().__init__(name, argv, **kwargs)
         self.evicted = 0
         self.stderr: deque[str] = deque(maxlen=CRASH_LINES)  # the stdio servers' last lines
-        self.crashes: list[tuple[str, list[str]]] = []  # (how, its stderr's last lines logged)
+        #: (how, its stderr's last lines logged before, and the first ones logged after)
+        self.crashes: list[tuple[str, list[str]]] = []
 
     def _notable(self, line: str) -> bool:
         if '"child_stderr"' in line:
@@ -698,6 +699,8 @@ class GatewayChild(Child):
                 text = str(json.loads(line).get("line"))
                 if not UPSTREAM_REQUEST.search(text):  # FastMCP's line per request
                     self.stderr.append(text)
+                    if self.crashes and len(self.crashes[-1][1]) < 2 * CRASH_LINES:
+                        self.crashes[-1][1].append(text)  # logged after the exit was seen
         elif '"records_evicted"' in line:
             with contextlib.suppress(ValueError, TypeError):
                 self.evicted += int(json.loads(line).get("count", 0))
@@ -999,9 +1002,9 @@ class Report:
         if crashes:
             print(
                 f"  stdio servers that exited by themselves: {len(crashes)}; the first: "
-                f"{crashes[0][0]}\n  its stderr's last lines in the gateway log (rate-limited):"
+                f"{crashes[0][0]}\n  its stderr around its exit, as logged (rate-limited):"
             )
-            for line in crashes[0][1][-CRASH_LINES:]:
+            for line in crashes[0][1]:
                 print(f"    {line[:200]}")
         others = [s.other for s in samples if s.other == s.other]
         if others:
