@@ -14,6 +14,7 @@ touch (sliding expiry), and forgets it after that without being asked.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -65,14 +66,22 @@ class SessionRecord:
 
 class SessionStore(Protocol):
     async def create(
-        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        *,
+        max_per_principal: int | None = None,
+        keep: Collection[str] = (),
     ) -> list[str]:
         """Store a new record that expires ``ttl`` seconds after its last touch.
 
         With ``max_per_principal``, the records of ``record.principal`` (None
         is one principal too) are capped: past it, the other records of that
-        principal that expire soonest (the longest unused) are deleted, events
-        not included. Returns the ids deleted so.
+        principal unused the longest (the oldest last create, save or touch,
+        whatever their TTL) are deleted, events not included, except those in
+        ``keep`` (sessions serving a stream or a request right now); with too
+        few others to delete, the principal stays over the cap. Returns the
+        ids deleted so.
         """
 
     async def get(self, session_id: str) -> SessionRecord | None:
