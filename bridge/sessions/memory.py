@@ -73,7 +73,7 @@ class MemorySessionStore:
 
     async def get(self, session_id: str) -> SessionRecord | None:
         entry = self._live(session_id, self._clock())
-        return None if entry is None else SessionRecord.from_json(entry[0])
+        return None if entry is None else SessionRecord.readable(entry[0])
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         now = self._purge()
@@ -90,7 +90,8 @@ class MemorySessionStore:
     async def list(self, limit: int) -> list[SessionRecord]:
         now = self._clock()
         live = (text for text, expires_at in self._records.values() if expires_at > now)
-        return [SessionRecord.from_json(text) for text, _ in zip(live, range(limit), strict=False)]
+        found = (SessionRecord.readable(text) for text in live)
+        return [r for r, _ in zip((r for r in found if r is not None), range(limit), strict=False)]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         now = self._clock()

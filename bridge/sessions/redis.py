@@ -225,7 +225,7 @@ class RedisSessionStore:
             return None
         with unavailable("get"):
             text = await self._client.get(session_key(self._prefix, session_id))
-        return None if text is None else SessionRecord.from_json(text)
+        return None if text is None else SessionRecord.readable(text)
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         if not valid_session_id(session_id):
@@ -244,7 +244,8 @@ class RedisSessionStore:
             return []
         with unavailable("list"):
             texts = await self._client.mget(keys)
-        return [SessionRecord.from_json(text) for text in texts if text is not None]
+        found = (SessionRecord.readable(text) for text in texts if text is not None)
+        return [record for record in found if record is not None]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         name = f"{self._prefix}:value:{key}"

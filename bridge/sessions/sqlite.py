@@ -206,7 +206,7 @@ class SqliteSessionStore:
                 (session_id, now),
             ).fetchone()
         )
-        return None if row is None else SessionRecord.from_json(row[0])
+        return None if row is None else SessionRecord.readable(row[0])
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         now = self._clock()
@@ -223,7 +223,8 @@ class SqliteSessionStore:
                 "SELECT record FROM bridge_sessions WHERE expires_at > ? LIMIT ?", (now, limit)
             ).fetchall()
         )
-        return [SessionRecord.from_json(row[0]) for row in rows]
+        found = (SessionRecord.readable(row[0]) for row in rows)
+        return [record for record in found if record is not None]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         now = self._clock()

@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import structlog
+
+log = structlog.get_logger("bridge.sessions")
+
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
@@ -61,7 +65,27 @@ class SessionRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
+        """Raises ValueError (bad JSON) or TypeError (fields missing or unknown)."""
         return cls(**json.loads(text))
+
+    @classmethod
+    def readable(cls, text: str | bytes) -> SessionRecord | None:
+        """The record, or None (logged) if the stored text is not one.
+
+        A record written by hand, truncated, or by an incompatible version is
+        no session this gateway can serve: its client gets 404 and starts a
+        new one, never a 500 on every request (issue #15).
+        """
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or not all(
+                isinstance(data.get(name), str) for name in ("session_id", "server")
+            ):
+                raise TypeError("not a record")
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            log.error("record_unreadable", error=type(exc).__name__, size=len(text))
+            return None
 
 
 class SessionStore(Protocol):

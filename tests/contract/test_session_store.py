@@ -588,3 +588,21 @@ async def test_sqlite_file_from_before_the_cap_columns_is_migrated(tmp_path: Pat
     with contextlib.closing(sqlite3.connect(path)) as conn:
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(bridge_sessions)")}
     assert "bridge_sessions_used" in indexes
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"session_id": 5, "server": "x"}', "{}"])
+async def test_an_unreadable_record_is_none_not_an_error(stores: Backend, text: str) -> None:
+    """Issue #15: a corrupt record made every request of its session a 500."""
+    await stores.sessions.create(record("bad"), TTL)
+    await stores.sessions.create(record("good"), TTL)
+    if stores.redis is not None:
+        await stores.redis.set(f"{stores.prefix}:{{bad}}:session", text, px=60_000)
+    elif stores.sqlite_path is not None:
+        with contextlib.closing(sqlite3.connect(stores.sqlite_path)) as conn, conn:
+            conn.execute("UPDATE bridge_sessions SET record = ? WHERE session_id = 'bad'", (text,))
+    else:
+        assert isinstance(stores.sessions, MemorySessionStore)
+        stores.sessions._records["bad"] = (text, stores.sessions._records["bad"][1])
+
+    assert await stores.sessions.get("bad") is None
+    assert [r.session_id for r in await stores.sessions.list(10)] == ["good"]
