@@ -447,3 +447,16 @@ def test_unknown_cli_flag_exits_with_usage(capsys: pytest.CaptureFixture[str]) -
         cli(["--no-such-flag", "1"])
     assert info.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"url": "http://me:pw@127.0.0.1:9/sse", "forward_headers": ["authorization"]},
+        {"url": "http://me@127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}},
+    ],
+)
+def test_url_credentials_and_an_authorization_header_are_refused(entry: dict[str, Any]) -> None:
+    """Issue #15: aiohttp refuses to send both, so every request was a 500."""
+    assert "credentials" in parse_error({"up": entry})
+    assert parse({"up": {"url": "http://me:pw@127.0.0.1:9/sse"}})  # alone, fine
