@@ -37,6 +37,7 @@ from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.app import endpoint_paths
 from bridge.metrics import Metrics
 from bridge.settings import Settings, SseServer, load_servers, parse_servers
 from tests.conftest import REPO, Proc, ProcFactory, free_port
@@ -685,6 +686,53 @@ def test_proxy_snippets_keep_streams_unbuffered() -> None:
     timeout = k8s_object("Ingress")["metadata"]["annotations"]
     assert int(timeout["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > keepalive
     assert timeout["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+#: What a client outside must reach (README "URLs"), for a server named "a".
+PUBLIC_PATHS: Final = (
+    "/http", "/mcp", "/sse", "/messages/",
+    "/servers/a/http", "/servers/a/mcp", "/servers/a/sse", "/servers/a/messages/",
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+    "/.well-known/oauth-protected-resource/servers/a/sse",
+)  # fmt: skip
+PRIVATE_PATHS: Final = ("/healthz", "/readyz", "/metrics", "/admin/sessions", "/admin/sessions/x")
+
+
+def ingress_routes(path: str) -> bool:
+    """Whether the Ingress sends ``path`` to the gateway (Exact, or Prefix by whole segments)."""
+    for rule in k8s_object("Ingress")["spec"]["rules"]:
+        for route in rule["http"]["paths"]:
+            wanted, kind = route["path"], route["pathType"]
+            if kind == "Exact" and path == wanted:
+                return True
+            if kind == "Prefix" and (
+                path == wanted or path.startswith(wanted.rstrip("/") + "/")
+            ):
+                return True
+    return False
+
+
+def snippet_regexp(path: Path, directive: str) -> re.Pattern[str]:
+    line = next(ln for ln in path.read_text().splitlines() if ln.strip().startswith(directive))
+    return re.compile(line.split()[-2] if line.rstrip().endswith("{") else line.split()[-1])
+
+
+def test_every_front_door_is_routed_and_probes_are_not() -> None:
+    """Both front doors and RFC 9728 metadata pass; tests/integration/test_reverse_proxies.py
+    runs the nginx and Caddy snippets for real, this checks the Ingress (and the regexps)."""
+    endpoints = endpoint_paths([SseServer(name="a", url="http://x:1/sse")])
+    assert endpoints <= set(PUBLIC_PATHS)
+    nginx = snippet_regexp(PROXY / "nginx.conf", "location ~")
+    caddy = snippet_regexp(PROXY / "Caddyfile", "@mcp path_regexp")
+    for path in PUBLIC_PATHS:
+        assert ingress_routes(path), path
+        assert nginx.fullmatch(path), path
+        assert caddy.fullmatch(path), path
+    for path in PRIVATE_PATHS:
+        assert not ingress_routes(path), path
+        assert not nginx.fullmatch(path), path
+        assert not caddy.fullmatch(path), path
 
 
 def test_readme_documents_the_container() -> None:
