@@ -98,8 +98,9 @@ def caddy_config(tmp: Path, port: int, gateway_port: int) -> Path:
 
 async def run_nginx(procs: ProcFactory, tmp: Path, gateway_port: int, port: int) -> str:
     conf = nginx_config(tmp, port, gateway_port)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(nginx).exists(), "nginx is not installed (.ci/run installs it)"
+    # Debian installs it in /usr/sbin, which a non-root PATH may lack.
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    assert nginx, "nginx is not installed (.ci/run installs it)"
     proc = await procs(nginx, "-p", tmp, "-e", "stderr", "-c", conf)
     await proc.wait_for("start worker process", within=START)
     return f"http://127.0.0.1:{port}"
@@ -141,6 +142,8 @@ async def procs_stopped_first(procs: ProcFactory) -> AsyncIterator[ProcFactory]:
         if proc.name == "nginx" and proc.process.returncode is None:
             proc.process.send_signal(signal.SIGTERM)
             await proc.exited(within=STOP)
+
+
 PROXIES: Final = [
     pytest.param(run_nginx, id="nginx"),
     pytest.param(run_caddy, id="caddy"),
