@@ -31,6 +31,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import kubernetes_validate
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -38,9 +39,9 @@ from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.app import endpoint_paths
+from bridge.app import endpoint_paths, pool_config
 from bridge.metrics import Metrics
-from bridge.settings import Settings, SseServer, load_servers, parse_servers
+from bridge.settings import Settings, SseServer, StdioServer, load_servers, parse_servers
 from tests.conftest import REPO, Proc, ProcFactory, free_port
 from tests.rawclient import RawClient
 
@@ -702,6 +703,110 @@ def test_pods_run_unprivileged_on_a_read_only_root() -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[tmp["name"]]
+
+
+#: Kubernetes minors the manifests must be valid for: the oldest still in
+#: upstream support when they were written, and the newest schema at hand.
+K8S_VERSIONS: Final = ("1.31", kubernetes_validate.utils.latest_version())
+#: Namespaced kinds in the manifests (kustomize sets their namespace).
+CLUSTER_SCOPED: Final = frozenset({"Namespace"})
+
+
+def rendered_manifests() -> list[dict[str, Any]]:
+    """What `kubectl apply -k deploy/k8s` applies: kustomization.yaml's namespace and images.
+
+    Only the kustomize fields the kustomization uses are rendered; a new one
+    fails here until it is rendered too.
+    """
+    kustomization = k8s_object("Kustomization")
+    assert set(kustomization) <= {
+        "apiVersion", "kind", "metadata", "namespace", "resources", "images",
+    }, sorted(kustomization)  # fmt: skip
+    images = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    rendered = []
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / resource).read_text()):
+            doc = json.loads(json.dumps(doc))  # a deep copy
+            if doc["kind"] not in CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = kustomization["namespace"]
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in pod.get("containers", []):
+                name = container["image"].partition(":")[0]
+                if name in images:
+                    container["image"] = images[name]
+            rendered.append(doc)
+    return rendered
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_rendered_manifests_validate_against_the_kubernetes_schema(version: str) -> None:
+    rendered = rendered_manifests()
+    assert {d["kind"] for d in rendered} >= {"Deployment", "StatefulSet", "Ingress", "Service"}
+    for doc in rendered:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({version}): {exc.message}")
+
+
+def test_redis_statefulset_is_governed_by_a_headless_service() -> None:
+    statefulset = k8s_object("StatefulSet")
+    governing = k8s_object("Service", statefulset["spec"]["serviceName"])
+    assert governing["spec"].get("clusterIP") == "None"
+    pod = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert governing["spec"]["selector"].items() <= pod.items()
+    # The gateways connect through the ClusterIP Service.
+    store = urlsplit(k8s_env(gateway_container())["BRIDGE_STORE_URL"]).hostname
+    assert k8s_object("Service", store)["spec"].get("clusterIP") != "None"
+
+
+#: Measured on the 2-core VM (README "Sizing memory"), MiB.
+GATEWAY_IDLE_MIB: Final = 74.0  # mcp-bridge RSS, started, a session or ten open
+SESSION_MIB: Final = 34 / 1024  # growth per idle session (bench/pool.py --idle 10000)
+CHILD_MIB: Final = {"python": 54.0, "node": 66.0}  # a stdio server's RSS (FastMCP; everything)
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
+    assert match, quantity
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def test_memory_limit_is_sized_for_the_gateway_and_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The limit covers the gateway at BRIDGE_MAX_SESSIONS, one principal's unread
+    bytes, and every stdio child the servers file may start; at most 50 % more."""
+    container = gateway_container()
+    env = k8s_env(container)
+    for name, value in env.items():
+        if name.startswith("BRIDGE_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    pod = k8s_object("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = Path(env["BRIDGE_CONFIG"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config.parent))
+    text = k8s_object("ConfigMap", volumes[mount["name"]]["configMap"]["name"])["data"][config.name]
+    children = 0.0
+    for spec in parse_servers(config.name, json.loads(text), env):
+        if isinstance(spec, StdioServer):
+            size = pool_config(spec, settings).max if (spec.share or settings.share) != "all" else 1
+            kind = "node" if Path(spec.command).name in ("node", "npx") else "python"
+            children += size * CHILD_MIB[kind]
+    needed = (
+        GATEWAY_IDLE_MIB
+        + settings.max_sessions * SESSION_MIB
+        + settings.max_principal_bytes / 2**20
+        + children
+    )
+    limit = mebibytes(container["resources"]["limits"]["memory"])
+    assert needed <= limit <= 1.5 * needed, (needed, limit)
+    assert mebibytes(container["resources"]["requests"]["memory"]) >= GATEWAY_IDLE_MIB
+    readme = (REPO / "README.md").read_text()
+    for figure in ("74 MiB", "34 KiB", "54 MiB", "66 MiB"):
+        assert figure in readme, figure
 
 
 # --- Grafana dashboard and proxies --------------------------------------------------
