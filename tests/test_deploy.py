@@ -946,6 +946,194 @@ def test_readme_documents_the_container() -> None:
         assert text in section, text
 
 
+# --- README's docker commands -------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    _, found, rest = readme.partition(f"\n{title}\n")
+    assert found, title
+    level = title.split(" ", 1)[0]  # "##" or "###": ends at a heading as high
+    return re.split(rf"\n#{{2,{len(level)}}} ", rest, maxsplit=1)[0]
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The commands of the ``sh`` blocks in ``text``, continuations joined, split as sh does."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip():
+                commands.append(shlex.split(command))
+    return commands
+
+
+@dataclass
+class DockerBuild:
+    tag: str
+    target: str = DEFAULT_TARGET
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DockerRun:
+    image: str
+    publish: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    stop_timeout: float | None = None
+    args: list[str] = field(default_factory=list)  # after the image: mcp-bridge's
+
+
+def parse_docker_build(argv: list[str]) -> DockerBuild:
+    build, words = DockerBuild(""), iter(argv[2:])
+    context = None
+    for word in words:
+        if word == "-t":
+            build.tag = next(words)
+        elif word == "--target":
+            build.target = next(words)
+        elif word == "--build-arg":
+            key, _, value = next(words).partition("=")
+            build.args[key] = value
+        else:
+            assert not word.startswith("-"), f"unknown docker build option {word}"
+            context = word
+    assert context == ".", argv
+    assert build.tag, argv
+    return build
+
+
+def parse_docker_run(argv: list[str]) -> DockerRun:
+    words = iter(argv[2:])
+    run = DockerRun("")
+    for word in words:
+        if word == "--rm":
+            continue
+        if word == "-p":
+            run.publish.append(next(words))
+        elif word == "-v":
+            run.volumes.append(next(words).replace("$PWD", str(REPO)))
+        elif word == "-e":
+            key, _, value = next(words).partition("=")
+            run.env[key] = value
+        elif word == "--stop-timeout":
+            run.stop_timeout = float(next(words))
+        else:
+            assert not word.startswith("-"), f"unknown docker run option {word}"
+            run.image, run.args = word, list(words)
+    assert run.image, argv
+    return run
+
+
+def image_section_commands() -> tuple[dict[str, DockerBuild], list[DockerRun]]:
+    builds: dict[str, DockerBuild] = {}
+    runs: list[DockerRun] = []
+    for argv in shell_commands(readme_section("### The image")):
+        assert argv[:2] in (["docker", "build"], ["docker", "run"]), argv
+        if argv[1] == "build":
+            build = parse_docker_build(argv)
+            builds[build.tag] = build
+        else:
+            runs.append(parse_docker_run(argv))
+    return builds, runs
+
+
+def container_config(run: DockerRun, env: dict[str, str]) -> Path:
+    """The host file the container reads as BRIDGE_CONFIG, through the run's bind mounts."""
+    config = env["BRIDGE_CONFIG"]
+    for volume in run.volumes:
+        source, target = volume.split(":")[:2]
+        if source.startswith("/") and config.startswith(target.rstrip("/") + "/"):
+            return Path(source) / config[len(target) :].lstrip("/")
+    raise AssertionError(f"{config} is on no bind mount of docker run {run.image}")
+
+
+def test_readme_docker_commands_work_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each docker run names an image built just before, mounts what exists, and
+    serves a config that parses, with every stdio command present in that image."""
+    builds, runs = image_section_commands()
+    assert builds
+    assert runs
+    declared_args = {r.partition("=")[0] for s in STAGES for k, r in s.instructions if k == "ARG"}
+    for build in builds.values():
+        assert build.target in {s.name for s in STAGES}, build
+        assert set(build.args) <= declared_args | set(GLOBAL_ARGS), build
+        extras = build.args.get("EXTRAS", "")
+        assert (LOCKS / f"{extras or 'gateway'}.txt").is_file(), build
+    for run in runs:
+        assert run.image in builds, f"docker run {run.image}: no docker build -t {run.image}"
+        build = builds[run.image]
+        image = build_image(STAGES, build.target)
+        env = {**image.env, **run.env}
+        for volume in run.volumes:
+            source, target = volume.split(":")[:2]
+            if source.startswith("/"):
+                assert Path(source).exists(), volume
+            else:  # a named volume, on one of the image's VOLUMEs
+                assert target in image.volumes, volume
+        for publish in run.publish:
+            host, _, port = publish.rpartition(":")
+            assert port == env["BRIDGE_PORT"], publish
+            assert port in image.expose, publish
+            assert host.startswith("127.0.0.1:"), publish
+        if run.stop_timeout is not None:
+            assert run.stop_timeout > Settings.model_fields["shutdown_timeout"].default
+        config = container_config(run, env)
+        assert config.is_file(), f"docker run {run.image}: {config} does not exist"
+        specs = parse_servers(config.name, json.loads(config.read_text()), env)
+        assert specs
+        extras = build.args.get("EXTRAS", "")
+        for spec in specs:
+            if isinstance(spec, StdioServer):
+                if spec.command in ("npx", "node"):
+                    assert build.target == "node", f"{run.image} has no {spec.command}"
+                else:
+                    assert spec.command == "python", spec.command
+                if "bridge.examples.server" in spec.args:
+                    assert extras == "example", f"{run.image} lacks the example extra"
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                if name.startswith("BRIDGE_"):
+                    patch.setenv(name, value)
+            settings = Settings(_cli_parse_args=run.args)
+            assert {"localhost"} <= set(settings.allowed_hosts), run.image
+
+
+async def test_readme_docker_run_serves_on_the_host(procs: ProcFactory, tmp_path: Path) -> None:
+    """The README's first docker run, as the container would run it (on the host)."""
+    builds, runs = image_section_commands()
+    run = runs[0]
+    image = build_image(STAGES, builds[run.image].target)
+    env = {k: v for k, v in {**image.env, **run.env}.items() if k not in ("PATH", "HOME")}
+    config = json.loads(container_config(run, env).read_text())
+    for server in config["mcpServers"].values():
+        assert server["command"] == "python"  # /opt/venv/bin/python in the image
+        server["command"] = sys.executable
+    translated = tmp_path / "servers.json"
+    translated.write_text(json.dumps(config))
+    data = tmp_path / "data"  # the named volume at /data
+    data.mkdir()
+    store = urlsplit(env["BRIDGE_STORE_URL"])
+    assert store.path.startswith("//data/"), env["BRIDGE_STORE_URL"]
+    env.update(
+        BRIDGE_CONFIG=str(translated),
+        BRIDGE_HOST="127.0.0.1",
+        BRIDGE_PORT="0",
+        BRIDGE_STORE_URL=f"sqlite:///{data}/{store.path.removeprefix('//data/')}",
+    )
+    argv = [*image.entrypoint, *image.cmd, *run.args]
+    assert argv[:2] == ["tini", "--"]
+    script = Path(sys.executable).with_name(argv[2])
+    proc = await procs(script, *argv[3:], env=env)
+    match = await proc.wait_for(r'"event": "listening"')
+    url = f"http://127.0.0.1:{json.loads(match.string)['port']}"
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{url}/http")
+        await client.initialize()
+        assert await tool_names(client) >= EXAMPLE_TOOLS
+    assert any(p.name.startswith("sessions.db") for p in data.iterdir())
+
+
 # --- the compose stack, run on the host ----------------------------------------------
 
 
