@@ -217,6 +217,7 @@ class Settings(BaseSettings):
     )
     otlp_endpoint: str | None = Field(
         None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
         description="OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318 "
         "(sent to /v1/traces; needs the otel extra); unset: OTEL_EXPORTER_OTLP_ENDPOINT if "
         "set, else no tracing",

@@ -189,6 +189,18 @@ def test_tracing_is_off_unless_an_endpoint_is_set(
     assert tracing.wanted(Settings(**settings), environ) is on
 
 
+@pytest.mark.parametrize("endpoint", ["collector:4318", "grpc://c:4317", "http://c:4318?x=1"])
+def test_a_bad_endpoint_is_a_clear_error(endpoint: str) -> None:
+    code = "from bridge.cli import main; import sys; sys.exit(main())"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--stdio", "true", "--otlp-endpoint", endpoint],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "otlp_endpoint" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 async def test_off_builds_no_middleware(aiohttp_server: AiohttpServer) -> None:
     app = await build_app(Settings(store_url="memory://"), [fixture_stdio()])
     await aiohttp_server(app)  # started, so that its cleanup closes what it opened
