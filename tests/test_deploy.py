@@ -920,15 +920,17 @@ def test_every_front_door_is_routed_and_probes_are_not() -> None:
     endpoints = endpoint_paths([SseServer(name="a", url="http://x:1/sse")])
     assert endpoints <= set(PUBLIC_PATHS)
     nginx = snippet_regexp(PROXY / "nginx.conf", "location ~")
-    caddy = snippet_regexp(PROXY / "Caddyfile", "@mcp path_regexp")
+    caddy = [
+        snippet_regexp(PROXY / "Caddyfile", f"@{name} path_regexp") for name in ("mcp", "legacy")
+    ]
     for path in PUBLIC_PATHS:
         assert ingress_routes(path), path
         assert nginx.fullmatch(path), path
-        assert caddy.fullmatch(path), path
+        assert any(r.fullmatch(path) for r in caddy), path
     for path in PRIVATE_PATHS:
         assert not ingress_routes(path), path
         assert not nginx.fullmatch(path), path
-        assert not caddy.fullmatch(path), path
+        assert not any(r.fullmatch(path) for r in caddy), path
 
 
 def test_readme_documents_the_container() -> None:

@@ -19,7 +19,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +29,7 @@ import pytest
 from tests.conftest import FIXTURE_SERVER, REPO, Proc, ProcFactory, free_port, start_gateway
 from tests.integration.test_legacy_front_door import run_legacy_scenario
 from tests.integration.test_sdk_clients import FASTMCP, run_scenario
+from tests.redis_server import RedisServer
 
 PROXY: Final = REPO / "deploy" / "proxy"
 START: Final = 15.0  # seconds for a proxy to say it serves
@@ -41,20 +42,21 @@ PING: Final = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 ACCEPT: Final = {"Accept": "application/json, text/event-stream"}
 
 
-def replace_once(text: str, old: str, new: str) -> str:
-    """``text`` with ``old`` replaced; the snippet must hold it exactly once."""
-    assert text.count(old) == 1, f"the snippet no longer holds {old!r}"
+def replace_once(text: str, old: str, new: str, times: int = 1) -> str:
+    """``text`` with ``old`` replaced; the snippet must hold it exactly ``times`` times."""
+    assert text.count(old) == times, f"the snippet no longer holds {old!r} {times}x"
     return text.replace(old, new)
 
 
-def nginx_config(tmp: Path, port: int, gateway_port: int) -> Path:
+def nginx_config(tmp: Path, port: int, gateway_ports: list[int]) -> Path:
     """nginx.conf inside a whole configuration whose files all live in ``tmp``."""
     snippet = (PROXY / "nginx.conf").read_text()
     snippet = replace_once(snippet, "listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
     for directive in ("ssl_certificate ", "ssl_certificate_key "):
         line = next(ln for ln in snippet.splitlines() if ln.strip().startswith(directive))
         snippet = replace_once(snippet, line + "\n", "")
-    snippet = replace_once(snippet, "server 127.0.0.1:8080;", f"server 127.0.0.1:{gateway_port};")
+    servers = "\n    ".join(f"server 127.0.0.1:{p};" for p in gateway_ports)
+    snippet = replace_once(snippet, "server 127.0.0.1:8080;", servers)
     (tmp / "mcp-bridge.conf").write_text(snippet)
     # As root, nginx's workers would switch to "nobody", who cannot enter
     # pytest's private temporary directory.
@@ -81,12 +83,13 @@ http {{
     return conf
 
 
-def caddy_config(tmp: Path, port: int, gateway_port: int) -> Path:
+def caddy_config(tmp: Path, port: int, gateway_ports: list[int]) -> Path:
     """The Caddyfile with global options that keep Caddy's state in ``tmp``."""
     snippet = (PROXY / "Caddyfile").read_text()
     snippet = replace_once(snippet, "mcp.example.com {", f"http://127.0.0.1:{port} {{")
+    upstreams = " ".join(f"127.0.0.1:{p}" for p in gateway_ports)
     snippet = replace_once(
-        snippet, "reverse_proxy 127.0.0.1:8080 {", f"reverse_proxy 127.0.0.1:{gateway_port} {{"
+        snippet, "reverse_proxy 127.0.0.1:8080 {", f"reverse_proxy {upstreams} {{", times=2
     )
     conf = tmp / "Caddyfile"
     conf.write_text(
@@ -96,8 +99,8 @@ def caddy_config(tmp: Path, port: int, gateway_port: int) -> Path:
     return conf
 
 
-async def run_nginx(procs: ProcFactory, tmp: Path, gateway_port: int, port: int) -> str:
-    conf = nginx_config(tmp, port, gateway_port)
+async def run_nginx(procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int) -> str:
+    conf = nginx_config(tmp, port, gateway_ports)
     # Debian installs it in /usr/sbin, which a non-root PATH may lack.
     nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     assert nginx, "nginx is not installed (.ci/run installs it)"
@@ -106,8 +109,8 @@ async def run_nginx(procs: ProcFactory, tmp: Path, gateway_port: int, port: int)
     return f"http://127.0.0.1:{port}"
 
 
-async def run_caddy(procs: ProcFactory, tmp: Path, gateway_port: int, port: int) -> str:
-    conf = caddy_config(tmp, port, gateway_port)
+async def run_caddy(procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int) -> str:
+    conf = caddy_config(tmp, port, gateway_ports)
     caddy = shutil.which("caddy")
     assert caddy, "caddy is not installed (.ci/run installs it)"
     env = {
@@ -120,7 +123,7 @@ async def run_caddy(procs: ProcFactory, tmp: Path, gateway_port: int, port: int)
     return f"http://127.0.0.1:{port}"
 
 
-Runner = Callable[[ProcFactory, Path, int, int], Awaitable[str]]
+Runner = Callable[[ProcFactory, Path, list[int], int], Awaitable[str]]
 
 
 @pytest.fixture
@@ -161,7 +164,7 @@ async def gateway_behind(
     tmp = tmp_path / "proxy"
     tmp.mkdir()
     gateway_port = int(gateway.rsplit(":", 1)[1])
-    return gateway, await run(procs, tmp, gateway_port, port or free_port())
+    return gateway, await run(procs, tmp, [gateway_port], port or free_port())
 
 
 @pytest.mark.parametrize("run", PROXIES)
@@ -223,3 +226,34 @@ async def test_oauth_discovery_through_the_proxy(
                 body = await response.json()
             assert body["resource"] == public + path
             assert body["authorization_servers"] == [ISSUER]
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("run", PROXIES)
+async def test_two_replicas_keep_each_client_on_its_replica(
+    run: Runner, procs_stopped_first: ProcFactory, tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two gateways on one Redis: a legacy connection (process-local) must get its
+    POSTs on the replica holding its GET stream; Streamable HTTP sessions work too."""
+    config = tmp_path / "servers.json"
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
+    config.write_text(json.dumps({"mcpServers": {SERVER: server}}))
+    ports = []
+    for _ in range(2):
+        _, gateway = await start_gateway(
+            procs_stopped_first, "--config", str(config), "--store-url", redis.url
+        )
+        ports.append(int(gateway.rsplit(":", 1)[1]))
+    tmp = tmp_path / "proxy"
+    tmp.mkdir()
+    proxy = await run(procs_stopped_first, tmp, ports, free_port())
+    for _ in range(3):  # round-robin would send some POSTs to the other replica
+        await run_legacy_scenario(f"{proxy}/sse", FASTMCP)
+    await run_scenario(f"{proxy}/mcp", FASTMCP)
