@@ -8,8 +8,9 @@ the routes, buffering, timeouts and headers, is the snippet as shipped.
 
 Through each: the official SDK client's scenario on both front doors
 (Streamable HTTP and legacy HTTP+SSE, whose stream never ends, so a buffering
-proxy hangs it), OAuth protected-resource metadata discovery (RFC 9728), and
-the private paths answering 404.
+proxy hangs it), OAuth protected-resource metadata discovery (RFC 9728), the
+private paths answering 404, and two replicas on one Redis (a legacy
+connection's POSTs must reach the replica that holds its stream).
 """
 
 from __future__ import annotations
