@@ -5,8 +5,12 @@
 #   docker build -t mcp-bridge .                          # the gateway (default: the last stage)
 #   docker build --target node -t mcp-bridge:node .       # plus Node.js 22 and npm, for npx stdio servers
 #   docker build --build-arg EXTRAS=example -t mcp-bridge-example .   # plus the example server (mcp SDK)
+#   docker build --build-arg EXTRAS=otel -t mcp-bridge:otel .            # plus OpenTelemetry tracing
 #
 # Needs BuildKit (Docker 23+ builds with it by default) for the pip cache mount.
+# Dependencies come from requirements/EXTRAS.txt (gateway.txt without EXTRAS),
+# locked with hashes by `uv pip compile` (each file's first lines give the
+# command); tests/test_deploy.py checks them against pyproject.toml.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:22-bookworm-slim
@@ -16,21 +20,34 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
+# Extras of the project to install as well: one of "example" (the mcp SDK)
+# or "otel" (OpenTelemetry), each with its own lock file.
+ARG EXTRAS=""
+# The locked dependencies first, in their own layer: a change to bridge/ does
+# not reinstall them.
+COPY requirements ./requirements
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install --require-hashes --only-binary=:all: \
+      -r "requirements/${EXTRAS:-gateway}.txt"
 # setuptools reads README.md as the package's long description.
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
-# Extras of the project to install as well, e.g. "example" (the mcp SDK).
-ARG EXTRAS=""
+# The package alone (its dependencies are in already); pip check fails the
+# build if the lock no longer satisfies pyproject.toml.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    /opt/venv/bin/pip install --prefer-binary ".${EXTRAS:+[$EXTRAS]}" \
+    /opt/venv/bin/pip install --no-deps ".${EXTRAS:+[$EXTRAS]}" \
+ && /opt/venv/bin/pip check \
  && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # --- base: what every runtime image has -----------------------------------------
 FROM ${PYTHON_IMAGE} AS base
 # tini as PID 1 forwards SIGTERM to the gateway and reaps orphans: a stdio
 # server started through npx or a shell leaves grandchildren behind when it dies.
+# Versions pinned (hadolint DL3008) to bookworm's: the base image is bookworm,
+# so they stay installable until Debian replaces them in a point release; then
+# the build fails here and the pin is bumped (apt-cache policy PACKAGE).
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends tini \
+ && apt-get install --yes --no-install-recommends tini=0.19.0-1+b3 \
  && rm -rf /var/lib/apt/lists/*
 # A numeric user, so that Kubernetes' runAsNonRoot can verify it.
 RUN groupadd --system --gid 10001 mcp \
@@ -67,12 +84,12 @@ CMD []
 FROM ${NODE_IMAGE} AS node-dist
 
 FROM base AS node
-USER root
+USER 0
 # The official Node.js build (22 LTS) rather than Debian's nodejs 18 (end of
 # life) and its hundreds of node-* packages. libatomic1: newer Node.js builds
 # link against it and python's slim image lacks it.
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends libatomic1 \
+ && apt-get install --yes --no-install-recommends libatomic1=12.2.0-14+deb12u1 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=node-dist /usr/local/bin/node /usr/local/bin/node
 COPY --from=node-dist /usr/local/lib/node_modules /usr/local/lib/node_modules

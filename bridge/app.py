@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import aiohttp_cors
@@ -52,6 +52,9 @@ from bridge.upstreams.detect import AutoHttpUpstream
 from bridge.upstreams.sse import SseUpstream
 from bridge.upstreams.stdio import StdioUpstream
 from bridge.upstreams.streamable_http import StreamableHttpUpstream
+
+if TYPE_CHECKING:  # bridge.otel imports OpenTelemetry, loaded only when tracing is on
+    from bridge.otel import Tracing
 
 log = structlog.get_logger("bridge.access")
 
@@ -338,16 +341,22 @@ def allow_cors(app: web.Application, routes: Sequence[web.AbstractRoute]) -> Non
         cors.add(route, {"*": options})
 
 
-async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Application:
+async def build_app(
+    settings: Settings, servers: Sequence[ServerSpec], *, tracing: Tracing | None = None
+) -> web.Application:
     """The gateway application for ``servers``, with the store ``settings.store_url`` names.
 
     A coroutine because the upstream HTTP client and the stores must be made
     on the running loop; ``web.run_app`` accepts it as is.
 
+    ``tracing``: OpenTelemetry's middlewares, client trace configs and
+    upstream spans (:mod:`bridge.otel`); None (tracing off) adds nothing.
+
     Raises:
         ConfigError: the store URL is not one this gateway knows.
     """
-    app = web.Application(middlewares=[observe], client_max_size=settings.max_body_bytes)
+    traced = [] if tracing is None else tracing.middlewares()
+    app = web.Application(middlewares=[*traced, observe], client_max_size=settings.max_body_bytes)
     stores = await stores_for(settings)
     # The HTTP client and hub exist before startup so that routes can bind to
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
@@ -358,6 +367,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
         # principals too (issue #15). HTTP state never crosses upstream sessions.
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
+        trace_configs=None if tracing is None else tracing.trace_configs(),
     )
     timeouts = _timeouts(settings)
     metrics = Metrics()
@@ -393,6 +403,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
             max_sessions=settings.max_sessions,
             max_sessions_per_principal=settings.max_sessions_per_principal,
             max_records_per_principal=settings.max_records_per_principal,
+            trace=None if tracing is None else tracing.wrap,
         ),
         metrics,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
 import signal
 import sys
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from bridge import log as bridge_log
 from bridge import memory, tasks
+from bridge import tracing as bridge_tracing
 from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
@@ -100,7 +102,16 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = await build_app(settings, servers)
+    tracing = None
+    if bridge_tracing.wanted(settings, os.environ):
+        try:
+            from bridge import otel  # the otel extra: imported only when tracing is on
+        except ImportError as exc:
+            raise ConfigError(
+                f"tracing needs the otel extra: pip install 'mcp-bridge[otel]' ({exc})"
+            ) from exc
+        tracing = otel.start(settings)
+    app = await build_app(settings, servers, tracing=tracing)
     # accept() out of file descriptors: a count per interval, not a traceback each.
     loop.set_exception_handler(AcceptErrors(settings.accept_error_log_interval, app[HUB].metrics))
     runner = web.AppRunner(
@@ -126,4 +137,6 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         await runner.cleanup()
         if reaper is not None:
             await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
+        if tracing is not None:  # exports what is pending, in its own thread
+            await asyncio.to_thread(tracing.shutdown)
         log.info("stopped")

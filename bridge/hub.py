@@ -25,7 +25,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -72,6 +72,8 @@ class HubConfig:
     max_sessions: int = 10000  # live client sessions in this process
     max_sessions_per_principal: int = 100  # ... that hold an upstream of their own (share none)
     max_records_per_principal: int = 1000  # stored records, live or not, per principal
+    #: Tracing on: wraps each leased connection (server, session id); None: tracing off.
+    trace: Callable[[UpstreamConnection, str, str], UpstreamConnection] | None = None
 
 
 def new_session_id() -> str:
@@ -155,12 +157,13 @@ class SessionHub:
         principal: str | None,
         client_headers: Mapping[str, str] | None,
     ) -> tuple[Session, Stream]:
+        session_id = new_session_id()
         with self._making_room(server, principal):
-            connection = await self._connect(server, principal, client_headers)
+            connection = await self._connect(server, principal, client_headers, session_id)
         now = time.time()
         params = jsonrpc.params(request)
         record = SessionRecord(
-            session_id=new_session_id(),
+            session_id=session_id,
             server=server,
             protocol_version=str(params.get("protocolVersion", jsonrpc.LATEST_VERSION)),
             client_params=params,
@@ -273,7 +276,7 @@ class SessionHub:
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
         with self._making_room(record.server, principal):
-            connection = await self._connect(record.server, principal, client_headers)
+            connection = await self._connect(record.server, principal, client_headers, session_id)
         try:
             session = await Session.resume(
                 record,
@@ -292,9 +295,16 @@ class SessionHub:
         return session
 
     async def _connect(
-        self, server: str, principal: str | None, client_headers: Mapping[str, str] | None
+        self,
+        server: str,
+        principal: str | None,
+        client_headers: Mapping[str, str] | None,
+        session_id: str,
     ) -> UpstreamConnection:
-        return await self.pools[server].lease(principal, client_headers)
+        connection = await self.pools[server].lease(principal, client_headers)
+        if self._config.trace is not None:
+            return self._config.trace(connection, server, session_id)
+        return connection
 
     @contextlib.contextmanager
     def _making_room(self, server: str, principal: str | None) -> Iterator[None]:

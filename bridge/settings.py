@@ -215,6 +215,13 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto (console on a TTY, JSON lines otherwise), console or json"
     )
+    otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="OTLP/HTTP collector base URL for traces, e.g. http://otel-collector:4318 "
+        "(sent to /v1/traces; needs the otel extra); unset: OTEL_EXPORTER_OTLP_ENDPOINT if "
+        "set, else no tracing",
+    )
 
     max_body_bytes: Bytes = Field(4 * 1024 * 1024, description="POST body limit (413 above)")
     max_message_bytes: Bytes = Field(

