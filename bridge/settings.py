@@ -2,9 +2,11 @@
 
 :class:`Settings` comes from, in order of precedence, command-line flags,
 ``BRIDGE_*`` environment variables and defaults (pydantic-settings). Servers
-come from an ``mcpServers`` file (the format Claude Desktop and Cursor use,
-JSON or YAML) or from one ``--stdio`` / ``--sse`` flag, and are validated once
-into the :data:`ServerSpec` union by :func:`load_servers`.
+come from an ``mcpServers`` file (JSON or YAML, in the dialects of Claude
+Desktop, Cursor, Cline, Windsurf, VS Code and Gemini CLI) or from one
+``--stdio`` / ``--sse`` flag, and are validated once into the
+:data:`ServerSpec` union by :func:`load_servers`. Command-line flags are built
+from :class:`Settings`' fields by :mod:`bridge.options`.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import json
 import os
 import re
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
+import platformdirs
+import structlog
 import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -28,39 +34,94 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridge.errors import ConfigError
 
-Seconds = Annotated[float, Field(gt=0)]
-Bytes = Annotated[int, Field(gt=0)]
+log = structlog.get_logger("bridge.config")
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A setting's unit, for ``--help`` (``METAVAR``) and its default (``30 s``)."""
+
+    metavar: str
+    symbol: str
+
+
+SECONDS: Final = Unit("SECONDS", "s")
+BYTES: Final = Unit("BYTES", "bytes")
+MILLISECONDS: Final = Unit("MS", "ms")
+
+Seconds = Annotated[float, Field(gt=0), SECONDS]
+#: Seconds where 0 means "none" or "never" (each setting says which).
+SecondsOrZero = Annotated[float, Field(ge=0), SECONDS]
+Bytes = Annotated[int, Field(gt=0), BYTES]
+Count = Annotated[int, Field(gt=0)]
+
+
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment or a flag: ``a,b``, or JSON ``["a", "b"]``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a JSON list") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if isinstance(value, list | tuple):  # repeated flags, each maybe a,b
+        return [item for part in value for item in _split_list(part)]
+    return value
+
+
+#: A list setting: comma-separated or a JSON list, in the environment as on the
+#: command line (``BRIDGE_ALLOWED_HOSTS=a,b``; issue #14). NoDecode: pydantic-settings
+#: would otherwise insist on JSON in the environment.
+Names = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: ``${VAR}``, ``${VAR:-default}``, and VS Code's ``${env:VAR}``.
+_VAR = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: VS Code's ``${input:ID}``: a value VS Code asks its user for; the gateway cannot.
+_INPUT = re.compile(r"\$\{input:([^}]*)\}")
+APP_NAME: Final = "mcp-bridge"
 
 
-class Settings(BaseSettings):
-    """Every knob of the gateway. Times are in seconds, sizes in bytes."""
+def default_store_url() -> str:
+    """SQLite in the platform's state directory (``$XDG_STATE_HOME/mcp-bridge`` on Linux).
 
-    model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_",
-        env_ignore_empty=True,
-        cli_kebab_case=True,
-        cli_prog_name="mcp-bridge",
-        extra="ignore",
-    )
+    Independent of the working directory, so ``mcp-bridge sessions list`` run
+    from ``/`` finds the same store as the gateway, and creates nothing there.
+    """
+    return f"sqlite:///{platformdirs.user_state_path(APP_NAME) / 'sessions.db'}"
 
-    config: Path | None = Field(None, description="mcpServers file (JSON or YAML)")
+
+class ServerSources(BaseSettings):
+    """Where the servers come from: the three settings :func:`load_servers` reads."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_ignore_empty=True, extra="ignore")
+
+    config: Path | None = Field(
+        None, description="mcpServers file (JSON or YAML; Claude Desktop, Cursor, Cline, "
+        "Windsurf, VS Code dialects)",
+    )  # fmt: skip
     stdio: str | None = Field(None, description="one stdio upstream: 'COMMAND ARGS...'")
     sse: str | None = Field(None, description="one legacy HTTP+SSE upstream URL")
+
+
+class Settings(ServerSources):
+    """Every knob of the gateway. Times are in seconds, sizes in bytes."""
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
 
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: Names = Field(
         default_factory=list,
         description="Host names clients may use; empty: loopback names when bound to loopback",
     )
-    allowed_origins: list[str] = Field(
+    allowed_origins: Names = Field(
         default_factory=list,
         description="extra browser Origins (scheme://host[:port]) allowed besides same-host ones",
     )
@@ -83,17 +144,17 @@ class Settings(BaseSettings):
     oauth_jwks_url: str | None = Field(
         None, description="the issuer's JWKS URL (required with oauth_issuer)"
     )
-    oauth_audience: list[str] = Field(
+    oauth_audience: Names = Field(
         default_factory=list,
         description="accepted token audiences; empty: the endpoint's URL or public_url",
     )
-    oauth_scopes: list[str] = Field(
+    oauth_scopes: Names = Field(
         default_factory=list, description="scopes every token must carry (403 without)"
     )
-    oauth_algorithms: list[str] = Field(
-        default_factory=lambda: ["RS256", "ES256"], description="accepted JWT signing algorithms"
+    oauth_algorithms: Names = Field(
+        ["RS256", "ES256"], description="accepted JWT signing algorithms"
     )
-    oauth_leeway: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    oauth_leeway: SecondsOrZero = Field(30.0, description="clock skew allowed on exp/nbf/iat")
     oauth_jwks_timeout: Seconds = Field(5.0, description="one JWKS fetch from the issuer")
     oauth_jwks_failure_ttl: Seconds = Field(
         10.0,
@@ -221,8 +282,9 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, description="largest message accepted from an upstream"
     )
     store_url: str = Field(
-        "sqlite:///./.mcp-bridge/sessions.db",
-        description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, rediss://...",
+        default_factory=default_store_url,
+        description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, "
+        "rediss://...; default: SQLite in the platform's state directory",
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
@@ -250,22 +312,21 @@ class Settings(BaseSettings):
         description="release a session's upstream (child, SSE stream) after no request and no "
         "open stream for this long; the session itself lives on until session_ttl",
     )
-    event_max_events: Bytes = Field(1000, description="events kept per SSE stream for replay")
+    event_max_events: Count = Field(1000, description="events kept per SSE stream for replay")
     event_max_age: Seconds = Field(86400.0, description="events older than this are dropped")
     sse_keepalive_interval: Seconds = Field(15.0, description="SSE comment keepalive period")
-    sse_retry_ms: Bytes = Field(
+    sse_retry_ms: Annotated[int, Field(gt=0), MILLISECONDS] = Field(
         1000, description="milliseconds a 2025-11-25 client waits before resuming a stream"
     )
-    sse_poll_after: float = Field(
+    sse_poll_after: SecondsOrZero = Field(
         0.0,
-        ge=0,
         description="close a 2025-11-25 client's stream after this long so that it polls "
         "(resumes with Last-Event-ID); 0: never",
     )
     sse_send_timeout: Seconds = Field(
         60.0, description="abort a downstream stream whose client reads nothing for this long"
     )
-    stream_queue_size: Bytes = Field(
+    stream_queue_size: Count = Field(
         256, description="messages buffered per downstream stream before the upstream waits"
     )
     stream_queue_bytes: Bytes = Field(
@@ -273,7 +334,7 @@ class Settings(BaseSettings):
         description="bytes of messages buffered per downstream stream (queued for its client, "
         "or kept for a GET stream not yet open); a single larger message still passes",
     )
-    standalone_buffer_size: Bytes = Field(
+    standalone_buffer_size: Count = Field(
         1024, description="messages kept for a standalone GET stream not yet open"
     )
     upstream_connect_timeout: Seconds = Field(
@@ -324,9 +385,8 @@ class Settings(BaseSettings):
         "row, with jitter (half to all of it)",
     )
     stdio_restart_backoff_max: Seconds = Field(30.0, description="stdio: longest restart delay")
-    stdio_restart_wait: float = Field(
+    stdio_restart_wait: SecondsOrZero = Field(
         1.0,
-        ge=0,
         description="stdio: a request that needs a child during the restart delay waits at most "
         "this long for it; if the delay is longer, it gets 503 with Retry-After at once",
     )
@@ -466,13 +526,29 @@ class AutoHttpServer(_HttpSpec):
 ServerSpec = StdioServer | SseServer | StreamableHttpServer | AutoHttpServer
 
 
+#: Keys other clients' mcpServers entries carry that only the client acts on
+#: (approval lists, its own request timeout, its tool filters, its UI): accepted
+#: and ignored, with one info line (issue #14). Cline/Roo: autoApprove,
+#: alwaysAllow, timeout, disabledTools, watchPaths; VS Code: dev, gallery,
+#: version; Gemini CLI: trust, includeTools, excludeTools; several: description.
+CLIENT_ONLY_KEYS: Final = frozenset(
+    {
+        "alwaysAllow", "autoApprove", "description", "dev", "disabledTools", "excludeTools",
+        "gallery", "includeTools", "timeout", "trust", "version", "watchPaths",
+    }
+)  # fmt: skip
+
+
 def expand_vars(value: Any, environ: dict[str, str]) -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, recursively.
+    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${env:VAR}`` in every string, recursively.
 
     Raises:
-        KeyError: a variable with no default is unset (the name is the key).
+        KeyError: a variable with no default is unset (the name is the key), or a
+            VS Code ``${input:ID}`` (the key is ``input:ID``), which only VS Code can ask.
     """
     if isinstance(value, str):
+        if found := _INPUT.search(value):
+            raise KeyError(f"input:{found.group(1)}")
 
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
@@ -507,73 +583,231 @@ def _server_kind(entry: dict[str, Any]) -> type[ServerSpec]:
         # anything else is probed (spec transports §Backwards Compatibility).
         path = urlsplit(str(entry["url"])).path.rstrip("/")
         return SseServer if path.endswith("/sse") else AutoHttpServer
-    raise ValueError(f"type: unknown server type {kind!r} (expected 'sse' or 'streamable-http')")
+    raise ValueError(
+        f"type: unknown server type {kind!r} (expected 'stdio', 'sse' or 'streamable-http')"
+    )
 
 
-def _parse_server(source: str, name: str, entry: Any, environ: dict[str, str]) -> ServerSpec:
+def describe(error: ErrorDetails) -> str:
+    """Pydantic's error as a person would say it, naming the value where it helps."""
+    kind, value = error["type"], error.get("input")
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+    shown = repr(value) if isinstance(value, str | int | float) else None
+    plain = {
+        "int_parsing": "is not a whole number",
+        "int_type": "is not a whole number",
+        "int_from_float": "is not a whole number",
+        "float_parsing": "is not a number",
+        "float_type": "is not a number",
+        "bool_parsing": "is not true or false",
+        "string_type": "is not a string",
+        "list_type": "is not a list",
+        "tuple_type": "is not a list",
+        "dict_type": "is not an object of names and values",
+        "missing": "is required",
+        "extra_forbidden": "is not a field this gateway knows",
+        "string_too_short": "is empty",
+        "url_parsing": "is not a URL (expected http://HOST[:PORT]/PATH)",
+        "url_scheme": "is not an http:// or https:// URL",
+        "url_type": "is not a URL (expected http://HOST[:PORT]/PATH)",
+        "greater_than": f"must be more than {ctx.get('gt')}",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "less_than": f"must be less than {ctx.get('lt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "literal_error": f"must be {ctx.get('expected')}",
+        "string_pattern_mismatch": f"does not have the expected form ({ctx.get('pattern')})",
+    }.get(kind)
+    if plain is None:
+        text = str(ctx["error"]) if kind == "value_error" and "error" in ctx else error["msg"]
+        return text if shown is None or kind in ("value_error", "assertion_error") else (
+            f"{shown}: {text}"
+        )  # fmt: skip
+    if shown is None or kind in ("missing", "extra_forbidden"):
+        return plain
+    return f"{shown} {plain}"
+
+
+def _translate(entry: dict[str, Any]) -> dict[str, Any]:
+    """Other clients' spellings as this gateway's: Windsurf's ``serverUrl``, Gemini
+    CLI's ``httpUrl`` (Streamable HTTP), Cline's ``transportType``."""
+    entry = dict(entry)
+    for alias, kind in (("serverUrl", None), ("httpUrl", "streamable-http")):
+        if alias in entry:
+            if "url" in entry:
+                raise ValueError(f"{alias}: give url or {alias}, not both")
+            entry["url"] = entry.pop(alias)
+            if kind is not None:
+                entry.setdefault("type", kind)
+    if "transportType" in entry:
+        kind = entry.pop("transportType")
+        entry.setdefault("type", kind)
+    return entry
+
+
+@dataclass
+class ServerFile:
+    """What an mcpServers document holds, besides the server specs.
+
+    Attributes:
+        specs: the servers to run, in file order.
+        ignored: client-only keys (:data:`CLIENT_ONLY_KEYS`) per server name.
+        disabled: servers whose entry says ``"disabled": true``.
+        problems: one line per error, each naming the source, server and field.
+    """
+
+    specs: list[ServerSpec] = field(default_factory=list)
+    ignored: dict[str, list[str]] = field(default_factory=dict)
+    disabled: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def raise_problems(self) -> None:
+        """Raise every problem at once (:class:`ConfigError`, one per line)."""
+        if self.problems:
+            raise ConfigError("\n".join(self.problems))
+
+    def log_notes(self, source: str) -> None:
+        """One info line for ignored keys, one for disabled servers."""
+        if self.ignored:
+            log.info("config_client_keys_ignored", source=source, servers=self.ignored)
+        if self.disabled:
+            log.info("config_servers_disabled", source=source, servers=self.disabled)
+
+
+def _parse_server(
+    source: str, name: str, entry: Any, environ: dict[str, str], into: ServerFile
+) -> None:
     where = f"{source}: server {name!r}"
     if not SERVER_NAME.match(name):
-        raise ConfigError(f"{where}: the name must match {SERVER_NAME.pattern}")
+        into.problems.append(f"{where}: the name must match {SERVER_NAME.pattern}")
+        return
     if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected an object")
+        into.problems.append(f"{where}: expected an object")
+        return
+    disabled = entry.get("disabled", False)
+    if not isinstance(disabled, bool):
+        into.problems.append(f"{where}: field 'disabled': {disabled!r} is not true or false")
+        return
+    if disabled:
+        into.disabled.append(name)
+        return
+    ignored = sorted(k for k in entry if k in CLIENT_ONLY_KEYS)
+    if ignored:
+        into.ignored[name] = ignored
     expanded = {}
-    for field, value in entry.items():
+    failed = False
+    for key, value in entry.items():
+        if key in CLIENT_ONLY_KEYS or key == "disabled":
+            continue
         try:
-            expanded[field] = expand_vars(value, environ)
+            expanded[key] = expand_vars(value, environ)
         except KeyError as exc:
-            raise ConfigError(
-                f"{where}: field {field!r}: environment variable {exc.args[0]} is not set"
-            ) from None
-    entry = expanded
+            var = exc.args[0]
+            why = (
+                f"{'${'}{var}{'}'} is a VS Code input, which only VS Code can ask for; "
+                "write the value or ${VAR}"
+                if var.startswith("input:")
+                else f"environment variable {var} is not set"
+            )
+            into.problems.append(f"{where}: field {key!r}: {why}")
+            failed = True
+    if failed:
+        return
     try:
-        kind = _server_kind(entry)
+        translated = _translate(expanded)
+        kind = _server_kind(translated)
     except ValueError as exc:
-        field, _, text = str(exc).partition(": ")
-        raise ConfigError(f"{where}: field {field!r}: {text}") from None
+        key, _, text = str(exc).partition(": ")
+        into.problems.append(f"{where}: field {key!r}: {text}")
+        return
     try:
-        return kind.model_validate({**entry, "name": name})
+        into.specs.append(kind.model_validate({**translated, "name": name}))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "?"
-        raise ConfigError(f"{where}: field {field!r}: {err['msg']}") from None
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            into.problems.append(f"{where}: field {key!r}: {describe(err)}")
+
+
+def _servers_object(source: str, document: Any) -> dict[str, Any]:
+    """The servers object: ``mcpServers`` (most clients), ``servers`` (VS Code's
+    ``mcp.json``) or ``mcp.servers`` (VS Code's ``settings.json``).
+
+    Raises:
+        ConfigError: none of them, or more than one.
+    """
+    if not isinstance(document, dict):
+        raise ConfigError(f'{source}: expected an object with an "mcpServers" object')
+    vscode = document.get("mcp")
+    found = {
+        key: value
+        for key, value in (
+            ("mcpServers", document.get("mcpServers")),
+            ("servers", document.get("servers")),
+            ("mcp.servers", vscode.get("servers") if isinstance(vscode, dict) else None),
+        )
+        if value is not None
+    }
+    if len(found) > 1:
+        raise ConfigError(f"{source}: give one of {' or '.join(found)}, not both")
+    if not found or not isinstance(servers := next(iter(found.values())), dict):
+        raise ConfigError(
+            f'{source}: expected an object with an "mcpServers" object (or VS Code\'s "servers")'
+        )
+    if not servers:
+        raise ConfigError(f"{source}: mcpServers is empty")
+    return servers
+
+
+def read_servers(source: str, document: Any, environ: dict[str, str]) -> ServerFile:
+    """Validate a decoded ``{"mcpServers": {...}}`` document, collecting every problem.
+
+    Raises:
+        ConfigError: the document has no servers object at all.
+    """
+    result = ServerFile()
+    for name, entry in _servers_object(source, document).items():
+        _parse_server(source, str(name), entry, environ, result)
+    if not result.problems and not result.specs:
+        result.problems.append(f"{source}: every server is disabled")
+    return result
 
 
 def parse_servers(source: str, document: Any, environ: dict[str, str]) -> list[ServerSpec]:
     """Validate a decoded ``{"mcpServers": {...}}`` document.
 
-    Raises:
-        ConfigError: naming ``source``, the server and the field.
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
-        raise ConfigError(f'{source}: expected an object with an "mcpServers" object')
-    servers = document["mcpServers"]
-    if not servers:
-        raise ConfigError(f"{source}: mcpServers is empty")
-    return [_parse_server(source, name, entry, environ) for name, entry in servers.items()]
-
-
-def load_servers(settings: Settings, environ: dict[str, str] | None = None) -> list[ServerSpec]:
-    """The servers named by ``--config``, ``--stdio`` or ``--sse``.
+    Other clients' dialects are accepted: see :data:`CLIENT_ONLY_KEYS` and
+    :func:`_translate`; ``"disabled": true`` leaves a server out.
 
     Raises:
-        ConfigError: no source, several sources, unreadable file, or a bad entry.
+        ConfigError: every problem at once, one per line, each naming ``source``,
+            the server and the field.
     """
-    env = dict(os.environ) if environ is None else environ
-    given = [s for s in (settings.config, settings.stdio, settings.sse) if s]
+    result = read_servers(source, document, environ)
+    result.raise_problems()
+    result.log_notes(source)
+    return result.specs
+
+
+def read_server_sources(sources: ServerSources, environ: dict[str, str]) -> ServerFile:
+    """The servers ``--config``, ``--stdio`` or ``--sse`` name, with every problem found.
+
+    Raises:
+        ConfigError: no source, several sources, an unreadable or undecodable file.
+    """
+    given = [s for s in (sources.config, sources.stdio, sources.sse) if s]
     if len(given) != 1:
         raise ConfigError("give exactly one of --config (BRIDGE_CONFIG), --stdio or --sse")
-    if settings.stdio:
-        argv = shlex.split(settings.stdio)
+    if sources.stdio:
+        argv = shlex.split(sources.stdio)
         if not argv:
             raise ConfigError("--stdio: empty command")
         entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
-        return parse_servers("--stdio", {"mcpServers": {"default": entry}}, env)
-    if settings.sse:
-        return parse_servers(
-            "--sse", {"mcpServers": {"default": {"url": settings.sse, "type": "sse"}}}, env
+        return read_servers("--stdio", {"mcpServers": {"default": entry}}, environ)
+    if sources.sse:
+        return read_servers(
+            "--sse", {"mcpServers": {"default": {"url": sources.sse, "type": "sse"}}}, environ
         )
-    assert settings.config is not None
-    path = settings.config
+    assert sources.config is not None
+    path = sources.config
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -583,4 +817,22 @@ def load_servers(settings: Settings, environ: dict[str, str] | None = None) -> l
         document = json.loads(text) if is_json else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {exc}") from None
-    return parse_servers(str(path), document, env)
+    return read_servers(str(path), document, environ)
+
+
+def load_servers(
+    settings: ServerSources, environ: dict[str, str] | None = None
+) -> list[ServerSpec]:
+    """The servers named by ``--config``, ``--stdio`` or ``--sse``.
+
+    Logs one info line for client-only keys ignored and one for servers disabled.
+
+    Raises:
+        ConfigError: no source, several sources, unreadable file, or bad entries
+            (all of them, one per line).
+    """
+    env = dict(os.environ) if environ is None else environ
+    result = read_server_sources(settings, env)
+    result.raise_problems()
+    result.log_notes(str(settings.config or "--stdio/--sse"))
+    return result.specs
