@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 # setuptools reads README.md as the package's long description.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY bridge ./bridge
 # Extras of the project to install as well, e.g. "example" (the mcp SDK).
 ARG EXTRAS=""
