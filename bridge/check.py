@@ -22,17 +22,16 @@ from typing import Any, Final, TextIO
 from bridge import auth, options
 from bridge.app import endpoint_paths, stores_for
 from bridge.errors import ConfigError
-from bridge.sessions.store import StoreUnavailable
-from bridge.settings import (
+from bridge.servers import (
     AutoHttpServer,
     ServerFile,
-    ServerSources,
     ServerSpec,
-    Settings,
     SseServer,
     StdioServer,
     read_server_sources,
 )
+from bridge.sessions.store import StoreUnavailable
+from bridge.settings import ServerSources, Settings
 from bridge.stores import redact, sqlite_path
 from bridge.upstreams.stdio import SAFE_ENV
 

@@ -27,7 +27,8 @@ from pydantic_settings import SettingsError
 
 from bridge import __version__
 from bridge.errors import ConfigError
-from bridge.settings import BYTES, SECONDS, ServerSources, Settings, Unit, describe
+from bridge.settings import ServerSources, Settings
+from bridge.values import BYTES, SECONDS, Unit, describe
 
 #: Short flags the issues name, for settings whose field names are longer.
 ALIASES: Final = {"store_url": ("--store",)}

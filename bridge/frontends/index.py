@@ -18,7 +18,7 @@ from aiohttp import web
 
 from bridge.auth import Authenticator
 from bridge.frontends.guard import Guard
-from bridge.settings import ServerSpec, SseServer, StdioServer, StreamableHttpServer
+from bridge.servers import ServerSpec, SseServer, StdioServer, StreamableHttpServer
 
 
 def _transport(spec: ServerSpec) -> str:
