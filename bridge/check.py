@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from bridge import auth, options
-from bridge.app import endpoint_paths, stores_for
+from bridge.app import stores_for
 from bridge.errors import ConfigError
 from bridge.servers import (
     AutoHttpServer,
@@ -99,10 +99,13 @@ def _describe(spec: ServerSpec, base: str, single: bool) -> list[str]:
             type(spec), "Streamable HTTP"
         )
         what = f"{kind}: {spec.url}"
-    paths = sorted(p for p in endpoint_paths([spec]) if not p.endswith("/mcp"))
-    if single:
-        paths += ["/http", "/mcp", "/sse"]
-    return [f"server {spec.name}: {what}", *(f"  {base}{p}" for p in paths)]
+    root = f"{base}/servers/{spec.name}"
+    also = (" (also {base}/mcp)", " (also {base}/sse)") if single else ("", "")
+    return [
+        f"server {spec.name}: {what}",
+        f"  Streamable HTTP: {root}/mcp{also[0].format(base=base)}",
+        f"  legacy SSE:      {root}/sse{also[1].format(base=base)}",
+    ]
 
 
 async def _resolve(settings: Settings, found: ServerFile, out: TextIO) -> list[str]:

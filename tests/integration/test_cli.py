@@ -333,7 +333,8 @@ async def test_check_prints_what_would_run(procs: ProcFactory, tmp_path: Path) -
     )  # fmt: skip
     assert code == 0, text
     assert "server files: stdio: python3 -m srv (env T)" in text
-    assert "http://127.0.0.1:8080/servers/files/http" in text
+    assert "  Streamable HTTP: http://127.0.0.1:8080/servers/files/mcp\n" in text
+    assert "  legacy SSE:      http://127.0.0.1:8080/servers/files/sse\n" in text
     assert "server api: Streamable HTTP: http://127.0.0.1:9/mcp" in text
     assert "server off: disabled" in text
     assert "server api: client-only keys ignored: autoApprove" in text
