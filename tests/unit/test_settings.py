@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -623,3 +624,19 @@ def test_default_store_is_in_the_state_directory(
     monkeypatch.chdir(tmp_path)
     assert cli([]).store_url == f"sqlite:///{tmp_path}/state/mcp-bridge/sessions.db"
     assert not (tmp_path / "state").exists()  # named, not created
+
+
+def test_every_env_variable_takes_the_default_the_readme_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README's settings table, value for value, in the environment (issue #14)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(BRIDGE_[A-Z_]+)` \| `--[a-z-]+`[^|]* \| `([^`]+)`", readme, re.M)
+    assert len(rows) > 60
+    for variable, shown in rows:
+        monkeypatch.setenv(variable, shown)
+    monkeypatch.delenv("BRIDGE_OAUTH_ISSUER", raising=False)  # needs two more settings
+    settings = cli([])
+    assert settings.allowed_hosts == []
+    assert settings.oauth_algorithms == ["RS256", "ES256"]
+    assert settings.session_ttl == 7 * 24 * 3600
