@@ -28,9 +28,12 @@ the gateway (a child process running the example server) gets SIGKILL. The
 requests on it then fail with -32030 (-31030 for 2026-07-28), answered 503 or
 as an error on the request's stream. Such a failure of an operation during
 which a child was killed (or that began at most 1 s after a kill) is
-*expected*, counted by kind. Anything else (a 500, a timeout, a wrong answer,
-a refused resume, a 404, a dropped connection, -32030 with no kill meanwhile)
-is a *problem*, counted and printed with examples.
+*expected*, counted by kind; so is one during which a stdio child exited by
+itself (the gateway's ``upstream_lost`` line "exited with status"; the example
+server's SDK, mcp 1.x, can crash on a cancellation that races its answer,
+python-sdk#2416), counted apart. Anything else (a 500, a timeout, a wrong
+answer, a refused resume, a 404, a dropped connection, -32030 with no kill or
+crash meanwhile) is a *problem*, counted and printed with examples.
 
 Every ``--sample-every`` seconds (10, from t=0 to the end) the script samples
 the gateway's RSS, its open fds (``/proc/PID/fd``), its descendant processes,
@@ -102,6 +105,7 @@ UPSTREAM_CMD = f"{sys.executable} -m {UPSTREAM_MARK}"
 #: A request lost with its upstream: expected if a child was killed while it ran.
 EXPECTED = re.compile(r"-3[12]030\b")
 KILL_SLACK = 1.0  # seconds: a request that began this soon after a kill may still meet the child
+CRASH_NOTICE = 2.0  # seconds the log line of a server's own exit may trail its requests' errors
 SLOW_STEPS, SLOW_DELAY = 3, 0.2  # tools/call slow: 3 progress events, 0.6 s
 MiB = 1024 * 1024
 EXAMPLES = 2  # problems of each kind printed with their details
@@ -127,6 +131,10 @@ class Stats:
     notes: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # ms, ok ones since the last sample
     kills: list[tuple[float, int]] = field(default_factory=list)  # (t, pid): the Gateway's
+    #: when (t) a stdio server exited by itself (upstream_lost "exited with status"): a
+    #: crash of the server, not of the gateway (the SDK's cancellation race, see README)
+    crashes: list[float] = field(default_factory=list)
+    crashed: asyncio.Event = field(default_factory=asyncio.Event)  # set at each crash
     interval: Counter[str] = field(default_factory=Counter)  # ok/expected/problems since then
 
     def success(self, op: str, seconds: float) -> None:
@@ -144,6 +152,10 @@ class Stats:
             self.expected[key] += 1
             self.interval["expected"] += 1
             return
+        if lost and self.crash_near(began, t):
+            self.expected[f"{key} (the server crashed by itself)"] += 1
+            self.interval["expected"] += 1
+            return
         if lost:
             key += " (no kill meanwhile)"
             before = [k for k, _ in self.kills if k < began]
@@ -158,6 +170,25 @@ class Stats:
             detail = exc.detail if isinstance(exc, Problem) else f"{exc.__class__.__name__}: {exc}"
             after = f", {since} after the last kill" if since else ""
             examples.append(f"t={began:.1f}-{t:.1f} s{after}: {detail}"[:400])
+
+    def crash_near(self, began: float, t: float) -> bool:
+        """Whether a stdio server exited by itself while the operation ran."""
+        return any(began - KILL_SLACK <= c <= t + CRASH_NOTICE for c in self.crashes)
+
+    async def crash_notice(self, began: float, t: float, exc: BaseException) -> None:
+        """Before counting an upstream loss with no kill meanwhile, wait up to
+        :data:`CRASH_NOTICE` for the gateway's log of a server exiting by itself:
+        the client may learn of the loss before this script reads that line."""
+        if not EXPECTED.search(load.classify(exc)):
+            return
+        if any(began - KILL_SLACK <= k <= t for k, _ in self.kills) or self.crash_near(began, t):
+            return
+        self.crashed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CRASH_NOTICE):
+                while not self.crash_near(began, t):
+                    await self.crashed.wait()
+                    self.crashed.clear()
 
     def take(self) -> tuple[Counter[str], list[float]]:
         """The interval's counts and latencies, and a fresh interval."""
@@ -310,7 +341,9 @@ class Soaker:
             async with asyncio.timeout(self.args.timeout):
                 await work()
         except Exception as exc:
-            self.stats.failure(name, exc, began, self.clock())
+            t = self.clock()
+            await self.stats.crash_notice(began, t, exc)
+            self.stats.failure(name, exc, began, t)
             return False
         self.stats.success(name, time.perf_counter() - t0)
         return True
@@ -692,6 +725,7 @@ class GatewayChild(Child):
         self.stderr: deque[str] = deque(maxlen=CRASH_LINES)  # the stdio servers' last lines
         #: (how, its stderr's last lines logged before, and the first ones logged after)
         self.crashes: list[tuple[str, list[str]]] = []
+        self.on_crash: Callable[[], None] | None = None  # told of each, when it happens
 
     def _notable(self, line: str) -> bool:
         if '"child_stderr"' in line:
@@ -708,6 +742,8 @@ class GatewayChild(Child):
             with contextlib.suppress(ValueError, TypeError):
                 reason = str(json.loads(line).get("reason"))
                 self.crashes.append((reason, list(self.stderr)))
+                if self.on_crash is not None:
+                    self.on_crash()
         return super()._notable(line)
 
 
@@ -863,6 +899,12 @@ async def soak(
 
         def clock() -> float:
             return loop.time() - t0
+
+        def crashed() -> None:
+            stats.crashes.append(clock())
+            stats.crashed.set()
+
+        gw.child.on_crash = crashed
 
         async def killer() -> None:
             k = 0

@@ -179,7 +179,10 @@ class SessionHub:
         )
         try:
             evicted = await self._store.create(
-                record, session.record_ttl, max_per_principal=self._config.max_records_per_principal
+                record,
+                session.record_ttl,
+                max_per_principal=self._config.max_records_per_principal,
+                keep=self._serving(principal),
             )
         except BaseException as exc:
             # Whatever failed, the upstream leased for it belongs to no session.
@@ -331,22 +334,34 @@ class SessionHub:
             if self._starting[principal] <= 0:
                 del self._starting[principal]
 
+    def _serving(self, principal: str | None) -> list[str]:
+        """Ids of ``principal``'s sessions live here with a stream or request: not evicted."""
+        return [
+            session_id
+            for session_id, session in self._sessions.items()
+            if session.record.principal == principal and session.serving()
+        ]
+
     def _evicted(self, session_ids: list[str]) -> None:
         """Records the store deleted for the per-principal cap: release them here too,
         and drop their events (in the background: the new session does not wait)."""
         self.metrics.limited.labels("records_per_principal").inc(len(session_ids))
         log.info("records_evicted", count=len(session_ids))
+        closing: list[Session] = []
         for session_id in session_ids:
             session = self._sessions.get(session_id)
             if session is not None:
                 self._forget(session)
-                _ = tasks.spawn(
-                    session.close("limit: record evicted for a newer one"),
-                    name=f"evict:{short(session_id)}",
-                )
-        _ = tasks.spawn(self._drop_events(session_ids), name="evicted-events")
+                closing.append(session)
+        _ = tasks.spawn(self._drop_events(session_ids, closing), name="evicted-events")
 
-    async def _drop_events(self, session_ids: list[str]) -> None:
+    async def _drop_events(self, session_ids: list[str], closing: list[Session]) -> None:
+        """Close the live ones first: closing answers what was pending on their
+        streams, and those answers are events too, to be dropped with the rest."""
+        await asyncio.gather(
+            *(s.close("limit: record evicted for a newer one") for s in closing),
+            return_exceptions=True,
+        )
         for session_id in session_ids:
             try:
                 await self.stores.events.delete_session(session_id)

@@ -117,6 +117,18 @@ class _HttpSpec(_Spec):
                 raise ValueError(f"header {name!r} cannot be forwarded")
         return names
 
+    @model_validator(mode="after")
+    def _one_authorization(self) -> _HttpSpec:
+        """URL userinfo becomes an ``Authorization`` header (aiohttp): it cannot be
+        combined with another, configured or forwarded (else every request fails)."""
+        named = {name.lower() for name in (*self.headers, *self.forward_headers)}
+        if (self.url.username or self.url.password) and "authorization" in named:
+            raise ValueError(
+                "the url carries credentials (user:password@) and an Authorization header "
+                "is also set or forwarded: keep one"
+            )
+        return self
+
 
 class SseServer(_HttpSpec):
     """A legacy HTTP+SSE upstream (spec 2024-11-05)."""

@@ -465,6 +465,10 @@ class Session(StreamResumption):
         """Requests waiting for the upstream's answer."""
         return self._router.in_flight()
 
+    def serving(self) -> bool:
+        """Whether a client stream is attached or a request awaits its answer."""
+        return bool(self._streams) or self._router.in_flight() > 0
+
     def open_streams(self) -> dict[str, int]:
         """Attached streams by kind ("get", "post"): for the metrics scrape."""
         get = int(GET in self._streams)

@@ -53,6 +53,7 @@ class Stream:
         # The client holds an event id of this stream (priming or replay), so
         # it can resume it: the front door may close it early (polling).
         self.resumable_by_client = False
+        self._replayed: frozenset[str] = frozenset()  # ids prepend_replay put first
 
     def _full(self, size: int) -> bool:
         if len(self._items) >= self._limit:
@@ -61,9 +62,13 @@ class Stream:
 
     async def put(self, message: Outgoing, size: int = 0) -> None:
         """Queue one event of ``size`` bytes (its encoded length), waiting for room."""
+        if message[0] is not None and message[0] in self._replayed:
+            return  # stored before the replay was read, queued after: sent already
         while self._full(size) and not (self.detached or self.closed):
             self._writable.clear()
             await self._writable.wait()
+        if message[0] is not None and message[0] in self._replayed:
+            return  # a replay came while this put waited for room
         if not self.detached and not self.closed:
             self._items.append((*message, size))
             self._bytes += size
@@ -72,16 +77,22 @@ class Stream:
             self._readable.set()
 
     def extend(self, messages: list[Outgoing]) -> None:
-        self._items.extend((event_id, message, 0) for event_id, message in messages)
+        self._items.extend(
+            (event_id, message, 0)
+            for event_id, message in messages
+            if event_id is None or event_id not in self._replayed
+        )
         self._readable.set()
 
     def prepend_replay(self, replayed: list[Outgoing]) -> None:
         """Put replayed events first; drop live ones the replay already holds.
 
-        Live events are stored before they are queued, so one that was queued
-        while the replay was read may be in both: it is sent once, in order.
+        Live events are stored before they are queued, so one that was stored
+        while the replay was read may be in both, queued before this call or
+        after it (its store write still finishing): it is sent once, in order.
         """
-        seen = {event_id for event_id, _ in replayed}
+        seen = {event_id for event_id, _ in replayed if event_id is not None}
+        self._replayed = self._replayed | seen
         live = [item for item in self._items if item[0] is None or item[0] not in seen]
         self._items = deque([*((e, m, 0) for e, m in replayed), *live])
         before, self._bytes = self._bytes, sum(item[2] for item in live)

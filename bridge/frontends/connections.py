@@ -9,9 +9,11 @@ failure. Here:
   ``max_connections`` (by default the ``RLIMIT_NOFILE`` soft limit minus
   ``fd_reserve``, kept for upstreams, children and the store, minus the
   listening backlog, which asyncio may accept in one go) a new connection
-  closes the oldest one with no request in progress (waiting for its headers,
-  or idle between requests) and takes its place; if every connection is
-  serving a request (a stream), the new one is closed at once. So ``accept()``
+  closes one with no request in progress and takes its place: the one that
+  has waited longest for a request's headers, else the one idle longest
+  between requests (a keep-alive client that has just sent a request is
+  the last to go); if every connection is serving a request (a stream), the
+  new one is closed at once. So ``accept()``
   never runs out of descriptors, and a client that sends its request at once
   gets in even while a slowloris holds every other slot.
 - Each connection must deliver a request's line and headers within
@@ -95,11 +97,16 @@ class ConnectionGate:
     def admit(self, conn: _Guarded) -> bool:
         """Whether ``conn`` may open; at the cap, the oldest idle connection makes room."""
         if len(self._open) >= self.cap:
-            # Oldest first among those still waiting for a request's headers,
-            # then among those idle between requests; never one serving a request.
-            victim = next((c for c in self._open if c.armed and not c.busy), None)
-            if victim is None:
-                victim = next((c for c in self._open if not c.busy), None)
+            # Longest waiting for a request's headers first, then longest idle
+            # between requests; never one serving a request. By the time each
+            # began waiting, not by connection age: a keep-alive client that
+            # has just sent its next request (not yet handed to the app) is
+            # armed too, but since a moment ago.
+            victim = min(
+                (c for c in self._open if not c.busy),
+                key=lambda c: (not c.armed, c.since),
+                default=None,
+            )
             if victim is None:
                 self.refused += 1
                 self._count("connections")
@@ -135,6 +142,7 @@ class ConnectionGate:
     def end(self, handler: object) -> None:
         if (conn := self._by_handler.get(handler)) is not None:
             conn.busy = max(0, conn.busy - 1)
+            conn.since = time.monotonic()  # idle from now
 
 
 class _Guarded(asyncio.Protocol):
@@ -144,6 +152,8 @@ class _Guarded(asyncio.Protocol):
         self.handler = handler
         self.gate = gate
         self.busy = 0  # requests in progress
+        #: monotonic seconds since when it has waited for headers (armed) or idled
+        self.since = time.monotonic()
         self._transport: asyncio.Transport | None = None
         self._admitted = False
         self._timer: asyncio.TimerHandle | None = None
@@ -160,6 +170,7 @@ class _Guarded(asyncio.Protocol):
 
     def _arm(self) -> None:
         if self._timer is None:
+            self.since = time.monotonic()
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.gate.header_timeout, self._headers_late)
 

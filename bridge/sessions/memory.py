@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from bridge.sessions.store import SessionRecord
@@ -37,43 +37,50 @@ class MemorySessionStore:
         # principal -> its records' ids (create's cap), and back.
         self._owners: dict[str | None, dict[str, None]] = {}
         self._owner_of: dict[str, str | None] = {}
+        self._used_at: dict[str, float] = {}  # session id -> last create, save or touch
 
     async def create(
-        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        *,
+        max_per_principal: int | None = None,
+        keep: Collection[str] = (),
     ) -> list[str]:
         await self.save(record, ttl)
         if max_per_principal is None:
             return []
         now, ids = self._clock(), self._owners.get(record.principal, {})
         others = [
-            (entry[1], session_id)
+            session_id
             for session_id in ids
-            if session_id != record.session_id
-            and (entry := self._live(session_id, now)) is not None
+            if session_id != record.session_id and self._live(session_id, now) is not None
         ]
-        others.sort()
         excess = max(0, len(others) + 1 - max_per_principal)
-        evicted = [session_id for _, session_id in others[:excess]]
+        if not excess:
+            return []
+        others.sort(key=lambda session_id: (self._used_at.get(session_id, 0.0), session_id))
+        evicted = [session_id for session_id in others if session_id not in keep][:excess]
         for session_id in evicted:
             self._drop(session_id)
         return evicted
 
     async def save(self, record: SessionRecord, ttl: float) -> None:
         now = self._purge()
-        self._put(record.session_id, record.to_json(), now + ttl)
+        self._put(record.session_id, record.to_json(), now, ttl)
         self._owner_of[record.session_id] = record.principal
         self._owners.setdefault(record.principal, {})[record.session_id] = None
 
     async def get(self, session_id: str) -> SessionRecord | None:
         entry = self._live(session_id, self._clock())
-        return None if entry is None else SessionRecord.from_json(entry[0])
+        return None if entry is None else SessionRecord.readable(entry[0])
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         now = self._purge()
         entry = self._live(session_id, now)
         if entry is None:
             return False
-        self._put(session_id, entry[0], now + ttl)
+        self._put(session_id, entry[0], now, ttl)
         return True
 
     async def delete(self, session_id: str) -> None:
@@ -83,7 +90,8 @@ class MemorySessionStore:
     async def list(self, limit: int) -> list[SessionRecord]:
         now = self._clock()
         live = (text for text, expires_at in self._records.values() if expires_at > now)
-        return [SessionRecord.from_json(text) for text, _ in zip(live, range(limit), strict=False)]
+        found = (SessionRecord.readable(text) for text in live)
+        return [r for r, _ in zip((r for r in found if r is not None), range(limit), strict=False)]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         now = self._clock()
@@ -119,9 +127,10 @@ class MemorySessionStore:
             return None
         return entry
 
-    def _put(self, session_id: str, text: str, expires_at: float) -> None:
-        self._records[session_id] = (text, expires_at)
+    def _put(self, session_id: str, text: str, now: float, ttl: float) -> None:
+        self._records[session_id] = (text, now + ttl)
         self._records.move_to_end(session_id)
+        self._used_at[session_id] = now
 
     def _purge(self) -> float:
         """Forget up to PURGE_BATCH expired records, oldest write first; return now."""
@@ -136,6 +145,7 @@ class MemorySessionStore:
     def _drop(self, session_id: str) -> None:
         """Forget a record and its place in the principal index."""
         self._records.pop(session_id, None)
+        self._used_at.pop(session_id, None)
         if session_id not in self._owner_of:
             return
         principal = self._owner_of.pop(session_id)

@@ -8,7 +8,8 @@ Key layout (every key carries a TTL; nothing is ever written without one)::
     {prefix}:{<session_id>}:streams      zset    the session's stream names,
                                                  scored by last append (Unix ms)
     {prefix}:owner:<principal digest>    zset    the ids of a principal's records
-                                                 (create's cap), by creation (Unix ms)
+                                                 (create's cap), scored by the TTL (ms)
+                                                 each was last written with
 
 The ``{<session_id>}`` hash tag keeps all keys of a session in one Redis
 Cluster slot, so the multi-key writes below stay legal there. Session ids
@@ -37,7 +38,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Final
 
 from redis import exceptions as redis_errors
@@ -149,7 +150,12 @@ class RedisSessionStore:
         self._probe_key = f"{prefix}:probe:{secrets.token_hex(8)}"  # this process's own
 
     async def create(
-        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        *,
+        max_per_principal: int | None = None,
+        keep: Collection[str] = (),
     ) -> list[str]:
         await self.save(record, ttl)
         if max_per_principal is None:
@@ -157,31 +163,40 @@ class RedisSessionStore:
         owner = owner_key(self._prefix, record.principal)
         with unavailable("create"):
             async with self._client.pipeline(transaction=False) as pipe:
-                _ = pipe.zadd(owner, {record.session_id: ms(self._clock())})
+                _ = pipe.zadd(owner, {record.session_id: ms(ttl)})
                 _ = pipe.pttl(owner)
                 _ = pipe.zcard(owner)
                 _, owner_ttl, count = await pipe.execute()
             await self._outlive(owner, int(owner_ttl), ttl)
             if int(count) <= max_per_principal:
                 return []
-            return await self._cap(owner, record.session_id, max_per_principal)
+            return await self._cap(owner, record.session_id, max_per_principal, keep)
 
-    async def _cap(self, owner: str, keep: str, cap: int) -> builtins.list[str]:
-        """Trim the principal index to its live records, then delete the soonest expiring.
+    async def _cap(
+        self, owner: str, new: str, cap: int, keep: Collection[str]
+    ) -> builtins.list[str]:
+        """Trim the principal index to its live records, then delete the longest unused.
 
-        The index only says which records a principal made; each record's own
-        TTL says how recently it was used (touches move it), so the expiries
-        are read, one ``PTTL`` per member, only when the index is over ``cap``.
+        The index says which records a principal made, each scored with the
+        TTL (ms) its record was last written with; the record's remaining
+        ``PTTL`` then tells how long ago it was last written or touched
+        (score - PTTL). The expiries are read, one ``PTTL`` per member, only
+        when the index is over ``cap``.
         """
-        members = [text(m) for m in await self._client.zrange(owner, 0, -1)]
+        scored = await self._client.zrange(owner, 0, -1, withscores=True)
+        members = [(text(pair[0]), int(pair[1])) for pair in scored]
         async with self._client.pipeline(transaction=False) as pipe:
-            for member in members:
+            for member, _ in members:
                 _ = pipe.pttl(session_key(self._prefix, member))
             ttls = await pipe.execute()
-        live = [(int(t), m) for t, m in zip(ttls, members, strict=True) if int(t) != -2]
-        gone = set(members) - {m for _, m in live}
-        others = sorted((t, m) for t, m in live if m != keep)
-        evicted = [m for _, m in others[: max(0, len(others) + 1 - cap)]]
+        live = [
+            (score - int(t), m) for t, (m, score) in zip(ttls, members, strict=True) if int(t) >= 0
+        ]
+        gone = {m for m, _ in members} - {m for _, m in live}
+        others = [(-unused, m) for unused, m in live if m != new]
+        excess = max(0, len(others) + 1 - cap)
+        others.sort()  # unused the longest first; within a millisecond, by id
+        evicted = [m for _, m in others if m not in keep][:excess]
         if evicted:
             await self._client.delete(*(session_key(self._prefix, m) for m in evicted))
         if gone or evicted:
@@ -195,8 +210,9 @@ class RedisSessionStore:
         with unavailable("save"):
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.set(key, record.to_json(), px=ms(ttl))
+                _ = pipe.zadd(owner, {record.session_id: ms(ttl)}, xx=True)  # if indexed
                 _ = pipe.pttl(owner)
-                _, owner_ttl = await pipe.execute()
+                _, _, owner_ttl = await pipe.execute()
             await self._outlive(owner, int(owner_ttl), ttl)
 
     async def _outlive(self, owner: str, owner_ttl: int, ttl: float) -> None:
@@ -209,7 +225,7 @@ class RedisSessionStore:
             return None
         with unavailable("get"):
             text = await self._client.get(session_key(self._prefix, session_id))
-        return None if text is None else SessionRecord.from_json(text)
+        return None if text is None else SessionRecord.readable(text)
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         if not valid_session_id(session_id):
@@ -228,7 +244,8 @@ class RedisSessionStore:
             return []
         with unavailable("list"):
             texts = await self._client.mget(keys)
-        return [SessionRecord.from_json(text) for text in texts if text is not None]
+        found = (SessionRecord.readable(text) for text in texts if text is not None)
+        return [record for record in found if record is not None]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         name = f"{self._prefix}:value:{key}"

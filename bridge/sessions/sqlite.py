@@ -15,11 +15,13 @@ error, ``database disk image is malformed``) surfaces as
 
 Schema::
 
-    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL, owner TEXT)
+    bridge_sessions(session_id TEXT PRIMARY KEY, record TEXT, expires_at REAL, owner TEXT,
+                    used_at REAL)
 
-``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` is Unix seconds;
-``owner`` is ``p:`` + the record's principal, ``''`` for none (added to
-older files on open), indexed with ``expires_at`` for ``create``'s cap.
+``record`` is :meth:`SessionRecord.to_json`; ``expires_at`` and ``used_at``
+(the last create, save or touch) are Unix seconds; ``owner`` is ``p:`` + the
+record's principal, ``''`` for none. ``owner`` and ``used_at`` are added to
+older files on open, indexed together for ``create``'s cap.
 Expiry is checked on read; every write also deletes up to
 :data:`PURGE_BATCH` expired records.
 """
@@ -30,7 +32,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
@@ -172,14 +174,21 @@ class SqliteSessionStore:
         return cls(db, clock=clock)
 
     async def create(
-        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        *,
+        max_per_principal: int | None = None,
+        keep: Collection[str] = (),
     ) -> list[str]:
         now, text, owner = self._clock(), record.to_json(), _owner(record.principal)
-        session_id = record.session_id
+        session_id, kept = record.session_id, frozenset(keep)
 
         def work(conn: sqlite3.Connection) -> list[str]:
             _save(conn, now, session_id, text, now + ttl, owner)
-            return [] if max_per_principal is None else _cap(conn, now, record, max_per_principal)
+            if max_per_principal is None:
+                return []
+            return _cap(conn, now, record, max_per_principal, kept)
 
         return await self._db.write(work)
 
@@ -197,7 +206,7 @@ class SqliteSessionStore:
                 (session_id, now),
             ).fetchone()
         )
-        return None if row is None else SessionRecord.from_json(row[0])
+        return None if row is None else SessionRecord.readable(row[0])
 
     async def touch(self, session_id: str, ttl: float) -> bool:
         now = self._clock()
@@ -214,7 +223,8 @@ class SqliteSessionStore:
                 "SELECT record FROM bridge_sessions WHERE expires_at > ? LIMIT ?", (now, limit)
             ).fetchall()
         )
-        return [SessionRecord.from_json(row[0]) for row in rows]
+        found = (SessionRecord.readable(row[0]) for row in rows)
+        return [record for record in found if record is not None]
 
     async def put_value(self, key: str, value: str, ttl: float, *, only_new: bool = False) -> str:
         now = self._clock()
@@ -270,22 +280,37 @@ def _save(
 ) -> None:
     _purge(conn, now)
     conn.execute(
-        "INSERT INTO bridge_sessions (session_id, record, expires_at, owner) VALUES (?, ?, ?, ?)"
+        "INSERT INTO bridge_sessions (session_id, record, expires_at, owner, used_at)"
+        " VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (session_id) DO UPDATE SET record = excluded.record,"
-        " expires_at = excluded.expires_at, owner = excluded.owner",
-        (session_id, text, expires_at, owner),
+        " expires_at = excluded.expires_at, owner = excluded.owner, used_at = excluded.used_at",
+        (session_id, text, expires_at, owner, now),
     )
 
 
-def _cap(conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int) -> list[str]:
-    """Delete the principal's other live records past ``cap - 1``, soonest expiring first."""
+def _cap(
+    conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int, keep: frozenset[str]
+) -> list[str]:
+    """Delete the principal's other live records past ``cap - 1``, longest unused first.
+
+    Records in ``keep`` are passed over (the principal may stay over the cap).
+    """
+    owner = _owner(record.principal)
+    (others,) = conn.execute(
+        "SELECT COUNT(*) FROM bridge_sessions"
+        " WHERE owner = ? AND expires_at > ? AND session_id <> ?",
+        (owner, now, record.session_id),
+    ).fetchone()
+    excess = int(others) - max(cap - 1, 0)
+    if excess <= 0:
+        return []
     rows = conn.execute(
         "SELECT session_id FROM bridge_sessions"
         " WHERE owner = ? AND expires_at > ? AND session_id <> ?"
-        " ORDER BY expires_at DESC LIMIT -1 OFFSET ?",
-        (_owner(record.principal), now, record.session_id, max(cap - 1, 0)),
+        " ORDER BY used_at, session_id LIMIT ?",
+        (owner, now, record.session_id, excess + len(keep)),
     ).fetchall()
-    evicted = [str(row[0]) for row in rows]
+    evicted = [str(row[0]) for row in rows if row[0] not in keep][:excess]
     for start in range(0, len(evicted), 500):
         batch = evicted[start : start + 500]
         conn.execute(
@@ -298,11 +323,11 @@ def _cap(conn: sqlite3.Connection, now: float, record: SessionRecord, cap: int) 
 def _needs_migration(conn: sqlite3.Connection) -> bool:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
     indexes = {row[1] for row in conn.execute("PRAGMA index_list(bridge_sessions)")}
-    return "owner" not in columns or "bridge_sessions_owner" not in indexes
+    return not {"owner", "used_at"} <= columns or "bridge_sessions_used" not in indexes
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Add ``owner`` (a principal's records, for create's cap) to a file made before it."""
+    """Add ``owner`` and ``used_at`` (for create's cap) to a file made before them."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_sessions)")}
     if "owner" not in columns:
         conn.execute("ALTER TABLE bridge_sessions ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
@@ -310,16 +335,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
             "UPDATE bridge_sessions SET owner = 'p:' || json_extract(record, '$.principal')"
             " WHERE json_valid(record) AND json_extract(record, '$.principal') IS NOT NULL"
         )
+    if "used_at" not in columns:  # records made before it count as unused the longest
+        conn.execute("ALTER TABLE bridge_sessions ADD COLUMN used_at REAL NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS bridge_sessions_owner")
     conn.execute(
-        "CREATE INDEX IF NOT EXISTS bridge_sessions_owner ON bridge_sessions (owner, expires_at)"
+        "CREATE INDEX IF NOT EXISTS bridge_sessions_used ON bridge_sessions (owner, used_at)"
     )
 
 
 def _touch(conn: sqlite3.Connection, now: float, session_id: str, expires_at: float) -> bool:
     _purge(conn, now)
     cursor = conn.execute(
-        "UPDATE bridge_sessions SET expires_at = ? WHERE session_id = ? AND expires_at > ?",
-        (expires_at, session_id, now),
+        "UPDATE bridge_sessions SET expires_at = ?, used_at = ?"
+        " WHERE session_id = ? AND expires_at > ?",
+        (expires_at, now, session_id, now),
     )
     return cursor.rowcount == 1
 

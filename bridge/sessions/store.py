@@ -14,9 +14,14 @@ touch (sliding expiry), and forgets it after that without being asked.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("bridge.sessions")
 
 
 def _iso(seconds: float) -> str:
@@ -60,19 +65,47 @@ class SessionRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
+        """Raises ValueError (bad JSON) or TypeError (fields missing or unknown)."""
         return cls(**json.loads(text))
+
+    @classmethod
+    def readable(cls, text: str | bytes) -> SessionRecord | None:
+        """The record, or None (logged) if the stored text is not one.
+
+        A record written by hand, truncated, or by an incompatible version is
+        no session this gateway can serve: its client gets 404 and starts a
+        new one, never a 500 on every request (issue #15).
+        """
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or not all(
+                isinstance(data.get(name), str) for name in ("session_id", "server")
+            ):
+                raise TypeError("not a record")
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            log.error("record_unreadable", error=type(exc).__name__, size=len(text))
+            return None
 
 
 class SessionStore(Protocol):
     async def create(
-        self, record: SessionRecord, ttl: float, *, max_per_principal: int | None = None
+        self,
+        record: SessionRecord,
+        ttl: float,
+        *,
+        max_per_principal: int | None = None,
+        keep: Collection[str] = (),
     ) -> list[str]:
         """Store a new record that expires ``ttl`` seconds after its last touch.
 
         With ``max_per_principal``, the records of ``record.principal`` (None
         is one principal too) are capped: past it, the other records of that
-        principal that expire soonest (the longest unused) are deleted, events
-        not included. Returns the ids deleted so.
+        principal unused the longest (the oldest last create, save or touch,
+        whatever their TTL) are deleted, events not included, except those in
+        ``keep`` (sessions serving a stream or a request right now); with too
+        few others to delete, the principal stays over the cap. Returns the
+        ids deleted so.
         """
 
     async def get(self, session_id: str) -> SessionRecord | None:

@@ -64,6 +64,18 @@ def record(session_id: str = "s-1", **changes: object) -> SessionRecord:
     return dataclasses.replace(full, **changes)  # type: ignore[arg-type]
 
 
+async def age(stores: Backend, seconds: float, *session_ids: str) -> None:
+    """As if ``seconds`` passed since the records were last used: the fake clock
+    moves (memory, SQLite), or each record's Redis TTL is shortened by as much."""
+    if stores.clock is not None:
+        stores.advance(seconds)
+        return
+    assert stores.redis is not None
+    for session_id in session_ids:
+        key = f"{stores.prefix}:{{{session_id}}}:session"
+        await stores.redis.pexpire(key, await stores.redis.pttl(key) - int(seconds * 1000))
+
+
 # --- every backend --------------------------------------------------------------
 
 
@@ -131,13 +143,14 @@ async def test_list_returns_live_records_up_to_limit(stores: Backend) -> None:
     assert {r.session_id for r in some} <= {"s-0", "s-1", "s-2", "s-3"}
 
 
-async def test_create_caps_a_principals_records_soonest_expiring_first(stores: Backend) -> None:
+async def test_create_caps_a_principals_records_longest_unused_first(stores: Backend) -> None:
     """Issue #15: one key made 2,766 records in 50 s, each kept for the whole TTL."""
     sessions = stores.sessions
     for n, ttl in enumerate((100.0, 200.0, 300.0)):
         assert await sessions.create(record(f"a-{n}"), ttl, max_per_principal=3) == []
     await sessions.create(record("b-0", principal="bob"), 50.0, max_per_principal=3)
-    assert await sessions.touch("a-0", 1000.0)  # used again: now the last to expire
+    await age(stores, 10.0, "a-0", "a-1", "a-2", "b-0")
+    assert await sessions.touch("a-0", 1000.0)  # used again: now the last to go
 
     assert await sessions.create(record("a-3"), 400.0, max_per_principal=3) == ["a-1"]
     # The new record stays even when it expires first (an unused one, short TTL).
@@ -148,6 +161,25 @@ async def test_create_caps_a_principals_records_soonest_expiring_first(stores: B
     for kept in ("a-0", "a-3", "a-4", "b-0"):  # bob is capped apart
         assert await sessions.get(kept) is not None, kept
     assert len(await sessions.list(10)) == 4
+
+
+async def test_the_cap_goes_by_last_use_not_expiry_and_spares_kept_ids(stores: Backend) -> None:
+    """Issue #15 soak: by expiry, the cap deleted brand-new sessions (an unused
+    record's TTL is short) and ones serving a stream, 404s by the thousand."""
+    sessions = stores.sessions
+    await sessions.create(record("a-old", used=True), 3600.0, max_per_principal=3)
+    await sessions.create(record("b-old", used=True), 3600.0, max_per_principal=3)
+    await sessions.create(record("c-new", used=False), 900.0, max_per_principal=3)
+
+    # Longest unused first, though it expires last: not the new, short-lived one.
+    assert await sessions.create(record("d-new"), 900.0, max_per_principal=3) == ["a-old"]
+    # A record serving a stream here is passed over.
+    evicted = await sessions.create(record("e-new"), 900.0, max_per_principal=3, keep=["b-old"])
+    assert evicted == ["c-new"]
+    # With every other record kept, the principal goes over the cap instead.
+    kept = ["b-old", "d-new", "e-new"]
+    assert await sessions.create(record("f-new"), 900.0, max_per_principal=3, keep=kept) == []
+    assert {r.session_id for r in await sessions.list(10)} == {"b-old", "d-new", "e-new", "f-new"}
 
 
 async def test_the_cap_counts_only_live_records_and_none_is_one_principal(
@@ -530,3 +562,47 @@ async def test_sqlite_file_that_cannot_be_used_is_a_config_error(tmp_path: Path)
         await _open(f"sqlite:///{tmp_path}/a-directory.db")
     with pytest.raises(ConfigError, match="cannot"):
         await _open(f"sqlite:///{tmp_path}/not-a-database.db")
+
+
+async def test_sqlite_file_from_before_the_cap_columns_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE bridge_sessions"
+            " (session_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO bridge_sessions VALUES (?, ?, ?)",
+            ("old-0", record("old-0").to_json(), time.time() + TTL),
+        )
+    stores = await open_stores(
+        f"sqlite:///{path}", prefix="p", max_events=10, max_age=60, timeout=5.0
+    )
+    try:
+        assert await stores.sessions.get("old-0") == record("old-0")
+        await stores.sessions.create(record("new-0"), TTL, max_per_principal=2)
+        # The record from before counts for its principal, as unused the longest.
+        assert await stores.sessions.create(record("new-1"), TTL, max_per_principal=2) == ["old-0"]
+    finally:
+        await stores.aclose()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(bridge_sessions)")}
+    assert "bridge_sessions_used" in indexes
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"session_id": 5, "server": "x"}', "{}"])
+async def test_an_unreadable_record_is_none_not_an_error(stores: Backend, text: str) -> None:
+    """Issue #15: a corrupt record made every request of its session a 500."""
+    await stores.sessions.create(record("bad"), TTL)
+    await stores.sessions.create(record("good"), TTL)
+    if stores.redis is not None:
+        await stores.redis.set(f"{stores.prefix}:{{bad}}:session", text, px=60_000)
+    elif stores.sqlite_path is not None:
+        with contextlib.closing(sqlite3.connect(stores.sqlite_path)) as conn, conn:
+            conn.execute("UPDATE bridge_sessions SET record = ? WHERE session_id = 'bad'", (text,))
+    else:
+        assert isinstance(stores.sessions, MemorySessionStore)
+        stores.sessions._records["bad"] = (text, stores.sessions._records["bad"][1])
+
+    assert await stores.sessions.get("bad") is None
+    assert [r.session_id for r in await stores.sessions.list(10)] == ["good"]

@@ -152,3 +152,38 @@ async def test_a_principal_keeps_at_most_its_cap_of_records_the_longest_unused_g
             assert (reply.status, reply.error_code) == (404, errors.SESSION_NOT_FOUND)
         for kept in (*alices[2:], bob):
             assert (await kept.post(kept.request("tools/list"))).status == 200
+
+
+async def test_the_cap_spares_a_session_serving_a_stream_and_goes_by_last_use(
+    store: Store, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Issue #15 soak: by expiry, the cap deleted new sessions (short unused TTL)
+    and sessions with a GET stream open: 404s by the thousand."""
+    gw = await gateway(
+        [example_stdio()],
+        store_url=store.url,
+        api_keys=SecretStr("alice:alice-key"),
+        max_records_per_principal=3,
+    )
+    url = f"{gw.url}/http"
+    async with asyncio.timeout(BOUND):
+        listener = keyed(http, url, "alice-key")
+        await listener.initialize()
+        headers = listener.headers(Accept="text/event-stream")
+        async with http.get(url, headers=headers) as stream:
+            assert stream.status == 200
+            await stream.content.readline()  # the priming event: the stream is attached
+            used, fresh = keyed(http, url, "alice-key"), keyed(http, url, "alice-key")
+            await used.initialize()
+            assert (await used.post(used.request("tools/list"))).status == 200
+            await fresh.initialize()  # newer than used's last request, and short-lived
+
+            await keyed(http, url, "alice-key").initialize()  # over the cap
+
+            # The listener is unused the longest but serving: passed over. Used goes,
+            # though its record would have outlived fresh's by far.
+            reply = await used.post(used.request("tools/list"))
+            assert (reply.status, reply.error_code) == (404, errors.SESSION_NOT_FOUND)
+            for kept in (listener, fresh):
+                assert (await kept.post(kept.request("tools/list"))).status == 200
+            assert not stream.content.at_eof()

@@ -640,3 +640,16 @@ def test_every_env_variable_takes_the_default_the_readme_shows(
     assert settings.allowed_hosts == []
     assert settings.oauth_algorithms == ["RS256", "ES256"]
     assert settings.session_ttl == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"url": "http://me:pw@127.0.0.1:9/sse", "forward_headers": ["authorization"]},
+        {"url": "http://me@127.0.0.1:9/mcp", "headers": {"Authorization": "Bearer x"}},
+    ],
+)
+def test_url_credentials_and_an_authorization_header_are_refused(entry: dict[str, Any]) -> None:
+    """Issue #15: aiohttp refuses to send both, so every request was a 500."""
+    assert "credentials" in parse_error({"up": entry})
+    assert parse({"up": {"url": "http://me:pw@127.0.0.1:9/sse"}})  # alone, fine

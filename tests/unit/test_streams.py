@@ -77,3 +77,19 @@ async def test_replays_and_extends_are_not_counted_and_keep_live_sizes() -> None
     items = [await stream.get() for _ in range(stream.queued())]
     assert [i[0] for i in items if i] == ["old", "live-1", "live-2", "err"]
     assert stream.queued_bytes() == 0
+
+
+async def test_a_live_event_queued_after_the_replay_that_holds_it_is_not_sent_twice() -> None:
+    """Issue #15 soak: an event stored (its append still touching the record)
+    while a resume read the replay was queued after it too: sent twice."""
+    stream = Stream(1, limit=10)
+    await stream.put(("s.1", msg(1)), 10)  # queued before the replay: dropped by it
+    stream.prepend_replay([("s.1", msg(1)), ("s.2", msg(2))])
+    await stream.put(("s.2", msg(2)), 10)  # its store write finished after the read
+    stream.extend([("s.2", msg(2)), ("s.3", msg(3))])
+    await stream.put(("s.4", msg(4)), 10)
+    stream.close()
+    sent = []
+    while (item := await stream.get()) is not None:
+        sent.append(item[0])
+    assert sent == ["s.1", "s.2", "s.3", "s.4"]

@@ -1,0 +1,93 @@
+"""The connection gate's choice of whom to close at the cap (issue #15, slowloris).
+
+Seams only: a stand-in for aiohttp's request handler and for the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bridge.frontends.connections import ConnectionGate, _Guarded
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.received = b""
+        self.forced = False
+
+    def connection_made(self, transport: Any) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def force_close(self) -> None:
+        self.forced = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+class Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.aborted = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+
+def connect(gate: ConnectionGate) -> tuple[_Guarded, Handler, Transport]:
+    handler, transport = Handler(), Transport()
+    conn = _Guarded(handler, gate)  # type: ignore[arg-type]
+    conn.connection_made(transport)
+    return conn, handler, transport
+
+
+async def test_a_keepalive_client_sending_its_next_request_outlasts_a_slow_head() -> None:
+    gate = ConnectionGate(cap=2, header_timeout=60)
+    control, control_handler, control_transport = connect(gate)
+    gate.begin(control_handler)  # its first request, served and done
+    gate.end(control_handler)
+    slow, _, slow_transport = connect(gate)  # a slowloris, waiting for headers since now
+    slow.data_received(b"P")
+    control.data_received(b"POST /mcp HTTP/1.1\r\n\r\n")  # its next request, not yet served
+    assert control.armed
+    assert slow.armed
+    _newcomer, _, newcomer_transport = connect(gate)
+    assert not newcomer_transport.aborted
+    assert slow_transport.closed  # waited longest for its headers
+    assert not control_transport.closed
+    assert gate.evicted == 1
+    assert len(gate) == 2
+
+
+async def test_idle_connections_go_least_recently_used_first() -> None:
+    gate = ConnectionGate(cap=2, header_timeout=60)
+    _first, first_handler, first_transport = connect(gate)
+    _second, second_handler, second_transport = connect(gate)
+    for handler in (second_handler, first_handler):  # the older connection was used last
+        gate.begin(handler)
+        gate.end(handler)
+    _, _, third_transport = connect(gate)
+    assert second_transport.closed
+    assert not first_transport.closed
+    assert not third_transport.aborted
+
+
+async def test_a_connection_serving_a_request_is_never_closed() -> None:
+    gate = ConnectionGate(cap=1, header_timeout=60)
+    _, handler, transport = connect(gate)
+    gate.begin(handler)  # a stream
+    _, _, refused = connect(gate)
+    assert refused.aborted
+    assert not transport.closed
+    assert gate.refused == 1
