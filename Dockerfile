@@ -30,7 +30,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     /opt/venv/bin/pip install --require-hashes --only-binary=:all: \
       -r "requirements/${EXTRAS:-gateway}.txt"
 # setuptools reads README.md as the package's long description.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY bridge ./bridge
 # The package alone (its dependencies are in already); pip check fails the
 # build if the lock no longer satisfies pyproject.toml.

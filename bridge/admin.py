@@ -14,9 +14,12 @@ import json
 import sys
 from collections.abc import Sequence
 
+from bridge import options
 from bridge.app import stores_for
+from bridge.errors import ConfigError
 from bridge.sessions.store import StoreUnavailable
 from bridge.settings import Settings
+from bridge.stores import sqlite_path
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -35,12 +38,27 @@ def main(argv: Sequence[str]) -> int:
     if args.action != "list" and not args.session_id:
         parser.error(f"{args.action} needs a session id")
     overrides = {"store_url": args.store_url} if args.store_url else {}
-    settings = Settings(**overrides)
+    try:
+        settings = options.settings_from(overrides)
+        if _no_sqlite_file(settings.store_url):  # nothing stored yet: create nothing
+            return 0 if args.action == "list" else _not_found(args.session_id)
+    except ConfigError as exc:
+        print(f"mcp-bridge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return asyncio.run(_run(settings, args.action, args.session_id, args.limit))
     except StoreUnavailable as exc:
         print(f"mcp-bridge: store unavailable: {exc}", file=sys.stderr)
         return EXIT_STORE_DOWN
+
+
+def _no_sqlite_file(url: str) -> bool:
+    return url.lower().startswith("sqlite:") and not sqlite_path(url).exists()
+
+
+def _not_found(session_id: str) -> int:
+    print(json.dumps({"session_id": session_id, "found": False}))
+    return EXIT_NOT_FOUND
 
 
 async def _run(settings: Settings, action: str, session_id: str | None, limit: int) -> int:
@@ -53,8 +71,7 @@ async def _run(settings: Settings, action: str, session_id: str | None, limit: i
         assert session_id is not None
         found = await stores.sessions.get(session_id)
         if found is None:
-            print(json.dumps({"session_id": session_id, "found": False}))
-            return EXIT_NOT_FOUND
+            return _not_found(session_id)
         if action == "show":
             print(found.to_json())
         else:

@@ -5,6 +5,7 @@ URL layout (README "URLs"):
 - ``/servers/NAME/http`` and ``/servers/NAME/mcp``: Streamable HTTP per server;
 - ``/http`` and ``/mcp``: the same, when exactly one server is configured;
 - ``/healthz``: 200 while the process serves.
+- ``/servers`` (and ``/`` for a browser): the servers and their URLs.
 
 - ``/servers/NAME/sse`` (GET) and ``/servers/NAME/messages/`` (POST): the
   legacy HTTP+SSE front door (spec 2024-11-05); ``/sse`` and ``/messages/``
@@ -34,6 +35,7 @@ from bridge.frontends.common import StreamCap
 from bridge.frontends.connections import ConnectionGate, connection_cap
 from bridge.frontends.context import DOOR, MODERN, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
 from bridge.frontends.guard import Guard, is_loopback
+from bridge.frontends.index import ServerIndex
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
@@ -504,6 +506,9 @@ async def build_app(
         others += app[ADMIN].routes()
     if metadata is not None:
         others += metadata.routes()
+    others += ServerIndex(
+        servers, guard, authenticator, settings.public_url, settings.public_path_prefix
+    ).routes()
     app.add_routes(others)
     allow_cors(app, mcp_routes)
 

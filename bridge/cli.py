@@ -12,29 +12,25 @@ from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 
 from bridge import log as bridge_log
-from bridge import memory, tasks
+from bridge import memory, options, tasks
 from bridge import tracing as bridge_tracing
 from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
 from bridge.settings import ServerSpec, Settings, load_servers
+from bridge.stores import redact
 from bridge.upstreams import descendants
 
 EXIT_CONFIG = 2
-#: Short flags the issues name, for settings whose field names are longer.
-_ALIASES = {"--store": "--store-url"}
 log = structlog.get_logger("bridge")
 
 
-def _expand_aliases(args: list[str]) -> list[str]:
-    expanded = []
-    for arg in args:
-        flag, equals, value = arg.partition("=")
-        expanded.append(_ALIASES.get(flag, flag) + equals + value)
-    return expanded
+def _config_error(exc: ConfigError) -> int:
+    for line in str(exc).splitlines():
+        print(f"mcp-bridge: {line}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,24 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return admin.main(args[1:])
     if args[:1] == ["api-key"]:
         return new_api_key(args[1:])
-    args = _expand_aliases(args)
+    command = options.parse(args)
+    if command.check:
+        from bridge import check  # only --check needs it
+
+        return check.run(command.flags)
     try:
-        settings = Settings(_cli_parse_args=args)
+        settings = options.settings_from(command.flags)
+        bridge_log.configure(settings.log_level, settings.log_format)
         servers = load_servers(settings)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        print(f"mcp-bridge: setting {field!r}: {err['msg']}", file=sys.stderr)
-        return EXIT_CONFIG
     except ConfigError as exc:
-        print(f"mcp-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    bridge_log.configure(settings.log_level, settings.log_format)
+        return _config_error(exc)
+    log.info("session_store", url=redact(settings.store_url))
     try:
         asyncio.run(serve(settings, servers))
     except ConfigError as exc:  # found while building the app: store URL, API keys
-        print(f"mcp-bridge: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error(exc)
     except OSError as exc:  # e.g. the port is taken
         log.error("cannot_listen", host=settings.host, port=settings.port, error=str(exc))
         return 1

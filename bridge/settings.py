@@ -1,66 +1,142 @@
-"""Settings and server specs: the only place that reads the environment.
+"""Settings: the only place that reads the environment.
 
-:class:`Settings` comes from, in order of precedence, command-line flags,
-``BRIDGE_*`` environment variables and defaults (pydantic-settings). Servers
-come from an ``mcpServers`` file (the format Claude Desktop and Cursor use,
-JSON or YAML) or from one ``--stdio`` / ``--sse`` flag, and are validated once
-into the :data:`ServerSpec` union by :func:`load_servers`.
+:class:`Settings` comes from, in order of precedence, command-line flags
+(:mod:`bridge.options` builds them from its fields), ``BRIDGE_*`` environment
+variables and defaults (pydantic-settings). The servers, and the mcpServers
+file they come from, are :mod:`bridge.servers`' (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Final, Literal
 
-import yaml
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
+import platformdirs
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bridge.servers import (
+    CLIENT_ONLY_KEYS,
+    SERVER_NAME,
+    STREAMABLE_TYPES,
+    UNFORWARDABLE,
+    AutoHttpServer,
+    PoolSpec,
+    ServerFile,
+    ServerSpec,
+    SseServer,
+    StdioServer,
+    StreamableHttpServer,
+    expand_vars,
+    load_servers,
+    parse_servers,
+    read_server_sources,
+    read_servers,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from bridge.values import (
+    BYTES,
+    MILLISECONDS,
+    SECONDS,
+    Bytes,
+    Count,
+    Seconds,
+    SecondsOrZero,
+    Unit,
+    describe,
+)
 
-from bridge.errors import ConfigError
+#: Re-exported: what other modules long imported from here.
+__all__ = [
+    "APP_NAME",
+    "BYTES",
+    "CLIENT_ONLY_KEYS",
+    "MILLISECONDS",
+    "SECONDS",
+    "SERVER_NAME",
+    "STREAMABLE_TYPES",
+    "UNFORWARDABLE",
+    "AutoHttpServer",
+    "Bytes",
+    "Count",
+    "Names",
+    "PoolSpec",
+    "Seconds",
+    "SecondsOrZero",
+    "ServerFile",
+    "ServerSources",
+    "ServerSpec",
+    "Settings",
+    "SseServer",
+    "StdioServer",
+    "StreamableHttpServer",
+    "Unit",
+    "default_store_url",
+    "describe",
+    "expand_vars",
+    "load_servers",
+    "parse_servers",
+    "read_server_sources",
+    "read_servers",
+]
 
-Seconds = Annotated[float, Field(gt=0)]
-Bytes = Annotated[int, Field(gt=0)]
 
-SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+def _split_list(value: Any) -> Any:
+    """A list setting from the environment or a flag: ``a,b``, or JSON ``["a", "b"]``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a JSON list") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if isinstance(value, list | tuple):  # repeated flags, each maybe a,b
+        return [item for part in value for item in _split_list(part)]
+    return value
 
 
-class Settings(BaseSettings):
-    """Every knob of the gateway. Times are in seconds, sizes in bytes."""
+#: A list setting: comma-separated or a JSON list, in the environment as on the
+#: command line (``BRIDGE_ALLOWED_HOSTS=a,b``; issue #14). NoDecode: pydantic-settings
+#: would otherwise insist on JSON in the environment.
+Names = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
 
-    model_config = SettingsConfigDict(
-        env_prefix="BRIDGE_",
-        env_ignore_empty=True,
-        cli_kebab_case=True,
-        cli_prog_name="mcp-bridge",
-        extra="ignore",
-    )
+APP_NAME: Final = "mcp-bridge"
 
-    config: Path | None = Field(None, description="mcpServers file (JSON or YAML)")
+
+def default_store_url() -> str:
+    """SQLite in the platform's state directory (``$XDG_STATE_HOME/mcp-bridge`` on Linux).
+
+    Independent of the working directory, so ``mcp-bridge sessions list`` run
+    from ``/`` finds the same store as the gateway, and creates nothing there.
+    """
+    return f"sqlite:///{platformdirs.user_state_path(APP_NAME) / 'sessions.db'}"
+
+
+class ServerSources(BaseSettings):
+    """Where the servers come from: the three settings :func:`load_servers` reads."""
+
+    model_config = SettingsConfigDict(env_prefix="BRIDGE_", env_ignore_empty=True, extra="ignore")
+
+    config: Path | None = Field(
+        None, description="mcpServers file (JSON or YAML; Claude Desktop, Cursor, Cline, "
+        "Windsurf, VS Code dialects)",
+    )  # fmt: skip
     stdio: str | None = Field(None, description="one stdio upstream: 'COMMAND ARGS...'")
     sse: str | None = Field(None, description="one legacy HTTP+SSE upstream URL")
+
+
+class Settings(ServerSources):
+    """Every knob of the gateway. Times are in seconds, sizes in bytes."""
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
 
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: Names = Field(
         default_factory=list,
         description="Host names clients may use; empty: loopback names when bound to loopback",
     )
-    allowed_origins: list[str] = Field(
+    allowed_origins: Names = Field(
         default_factory=list,
         description="extra browser Origins (scheme://host[:port]) allowed besides same-host ones",
     )
@@ -83,17 +159,17 @@ class Settings(BaseSettings):
     oauth_jwks_url: str | None = Field(
         None, description="the issuer's JWKS URL (required with oauth_issuer)"
     )
-    oauth_audience: list[str] = Field(
+    oauth_audience: Names = Field(
         default_factory=list,
         description="accepted token audiences; empty: the endpoint's URL or public_url",
     )
-    oauth_scopes: list[str] = Field(
+    oauth_scopes: Names = Field(
         default_factory=list, description="scopes every token must carry (403 without)"
     )
-    oauth_algorithms: list[str] = Field(
-        default_factory=lambda: ["RS256", "ES256"], description="accepted JWT signing algorithms"
+    oauth_algorithms: Names = Field(
+        ["RS256", "ES256"], description="accepted JWT signing algorithms"
     )
-    oauth_leeway: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf/iat")
+    oauth_leeway: SecondsOrZero = Field(30.0, description="clock skew allowed on exp/nbf/iat")
     oauth_jwks_timeout: Seconds = Field(5.0, description="one JWKS fetch from the issuer")
     oauth_jwks_failure_ttl: Seconds = Field(
         10.0,
@@ -228,8 +304,9 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, description="largest message accepted from an upstream"
     )
     store_url: str = Field(
-        "sqlite:///./.mcp-bridge/sessions.db",
-        description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, rediss://...",
+        default_factory=default_store_url,
+        description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, "
+        "rediss://...; default: SQLite in the platform's state directory",
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
@@ -257,22 +334,21 @@ class Settings(BaseSettings):
         description="release a session's upstream (child, SSE stream) after no request and no "
         "open stream for this long; the session itself lives on until session_ttl",
     )
-    event_max_events: Bytes = Field(1000, description="events kept per SSE stream for replay")
+    event_max_events: Count = Field(1000, description="events kept per SSE stream for replay")
     event_max_age: Seconds = Field(86400.0, description="events older than this are dropped")
     sse_keepalive_interval: Seconds = Field(15.0, description="SSE comment keepalive period")
-    sse_retry_ms: Bytes = Field(
+    sse_retry_ms: Annotated[int, Field(gt=0), MILLISECONDS] = Field(
         1000, description="milliseconds a 2025-11-25 client waits before resuming a stream"
     )
-    sse_poll_after: float = Field(
+    sse_poll_after: SecondsOrZero = Field(
         0.0,
-        ge=0,
         description="close a 2025-11-25 client's stream after this long so that it polls "
         "(resumes with Last-Event-ID); 0: never",
     )
     sse_send_timeout: Seconds = Field(
         60.0, description="abort a downstream stream whose client reads nothing for this long"
     )
-    stream_queue_size: Bytes = Field(
+    stream_queue_size: Count = Field(
         256, description="messages buffered per downstream stream before the upstream waits"
     )
     stream_queue_bytes: Bytes = Field(
@@ -280,7 +356,7 @@ class Settings(BaseSettings):
         description="bytes of messages buffered per downstream stream (queued for its client, "
         "or kept for a GET stream not yet open); a single larger message still passes",
     )
-    standalone_buffer_size: Bytes = Field(
+    standalone_buffer_size: Count = Field(
         1024, description="messages kept for a standalone GET stream not yet open"
     )
     upstream_connect_timeout: Seconds = Field(
@@ -331,9 +407,8 @@ class Settings(BaseSettings):
         "row, with jitter (half to all of it)",
     )
     stdio_restart_backoff_max: Seconds = Field(30.0, description="stdio: longest restart delay")
-    stdio_restart_wait: float = Field(
+    stdio_restart_wait: SecondsOrZero = Field(
         1.0,
-        ge=0,
         description="stdio: a request that needs a child during the restart delay waits at most "
         "this long for it; if the delay is longer, it gets 503 with Retry-After at once",
     )
@@ -381,225 +456,3 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether the front doors ask for credentials."""
         return bool(self.api_keys or self.api_keys_file or self.oauth_issuer)
-
-
-class PoolSpec(BaseModel):
-    """A server's ``"pool"`` object; unset fields take the ``pool_*`` settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=1)
-    max_starting: int | None = Field(None, ge=1)
-    idle_timeout: Seconds | None = None
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PoolSpec:
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
-        return self
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = ""
-    #: How client sessions share this server's upstream sessions (README "Sharing");
-    #: None: the ``share`` setting.
-    share: Literal["none", "principal", "all"] | None = None
-    pool: PoolSpec = Field(default_factory=PoolSpec)
-
-
-class StdioServer(_Spec):
-    """An upstream run as a child process speaking newline-delimited JSON-RPC."""
-
-    command: str = Field(min_length=1)
-    type: Literal["stdio"] | None = None
-    args: tuple[str, ...] = ()
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-
-
-#: Headers a server's ``forward_headers`` may not name: the transport's own,
-#: hop-by-hop ones, and what would let a client steer the gateway's requests.
-UNFORWARDABLE = frozenset(
-    {
-        "accept", "connection", "content-encoding", "content-length", "content-type",
-        "cookie", "expect", "host", "keep-alive", "last-event-id", "mcp-protocol-version",
-        "mcp-session-id", "proxy-authorization", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade",
-    }
-)  # fmt: skip
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-class _HttpSpec(_Spec):
-    url: AnyHttpUrl
-    headers: dict[str, str] = Field(default_factory=dict)
-    #: Client request headers passed on to this server, e.g. ``["Authorization"]``:
-    #: token passthrough, off unless listed (spec 2025-11-25 authorization
-    #: §Access Token Privilege Restriction; spec-notes §1.15).
-    forward_headers: tuple[str, ...] = ()
-
-    @field_validator("forward_headers")
-    @classmethod
-    def _forwardable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
-        for name in names:
-            if not _TOKEN.match(name) or name.lower() in UNFORWARDABLE:
-                raise ValueError(f"header {name!r} cannot be forwarded")
-        return names
-
-    @model_validator(mode="after")
-    def _one_authorization(self) -> _HttpSpec:
-        """URL userinfo becomes an ``Authorization`` header (aiohttp): it cannot be
-        combined with another, configured or forwarded (else every request fails)."""
-        named = {name.lower() for name in (*self.headers, *self.forward_headers)}
-        if (self.url.username or self.url.password) and "authorization" in named:
-            raise ValueError(
-                "the url carries credentials (user:password@) and an Authorization header "
-                "is also set or forwarded: keep one"
-            )
-        return self
-
-
-class SseServer(_HttpSpec):
-    """A legacy HTTP+SSE upstream (spec 2024-11-05)."""
-
-    type: Literal["sse"] | None = None
-
-
-#: ``type`` spellings of a Streamable HTTP server (mcpServers files differ between clients).
-STREAMABLE_TYPES = ("streamable-http", "http", "streamableHttp")
-
-
-class StreamableHttpServer(_HttpSpec):
-    """A Streamable HTTP upstream (spec 2025-03-26 and later)."""
-
-    type: Literal["streamable-http", "http", "streamableHttp"] | None = None
-
-
-class AutoHttpServer(_HttpSpec):
-    """An HTTP upstream of unstated transport: probed on first connect (spec-notes §2.5)."""
-
-    type: None = None
-
-
-ServerSpec = StdioServer | SseServer | StreamableHttpServer | AutoHttpServer
-
-
-def expand_vars(value: Any, environ: dict[str, str]) -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string, recursively.
-
-    Raises:
-        KeyError: a variable with no default is unset (the name is the key).
-    """
-    if isinstance(value, str):
-
-        def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            if name in environ and (environ[name] or default is None):
-                return environ[name]
-            if default is not None:
-                return default
-            raise KeyError(name)
-
-        return _VAR.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: expand_vars(v, environ) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_vars(v, environ) for v in value]
-    return value
-
-
-def _server_kind(entry: dict[str, Any]) -> type[ServerSpec]:
-    kind = entry.get("type")
-    if "command" in entry:
-        if "url" in entry:
-            raise ValueError("command/url: give one of them, not both")
-        return StdioServer
-    if "url" not in entry:
-        raise ValueError('command/url: a server needs "command" (stdio) or "url" (HTTP)')
-    if kind == "sse":
-        return SseServer
-    if kind in STREAMABLE_TYPES:
-        return StreamableHttpServer
-    if kind is None:
-        # A path ending in /sse is the legacy convention (spec-notes §2.3);
-        # anything else is probed (spec transports §Backwards Compatibility).
-        path = urlsplit(str(entry["url"])).path.rstrip("/")
-        return SseServer if path.endswith("/sse") else AutoHttpServer
-    raise ValueError(f"type: unknown server type {kind!r} (expected 'sse' or 'streamable-http')")
-
-
-def _parse_server(source: str, name: str, entry: Any, environ: dict[str, str]) -> ServerSpec:
-    where = f"{source}: server {name!r}"
-    if not SERVER_NAME.match(name):
-        raise ConfigError(f"{where}: the name must match {SERVER_NAME.pattern}")
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where}: expected an object")
-    expanded = {}
-    for field, value in entry.items():
-        try:
-            expanded[field] = expand_vars(value, environ)
-        except KeyError as exc:
-            raise ConfigError(
-                f"{where}: field {field!r}: environment variable {exc.args[0]} is not set"
-            ) from None
-    entry = expanded
-    try:
-        kind = _server_kind(entry)
-    except ValueError as exc:
-        field, _, text = str(exc).partition(": ")
-        raise ConfigError(f"{where}: field {field!r}: {text}") from None
-    try:
-        return kind.model_validate({**entry, "name": name})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "?"
-        raise ConfigError(f"{where}: field {field!r}: {err['msg']}") from None
-
-
-def parse_servers(source: str, document: Any, environ: dict[str, str]) -> list[ServerSpec]:
-    """Validate a decoded ``{"mcpServers": {...}}`` document.
-
-    Raises:
-        ConfigError: naming ``source``, the server and the field.
-    """
-    if not isinstance(document, dict) or not isinstance(document.get("mcpServers"), dict):
-        raise ConfigError(f'{source}: expected an object with an "mcpServers" object')
-    servers = document["mcpServers"]
-    if not servers:
-        raise ConfigError(f"{source}: mcpServers is empty")
-    return [_parse_server(source, name, entry, environ) for name, entry in servers.items()]
-
-
-def load_servers(settings: Settings, environ: dict[str, str] | None = None) -> list[ServerSpec]:
-    """The servers named by ``--config``, ``--stdio`` or ``--sse``.
-
-    Raises:
-        ConfigError: no source, several sources, unreadable file, or a bad entry.
-    """
-    env = dict(os.environ) if environ is None else environ
-    given = [s for s in (settings.config, settings.stdio, settings.sse) if s]
-    if len(given) != 1:
-        raise ConfigError("give exactly one of --config (BRIDGE_CONFIG), --stdio or --sse")
-    if settings.stdio:
-        argv = shlex.split(settings.stdio)
-        if not argv:
-            raise ConfigError("--stdio: empty command")
-        entry: dict[str, Any] = {"command": argv[0], "args": argv[1:]}
-        return parse_servers("--stdio", {"mcpServers": {"default": entry}}, env)
-    if settings.sse:
-        return parse_servers(
-            "--sse", {"mcpServers": {"default": {"url": settings.sse, "type": "sse"}}}, env
-        )
-    assert settings.config is not None
-    path = settings.config
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    is_json = path.suffix == ".json"
-    try:
-        document = json.loads(text) if is_json else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {exc}") from None
-    return parse_servers(str(path), document, env)

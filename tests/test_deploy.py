@@ -164,9 +164,10 @@ TARGETS: Final = [DEFAULT_TARGET, "node"]
 def console_script() -> str:
     """The gateway's console script, as pyproject.toml names it."""
     scripts: dict[str, str] = PYPROJECT["project"]["scripts"]
-    ours = [name for name, ref in scripts.items() if ref.startswith("bridge.")]
-    assert len(ours) == 1, scripts
-    return ours[0]
+    ours = {ref for name, ref in scripts.items() if ref.startswith("bridge.")}
+    assert len(ours) == 1, scripts  # mcp-bridge-gateway (for `uvx`) is the same entry point
+    assert scripts.get("mcp-bridge") in ours, scripts
+    return "mcp-bridge"
 
 
 def test_dockerfile_builds_on_slim_python() -> None:

@@ -6,6 +6,8 @@ server and the field, before any port is bound (issue #2 "The interface").
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import json
 import signal
 import socket
@@ -15,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bridge.settings import Settings
 from tests.conftest import REPO, ProcFactory, free_port, start_fixture_sse, start_gateway
 from tests.integration.test_limits import stalled_flood
 from tests.integration.test_stdio_lifecycle import assert_gone
@@ -208,3 +211,172 @@ async def test_sigterm_with_a_child_held_back_exits_cleanly(
     assert not [line for line in gateway.lines if "Event loop is closed" in line]
     [child] = [e["pid"] for e in gateway.json_events("child_started")]
     assert_gone(child)
+
+
+# -- operator experience (issue #14) ----------------------------------------------------
+
+
+async def run_bridge(
+    procs: ProcFactory,
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[int, str]:
+    """``mcp-bridge ARGS`` to its end: its exit status and all its output."""
+    proc = await procs(
+        sys.executable, "-m", "bridge", *args, env={"BRIDGE_CONFIG": "", **(env or {})}, cwd=cwd
+    )
+    code = await proc.exited(EXIT_TIMEOUT)
+    return code, "\n".join(proc.lines)
+
+
+async def test_help_names_every_setting_its_variable_default_and_unit(procs: ProcFactory) -> None:
+    code, text = await run_bridge(procs, "--help")
+    assert code == 0
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')} " in text, name
+        assert f"BRIDGE_{name.upper()}; default:" in text, name
+    assert "--session-ttl SECONDS" in text
+    assert "BRIDGE_SESSION_TTL; default: 604800 s (7 days)" in text
+    assert "--max-body-bytes BYTES" in text
+    assert "4194304 (4 MiB)" in text
+    assert "BRIDGE_OAUTH_ALGORITHMS; default: RS256,ES256" in text
+    for command in ("sessions", "api-key NAME", "--check", "--version"):
+        assert command in text
+    for noise in ("{Path,null}", "null", "default factory", "<lambda>", "SecretStr"):
+        assert noise not in text, noise
+
+
+async def test_version(procs: ProcFactory) -> None:
+    code, text = await run_bridge(procs, "--version")
+    assert code == 0
+    assert text == f"mcp-bridge {importlib.metadata.version('mcp-bridge-gateway')}"
+
+
+async def test_list_setting_in_env_form_as_its_docs_show(procs: ProcFactory) -> None:
+    """BRIDGE_ALLOWED_HOSTS=localhost used to crash with a SettingsError traceback."""
+    example = f"{sys.executable} -m bridge.examples.server"
+    _, base = await start_gateway(
+        procs, "--stdio", example, env={"BRIDGE_ALLOWED_HOSTS": "localhost"}
+    )
+    async with aiohttp.ClientSession() as http:
+        allowed = await http.get(f"{base}/healthz", headers={"Host": "localhost"})
+        client = RawClient(http, f"{base}/mcp")
+        refused = await client.post(client.request("ping"))  # Host: 127.0.0.1, not listed
+    assert allowed.status == 200
+    assert refused.status == 421
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        pytest.param({"BRIDGE_MAX_SESSIONS": "many"}, "BRIDGE_MAX_SESSIONS: 'many' is not a whole number", id="int"),
+        pytest.param({"BRIDGE_ALLOWED_HOSTS": "[oops"}, "BRIDGE_ALLOWED_HOSTS: '[oops' is not a JSON list", id="list"),
+        pytest.param({"BRIDGE_SHARE": "some"}, "BRIDGE_SHARE: 'some' must be 'none', 'principal' or 'all'", id="choice"),
+    ],
+)  # fmt: skip
+async def test_bad_env_value_exits_2_with_a_message(
+    env: dict[str, str], needle: str, procs: ProcFactory
+) -> None:
+    code, text = await run_bridge(procs, "--stdio", "true", "--port", "0", env=env)
+    assert code == 2
+    assert needle in text, text
+    assert "Traceback" not in text
+
+
+async def test_default_store_is_in_the_state_dir_and_startup_says_so(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    env = {"XDG_STATE_HOME": str(state), "BRIDGE_CONFIG": "", "PYTHONUNBUFFERED": "1"}
+    example = f"{sys.executable} -m bridge.examples.server"
+    proc = await procs(
+        sys.executable, "-m", "bridge", "--stdio", example, "--port", "0", "--log-format", "json",
+        env=env, cwd=work,
+    )  # fmt: skip
+    await proc.wait_for(r'"event": "listening"')
+    [line] = proc.json_events("session_store")
+    assert line["url"] == f"sqlite:///{state}/mcp-bridge/sessions.db"
+    assert (state / "mcp-bridge" / "sessions.db").exists()
+    assert list(work.iterdir()) == []  # nothing in the working directory
+
+
+async def test_sessions_list_creates_nothing(procs: ProcFactory, tmp_path: Path) -> None:
+    """``mcp-bridge sessions list`` run from / used to create /.mcp-bridge/."""
+    state = tmp_path / "state"
+    code, text = await run_bridge(
+        procs, "sessions", "list", env={"XDG_STATE_HOME": str(state)}, cwd=Path("/")
+    )
+    assert (code, text) == (0, "")
+    assert not await asyncio.to_thread(Path("/.mcp-bridge").exists)
+    assert not state.exists()
+
+
+async def test_check_prints_what_would_run(procs: ProcFactory, tmp_path: Path) -> None:
+    config = tmp_path / "mcp.json"
+    config.write_text(
+        json.dumps(
+            {
+                "servers": {
+                    "files": {"type": "stdio", "command": "python3", "args": ["-m", "srv"], "env": {"T": "${env:TOKEN}"}},
+                    "api": {"type": "http", "url": "http://127.0.0.1:9/mcp", "autoApprove": ["x"]},
+                    "off": {"command": "nope-not-here", "disabled": True},
+                }
+            }
+        )
+    )  # fmt: skip
+    code, text = await run_bridge(
+        procs, "--check", "--config", config, "--store-url", f"sqlite:///{tmp_path}/db/s.db",
+        env={"TOKEN": "secret-token-value"},
+    )  # fmt: skip
+    assert code == 0, text
+    assert "server files: stdio: python3 -m srv (env T)" in text
+    assert "  Streamable HTTP: http://127.0.0.1:8080/servers/files/mcp\n" in text
+    assert "  legacy SSE:      http://127.0.0.1:8080/servers/files/sse\n" in text
+    assert "server api: Streamable HTTP: http://127.0.0.1:9/mcp" in text
+    assert "server off: disabled" in text
+    assert "server api: client-only keys ignored: autoApprove" in text
+    assert "configuration OK" in text
+    assert "secret-token-value" not in text
+    assert not (tmp_path / "db").exists()  # checked, not created
+
+
+async def test_check_reports_every_problem_at_once(procs: ProcFactory, tmp_path: Path) -> None:
+    config = tmp_path / "servers.yaml"
+    config.write_text(
+        "mcpServers:\n"
+        "  gone: {command: no-such-command-anywhere}\n"
+        "  badurl: {url: 'not a url'}\n"
+        "  unset: {command: python3, env: {K: '${CHECK_UNSET_VAR}'}}\n"
+        "  nodir: {command: python3, cwd: /no/such/dir}\n"
+    )
+    code, text = await run_bridge(
+        procs, "--check", "--config", config, "--store-url", f"redis://127.0.0.1:{free_port()}/0",
+        "--store-timeout", "2", "--session-ttl", "-5",
+    )  # fmt: skip
+    assert code == 2
+    for needle in (
+        "--session-ttl: '-5' must be more than 0",
+        "server 'badurl': field 'url': 'not a url' is not a URL",
+        "CHECK_UNSET_VAR is not set",
+        "server 'gone': command 'no-such-command-anywhere' is not found on PATH",
+    ):
+        assert needle in text, text
+    assert "Input should be" not in text
+    assert "Traceback" not in text
+
+
+async def test_check_reports_the_store_and_directory(procs: ProcFactory, tmp_path: Path) -> None:
+    config = tmp_path / "servers.json"
+    config.write_text(
+        json.dumps({"mcpServers": {"d": {"command": "python3", "cwd": "/no/such/dir"}}})
+    )
+    code, text = await run_bridge(
+        procs, "--check", "--config", config, "--store-url", f"redis://127.0.0.1:{free_port()}/0",
+        "--store-timeout", "2", "--store-probe-timeout", "2",
+    )  # fmt: skip
+    assert code == 2
+    assert "server 'd': cwd '/no/such/dir' is not a directory" in text
+    assert "store redis://127.0.0.1:" in text

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 from pydantic import ValidationError
 
+from bridge import options
 from bridge.errors import ConfigError
 from bridge.settings import (
     AutoHttpServer,
@@ -46,7 +49,7 @@ def _no_bridge_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def cli(args: list[str]) -> Settings:
     """Settings as ``mcp-bridge ARGS`` would build them (flags over env over defaults)."""
-    return Settings(_cli_parse_args=args)  # pydantic-settings init kwarg
+    return Settings(**options.parse(args).flags)
 
 
 def parse(servers: Any, environ: dict[str, str] | None = None) -> list[ServerSpec]:
@@ -447,6 +450,196 @@ def test_unknown_cli_flag_exits_with_usage(capsys: pytest.CaptureFixture[str]) -
         cli(["--no-such-flag", "1"])
     assert info.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
+
+
+# -- other clients' dialects (issue #14) ------------------------------------------------
+
+
+def test_cline_entry_client_keys_are_ignored_with_one_info_line() -> None:
+    document = {
+        "mcpServers": {
+            "files": {
+                "command": "npx", "args": ["-y", "server-filesystem"], "disabled": False,
+                "autoApprove": ["read_file"], "alwaysAllow": [], "timeout": 60,
+            },
+            "web": {"url": "http://h:9000/mcp", "type": "streamableHttp", "timeout": 30},
+        }
+    }  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        specs = parse_servers(SOURCE, document, {})
+    assert [s.name for s in specs] == ["files", "web"]
+    assert isinstance(specs[1], StreamableHttpServer)
+    [line] = [e for e in logs if e["event"] == "config_client_keys_ignored"]
+    assert line["log_level"] == "info"
+    assert line["servers"] == {
+        "files": ["alwaysAllow", "autoApprove", "timeout"],
+        "web": ["timeout"],
+    }
+
+
+def test_disabled_servers_are_left_out() -> None:
+    with structlog.testing.capture_logs() as logs:
+        specs = parse({"on": {"command": "a"}, "off": {"command": "b", "disabled": True}})
+    assert [s.name for s in specs] == ["on"]
+    [line] = [e for e in logs if e["event"] == "config_servers_disabled"]
+    assert line["servers"] == ["off"]
+
+
+def test_every_server_disabled_is_an_error() -> None:
+    assert "every server is disabled" in parse_error({"off": {"command": "b", "disabled": True}})
+
+
+def test_windsurf_server_url_is_the_url() -> None:
+    (spec,) = parse({"remote": {"serverUrl": "http://h:9000/sse", "headers": {"A": "b"}}})
+    assert spec == SseServer(name="remote", url="http://h:9000/sse", headers={"A": "b"})
+
+
+def test_gemini_http_url_is_streamable_http() -> None:
+    (spec,) = parse({"remote": {"httpUrl": "http://h:9000/mcp", "trust": True}})
+    assert isinstance(spec, StreamableHttpServer)
+
+
+def test_cline_transport_type() -> None:
+    (spec,) = parse({"old": {"url": "http://h:9000/events", "transportType": "sse"}})
+    assert isinstance(spec, SseServer)
+
+
+def test_vscode_servers_with_types_and_env_syntax() -> None:
+    document = {
+        "inputs": [{"type": "promptString", "id": "key"}],
+        "servers": {
+            "files": {"type": "stdio", "command": "npx", "args": ["x"], "env": {"T": "${env:TOKEN}"}},
+            "api": {"type": "http", "url": "http://h:9000/mcp", "dev": {"watch": "src/**"}},
+            "old": {"type": "sse", "url": "http://h:9000/events"},
+        },
+    }  # fmt: skip
+    files, api, old = parse_servers(".vscode/mcp.json", document, {"TOKEN": "t0k"})
+    assert isinstance(files, StdioServer)
+    assert files.env == {"T": "t0k"}
+    assert isinstance(api, StreamableHttpServer)
+    assert isinstance(old, SseServer)
+
+
+def test_vscode_settings_json_mcp_servers() -> None:
+    (spec,) = parse_servers("settings.json", {"mcp": {"servers": {"a": {"command": "x"}}}}, {})
+    assert spec.name == "a"
+
+
+def test_vscode_input_variables_are_refused_by_name() -> None:
+    message = parse_error({"a": {"command": "x", "env": {"KEY": "${input:api-key}"}}})
+    assert "'a'" in message
+    assert "${input:api-key}" in message
+    assert "VS Code" in message
+
+
+def test_both_mcpservers_and_servers_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="not both"):
+        parse_servers(SOURCE, {"mcpServers": {"a": {"command": "x"}}, "servers": {}}, {})
+
+
+def test_url_and_server_url_together_is_an_error() -> None:
+    message = parse_error({"a": {"url": "http://h/mcp", "serverUrl": "http://h/mcp"}})
+    assert "'serverUrl'" in message
+
+
+def test_claude_desktop_config_as_written() -> None:
+    document = {
+        "globalShortcut": "Ctrl+Space",
+        "mcpServers": {
+            "weather": {"command": "npx", "args": ["-y", "mcp-remote", "http://localhost:8080/http"]},
+            "sqlite": {"command": "uvx", "args": ["mcp-server-sqlite", "--db-path", "/tmp/t.db"], "env": {}},
+        },
+    }  # fmt: skip
+    assert [s.name for s in parse_servers("claude_desktop_config.json", document, {})] == [
+        "weather",
+        "sqlite",
+    ]
+
+
+def test_unknown_keys_are_still_errors() -> None:
+    assert "'comand'" in parse_error({"a": {"command": "x", "comand": "y"}})
+
+
+def test_every_problem_at_once_in_plain_words() -> None:
+    message = parse_error(
+        {
+            "a": {"url": "not a url"},
+            "b": {"command": "x", "env": {"T": "${UNSET_ONE}"}},
+            "c": {"command": "x", "args": "no-list", "cwd": 3},
+        }
+    )
+    lines = message.splitlines()
+    assert any("'a'" in line and "'not a url' is not a URL" in line for line in lines), lines
+    assert any("'b'" in line and "UNSET_ONE" in line for line in lines), lines
+    assert any("'c'" in line and "'args'" in line for line in lines), lines
+    assert any("'c'" in line and "'cwd'" in line for line in lines), lines
+    assert "Input should be" not in message
+    assert "relative URL without a base" not in message
+
+
+# -- list settings and the store's place (issue #14) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost", ["localhost"]),
+        ("mcp.example, localhost", ["mcp.example", "localhost"]),
+        ('["mcp.example", "localhost"]', ["mcp.example", "localhost"]),
+    ],
+)
+def test_list_settings_take_names_or_json_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("BRIDGE_ALLOWED_HOSTS", value)
+    monkeypatch.setenv("BRIDGE_OAUTH_SCOPES", value)
+    settings = cli([])
+    assert settings.allowed_hosts == expected
+    assert settings.oauth_scopes == expected
+
+
+def test_list_flags_take_commas_and_repeats() -> None:
+    settings = cli(["--allowed-hosts", "a,b", "--allowed-hosts", "c"])
+    assert settings.allowed_hosts == ["a", "b", "c"]
+
+
+def test_bad_values_name_the_variable_or_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDGE_PORT", "http")
+    monkeypatch.setenv("BRIDGE_ALLOWED_HOSTS", "[not json")
+    monkeypatch.setenv("BRIDGE_ADMIN_TOKEN", "hunter2")
+    with pytest.raises(ConfigError) as info:
+        options.settings_from(options.parse(["--session-ttl", "0", "--log-level", "loud"]).flags)
+    lines = str(info.value).splitlines()
+    assert "BRIDGE_PORT: 'http' is not a whole number" in lines
+    assert "--session-ttl: '0' must be more than 0" in lines
+    assert any(line.startswith("--log-level: 'loud' must be 'debug'") for line in lines)
+    assert any(line.startswith("BRIDGE_ALLOWED_HOSTS:") for line in lines), lines
+    assert "hunter2" not in str(info.value)
+
+
+def test_default_store_is_in_the_state_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    assert cli([]).store_url == f"sqlite:///{tmp_path}/state/mcp-bridge/sessions.db"
+    assert not (tmp_path / "state").exists()  # named, not created
+
+
+def test_every_env_variable_takes_the_default_the_readme_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README's settings table, value for value, in the environment (issue #14)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(BRIDGE_[A-Z_]+)` \| `--[a-z-]+`[^|]* \| `([^`]+)`", readme, re.M)
+    assert len(rows) > 60
+    for variable, shown in rows:
+        monkeypatch.setenv(variable, shown)
+    monkeypatch.delenv("BRIDGE_OAUTH_ISSUER", raising=False)  # needs two more settings
+    settings = cli([])
+    assert settings.allowed_hosts == []
+    assert settings.oauth_algorithms == ["RS256", "ES256"]
+    assert settings.session_ttl == 7 * 24 * 3600
 
 
 @pytest.mark.parametrize(
