@@ -5,7 +5,11 @@ are MCP method names (unknown ones are counted as ``other``), outcomes and
 front doors are fixed words. Never a session id.
 
 Each gateway app gets its own :class:`Metrics` on its own registry, so that
-several apps in one process (tests) do not collide.
+several apps in one process (tests) do not collide. The registry also carries
+prometheus-client's ``process_*`` series (resident memory, CPU seconds, open
+file descriptors and their limit, start time; Linux ``/proc``), and no
+``_created`` series: prometheus-client adds one per counter and histogram
+child, which doubles the series count and that the dashboard never reads.
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 #: MCP methods counted by name; anything else is "other" (bounded labels).
 KNOWN_METHODS: Final = frozenset(
@@ -85,7 +97,11 @@ def method_label(method: str | None) -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        # Process-wide in prometheus-client, so set on each construction: no
+        # ``_created`` series on any registry of this process.
+        disable_created_metrics()
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
         self.sessions_active = Gauge(
             "mcp_bridge_sessions_active", "Live sessions (with an upstream connection)",
             ["server"], registry=r,
