@@ -38,7 +38,7 @@ from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
-from bridge.log import clip, short
+from bridge.log import clip, redact, short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.modern.exchange import Timing
 from bridge.pool import Pool, PoolConfig, SessionTimeouts
@@ -177,16 +177,29 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "sessions": len(request.app[HUB])})
 
 
+#: Upstream states that make ``/readyz`` say ``degraded``.
+FAILING: Final = frozenset({"failing", "crash_loop"})
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: ``ok``, or ``degraded`` while the session store fails its probe.
+    """Readiness: ``ok``, or ``degraded`` while the session store fails its probe
+    or an upstream fails (its last connect or handshake failed, or a stdio
+    server is in a crash loop).
 
     The probe writes and reads back a record (:meth:`SessionStore.ping`),
     bounded as a whole by ``BRIDGE_STORE_PROBE_TIMEOUT``.
 
+    Body: ``{"status", "store": {"status", "error"?}, "failing": [NAME...],
+    "upstreams": {NAME: {"status", "error"?, "errno"?, "reason"?, "command"
+    | "url", "pool", ...}}, "sessions"}``. ``errno`` is the symbolic name
+    (``ECONNREFUSED``, ``ENOENT``) of the OS error under the failure, if any;
+    the URL and the error have credentials redacted.
+
     Degraded still answers 200: live sessions keep being served during a store
-    outage, and taking every replica out of rotation would end them too. A
-    crashed stdio child's ``stderr_tail`` is shown only to a request that
-    carries the admin token (``BRIDGE_ADMIN_TOKEN``).
+    outage, other servers keep working while one fails, and taking every
+    replica out of rotation would help neither. A crashed stdio child's
+    ``stderr_tail`` is shown only to a request that carries the admin token
+    (``BRIDGE_ADMIN_TOKEN``).
     """
     hub = request.app[HUB]
     try:
@@ -201,8 +214,9 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "unavailable", "error": f"store probe took over {timeout:g}s"}
     else:
         store = {"status": "ok"}
-    status = "ok" if store["status"] == "ok" else "degraded"
     upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    failing = sorted(n for n, r in upstreams.items() if r.get("status") in FAILING)
+    status = "ok" if store["status"] == "ok" and not failing else "degraded"
     admin = request.app.get(ADMIN)
     if admin is None or not admin.authorized(request):
         # stderr can hold anything, redaction is best effort: operators only.
@@ -210,8 +224,41 @@ async def readyz(request: web.Request) -> web.Response:
             report.pop("stderr_tail", None)
     for name, pool in hub.pools.items():
         upstreams[name]["pool"] = pool.health()  # type: ignore[assignment]
-    body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
+    body = {
+        "status": status,
+        "store": store,
+        "failing": failing,
+        "upstreams": upstreams,
+        "sessions": len(hub),
+    }
     return web.json_response(body)
+
+
+async def check_store(hub: SessionHub, url: str, within: float) -> bool:
+    """At startup: probe the session store as ``/readyz`` does, and say what was found.
+
+    Logs ``store_ok`` (info) or ``store_unavailable`` (warning, with the URL,
+    credentials redacted, and the error): the gateway still starts, but new
+    sessions get 503 until the store answers. Bounded by ``within`` seconds
+    (``BRIDGE_STORE_PROBE_TIMEOUT``). Returns whether the store answered.
+    """
+    try:
+        async with asyncio.timeout(within):
+            await hub.stores.sessions.ping()
+    except StoreUnavailable as exc:
+        error = str(exc)
+    except TimeoutError:
+        error = f"store probe took over {within:g}s"
+    else:
+        log.info("store_ok", store=redact(url))
+        return True
+    log.warning(
+        "store_unavailable",
+        store=redact(url),
+        error=redact(error),
+        hint="new sessions get 503 until it answers; /readyz says degraded meanwhile",
+    )
+    return False
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -295,7 +342,17 @@ def pool_config(spec: ServerSpec, settings: Settings) -> PoolConfig:
             close=settings.stdio_shutdown_grace * 3 + 1,
         ),
         forward_headers=tuple(forward),
+        target=public_target(spec),
     )
+
+
+def public_target(spec: ServerSpec) -> dict[str, str]:
+    """What ``spec`` runs or reaches, fit for anyone's eyes: the command (not its
+    arguments or environment, which may hold secrets) or the URL, its userinfo
+    and anything that looks like a credential redacted (:func:`bridge.log.redact`)."""
+    if isinstance(spec, StdioServer):
+        return {"command": redact(spec.command)}
+    return {"url": redact(str(spec.url))}
 
 
 async def stores_for(settings: Settings) -> OpenStores:
@@ -497,6 +554,7 @@ async def build_app(settings: Settings, servers: Sequence[ServerSpec]) -> web.Ap
     allow_cors(app, mcp_routes)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await check_store(hub, settings.store_url, settings.store_probe_timeout)
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
         for pool in pools.values():
             # Warm sessions serve clients with no principal of their own: only

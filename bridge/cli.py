@@ -111,9 +111,9 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         site = GuardedSite(runner, settings.host, settings.port, app[GATE])
         await site.start()
         ports = [addr[1] for addr in runner.addresses]
-        # At warning level so that it shows whatever the log level: supervisors,
-        # tests and benchmarks read the bound port from it.
-        log.warning(
+        # Info, like any normal event: tools that read the bound port from it
+        # run at --log-level info or lower (or give --port themselves).
+        log.info(
             "listening",
             host=settings.host,
             port=ports[0] if ports else settings.port,

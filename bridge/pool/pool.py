@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import structlog
 from bridge import tasks
 from bridge.errors import PoolBusy, UpstreamError
 from bridge.jsonrpc import Message
-from bridge.log import short
+from bridge.log import redact, short
 from bridge.metrics import Metrics
 from bridge.pool.channel import Channel
 from bridge.pool.group import Group
@@ -71,6 +73,9 @@ class PoolConfig:
     channel_bytes: int  # ... and their bytes
     timeouts: SessionTimeouts
     forward_headers: tuple[str, ...] = ()  # the server's; part of the share key
+    #: What the server runs or reaches, safe to show anyone (``/readyz``, the
+    #: log): ``{"command": ...}`` or ``{"url": ...}`` with credentials redacted.
+    target: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,6 +111,7 @@ class Pool:
         self.reclaim: Callable[[Pool], bool] = lambda pool: False
         self._closing: set[asyncio.Task[None]] = set()  # private groups closing (release)
         self._closed = False
+        self._first_logged = False  # the first connect's outcome (upstream_first_connect)
 
     # -- leasing -----------------------------------------------------------
 
@@ -264,13 +270,36 @@ class Pool:
                 level = log.info if "Retry-After" in exc.headers else log.warning
                 level("upstream_connect_failed", server=self.name, error=exc.message)
                 self.metrics.upstream_connects.labels(self.name, "failed").inc()
-                self.counts.failures += 1
-                self.state = {"status": "failing", "error": exc.message, "at": _now()}
+                self._failing(exc)
                 raise
         self.metrics.upstream_connects.labels(self.name, "ok").inc()
+        if self.config.share == "none":  # else up once the handshake is done (start_session)
+            self._up()
+        return connection
+
+    def _up(self) -> None:
         if self.state.get("status") != "up":
             self.state = {"status": "up", "since": _now()}
-        return connection
+        self._first_outcome(None)
+
+    def _failing(self, exc: UpstreamError) -> None:
+        """Record a failed connect or handshake for ``/readyz``: what, why, and the errno."""
+        self.counts.failures += 1
+        self.state = {"status": "failing", "error": redact(exc.message), **failure_errno(exc),
+                      **self.config.target, "at": _now()}  # fmt: skip
+        self._first_outcome(exc)
+
+    def _first_outcome(self, exc: UpstreamError | None) -> None:
+        """Log how the first connect to this server went, once (issue #14 "Run")."""
+        if self._first_logged:
+            return
+        self._first_logged = True
+        if exc is None:
+            log.info("upstream_first_connect", server=self.name, outcome="ok", **self.config.target)
+            return
+        log.warning("upstream_first_connect", server=self.name, outcome="failed",
+                    error=redact(exc.message), **failure_errno(exc),
+                    **self.config.target)  # fmt: skip
 
     async def start_session(self, group: Group) -> UpstreamSession:
         """Start and initialize an upstream session for ``group`` (room already reserved)."""
@@ -286,8 +315,10 @@ class Pool:
             )  # fmt: skip
             try:
                 await session.start(group.log_level)
-            except BaseException:
+            except BaseException as exc:
                 await session.aclose()
+                if isinstance(exc, UpstreamError):
+                    self._failing(exc)
                 raise
         except BaseException:
             self._size -= 1
@@ -295,6 +326,7 @@ class Pool:
             self.notify()
             raise
         self._started()
+        self._up()
         self.init_result = session.init_result
         log.info("pool_session_started", server=self.name, group=short(str(group.key)),
                  version=session.version)  # fmt: skip
@@ -434,6 +466,20 @@ def _capable(lane: Lane, capability: str) -> bool:
     if not isinstance(lane, Channel):
         return False
     return lane.modern or capability in lane.capabilities
+
+
+def failure_errno(exc: BaseException) -> dict[str, str]:
+    """``{"errno": "ECONNREFUSED", "reason": "Connection refused"}`` from the first
+    OS error in ``exc``'s chain (causes and contexts), or ``{}`` if none has one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "errno", None)
+        if isinstance(cause, OSError) and isinstance(code, int):
+            return {"errno": errno.errorcode.get(code, str(code)), "reason": os.strerror(code)}
+        cause = cause.__cause__ or cause.__context__
+    return {}
 
 
 def _now() -> str:

@@ -1,0 +1,117 @@
+"""What the gateway tells its operator: startup lines, /readyz on failing upstreams,
+request log lines (issue #14 "Run")."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import ProcFactory, free_port, start_gateway
+from tests.rawclient import RawClient
+
+ADMIN = "admin-token-for-tests"
+INIT = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {},
+    "clientInfo": {"name": "t", "version": "0"},
+}
+
+
+async def test_startup_warns_of_an_unreachable_store(procs: ProcFactory) -> None:
+    """An unreachable store is a warning before ``listening``; ``listening`` is info."""
+    port = free_port()  # nothing listens there
+    url = f"redis://:hunter2-store-password@127.0.0.1:{port}/0"
+    gateway, base = await start_gateway(
+        procs, "--stdio", f"{sys.executable} -m bridge.examples.server", "--store-url", url,
+        "--store-timeout", "2",
+    )  # fmt: skip
+    [warning] = gateway.json_events("store_unavailable")
+    assert warning["level"] == "warning"
+    assert f"127.0.0.1:{port}" in warning["store"]
+    assert warning["error"]
+    [listening] = gateway.json_events("listening")
+    assert listening["level"] == "info"
+    assert gateway.lines.index(json.dumps(warning)) < gateway.lines.index(json.dumps(listening))
+    assert "hunter2-store-password" not in "\n".join(gateway.lines)
+    async with aiohttp.ClientSession() as http:
+        ready = await (await http.get(f"{base}/readyz")).json()
+        assert ready["status"] == "degraded"
+        assert ready["store"]["status"] == "unavailable"
+
+
+async def test_store_that_answers_is_logged_ok(procs: ProcFactory) -> None:
+    gateway, _ = await start_gateway(
+        procs, "--stdio", f"{sys.executable} -m bridge.examples.server"
+    )
+    [ok] = gateway.json_events("store_ok")
+    assert ok["level"] == "info"
+    assert ok["store"] == "memory://"
+    assert not gateway.json_events("store_unavailable")
+
+
+async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
+    procs: ProcFactory, tmp_path: Path
+) -> None:
+    """Each upstream's first connect is logged, ok or failed; /readyz says which
+    upstream fails and why (URL or command, errno), credentials redacted."""
+    closed = free_port()
+    config = tmp_path / "servers.json"
+    config.write_text(
+        json.dumps(
+            {
+                "mcpServers": {
+                    "good": {"command": sys.executable, "args": ["-m", "bridge.examples.server"]},
+                    "refused": {
+                        "url": f"http://alice:s3cret-pw@127.0.0.1:{closed}/mcp",
+                        "type": "streamable-http",
+                    },
+                    "missing": {"command": str(tmp_path / "no-such-command")},
+                }
+            }
+        )
+    )
+    gateway, base = await start_gateway(
+        procs, "--config", str(config), env={"BRIDGE_ADMIN_TOKEN": ADMIN}
+    )
+    async with aiohttp.ClientSession() as http:
+        ready = await (await http.get(f"{base}/readyz")).json()
+        assert ready["status"] == "ok"  # nothing tried yet
+        await RawClient(http, f"{base}/servers/good/mcp").initialize()
+        for name in ("refused", "missing"):
+            client = RawClient(http, f"{base}/servers/{name}/mcp")
+            reply = await client.post(client.request("initialize", INIT))
+            assert reply.status == 503, (name, reply)
+        first = {e["server"]: e for e in gateway.json_events("upstream_first_connect")}
+        assert first["good"]["outcome"] == "ok"
+        assert first["good"]["level"] == "info"
+        assert first["good"]["command"] == sys.executable
+        assert first["refused"]["outcome"] == "failed"
+        assert first["refused"]["level"] == "warning"
+        assert first["refused"]["errno"] == "ECONNREFUSED"
+        assert first["missing"]["errno"] == "ENOENT"
+        assert first["missing"]["command"] == str(tmp_path / "no-such-command")
+
+        response = await http.get(f"{base}/readyz")
+        assert response.status == 200  # another replica would fail the same way
+        ready = await response.json()
+        assert ready["status"] == "degraded"
+        assert ready["store"] == {"status": "ok"}
+        assert ready["failing"] == ["missing", "refused"]
+        upstreams = ready["upstreams"]
+        assert upstreams["good"]["status"] == "up"
+        refused = upstreams["refused"]
+        assert refused["status"] == "failing"
+        assert refused["errno"] == "ECONNREFUSED"
+        assert refused["reason"] == "Connection refused"
+        assert refused["url"] == f"http://[redacted]@127.0.0.1:{closed}/mcp"
+        assert refused["error"]
+        missing = upstreams["missing"]
+        assert (missing["errno"], missing["command"]) == (
+            "ENOENT",
+            str(tmp_path / "no-such-command"),
+        )
+        everything = "\n".join(gateway.lines) + json.dumps(ready)
+        assert "s3cret-pw" not in everything
