@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 import signal
@@ -15,9 +16,10 @@ from pydantic import ValidationError
 
 from bridge import log as bridge_log
 from bridge import memory, tasks
-from bridge.app import GATE, HUB, build_app
+from bridge.app import GATE, HUB, build_app, reload_servers
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
+from bridge.reload import Reloader
 from bridge.settings import ServerSpec, Settings, load_servers
 from bridge.upstreams import descendants
 
@@ -87,6 +89,9 @@ def new_api_key(args: Sequence[str]) -> int:
 async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     """Serve until SIGINT or SIGTERM, then shut down in aiohttp's documented order.
 
+    SIGHUP (and, with ``BRIDGE_CONFIG_WATCH``, a change to the config file)
+    reloads the servers (:mod:`bridge.reload`).
+
     Logs ``listening`` with the bound port once the socket accepts (``--port 0``
     picks a free one), and ``stopped`` when every session has been closed.
     The process is its stdio children's subreaper: their orphans come to it,
@@ -101,6 +106,8 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = await build_app(settings, servers)
+    reloader = Reloader(settings, functools.partial(reload_servers, app))
+    reloader.install(loop)
     # accept() out of file descriptors: a count per interval, not a traceback each.
     loop.set_exception_handler(AcceptErrors(settings.accept_error_log_interval, app[HUB].metrics))
     runner = web.AppRunner(
@@ -123,6 +130,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         await stop.wait()
         log.info("shutting_down")
     finally:
+        await reloader.aclose()
         await runner.cleanup()
         if reaper is not None:
             await tasks.cancel_and_wait(reaper, 1.0, "shutting down")

@@ -113,6 +113,35 @@ class SessionHub:
         """server -> {"status": "idle" | "up" | "failing", ...}: for /readyz."""
         return {name: pool.state for name, pool in self.pools.items()}
 
+    @property
+    def sole_server(self) -> str | None:
+        """The server's name when exactly one is configured (``/mcp``, ``/sse``...), else None."""
+        return next(iter(self.pools)) if len(self.pools) == 1 else None
+
+    async def replace_servers(self, pools: Mapping[str, Pool], ending: Mapping[str, str]) -> None:
+        """Serve ``pools`` (new servers, or new definitions of old ones) and end the
+        servers in ``ending`` (name -> reason) that ``pools`` does not replace.
+
+        The swap happens before the first await: from then on requests find
+        the new pools, or no server (404). Then every live session of a server
+        in ``ending`` is released (records kept: a changed server's clients
+        resume on the new definition) and the old pools close. Bounded by each
+        session's and pool's own close.
+        """
+        old = {name: self.pools.pop(name) for name in ending if name in self.pools}
+        for name in ending:
+            self.upstreams.pop(name, None)
+        self.pools.update(pools)
+        self.upstreams.update({name: pool.upstream for name, pool in pools.items()})
+        sessions = [s for s in self._sessions.values() if s.record.server in old]
+        for session in sessions:
+            self._forget(session)
+        await asyncio.gather(*(s.close(ending[s.record.server]) for s in sessions))
+        await asyncio.gather(*(pool.aclose() for pool in old.values()))
+        for name in old:
+            ended = sum(s.record.server == name for s in sessions)
+            log.info("server_closed", server=name, reason=ending[name], sessions_ended=ended)
+
     def live(self) -> list[Session]:
         """Sessions with an upstream connection in this process."""
         return [s for s in self._sessions.values() if not s.ended.is_set()]
@@ -497,12 +526,14 @@ class SessionHub:
         return len(idle)
 
     async def run_reaper(self) -> None:
-        """Reap forever, checking often enough that no session outlives its timeout by half."""
-        pools = [p.config.idle_timeout for p in self.pools.values()]
-        idle = min([self._config.idle_timeout, *pools])
-        interval = min(idle / 2, 30.0)
+        """Reap forever, checking often enough that no session outlives its timeout by half.
+
+        The interval follows the pools in force (a reload may add one with a
+        shorter idle timeout).
+        """
         while True:
-            await asyncio.sleep(interval)
+            pools = [p.config.idle_timeout for p in self.pools.values()]
+            await asyncio.sleep(min(min(self._config.idle_timeout, *pools) / 2, 30.0))
             await self.reap()
             if self._tombstones:
                 await self.retry_tombstones()

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     )
 
     config: Path | None = Field(None, description="mcpServers file (JSON or YAML)")
+    config_watch: bool = Field(
+        False,
+        description="reload the servers when the config file changes (SIGHUP always does)",
+    )
+    config_watch_interval: Seconds = Field(
+        2.0, description="how often the config file is checked for a change (config_watch)"
+    )
     stdio: str | None = Field(None, description="one stdio upstream: 'COMMAND ARGS...'")
     sse: str | None = Field(None, description="one legacy HTTP+SSE upstream URL")
     host: str = Field("127.0.0.1", description="address to listen on")
@@ -214,6 +221,12 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto (console on a TTY, JSON lines otherwise), console or json"
+    )
+    log_request_start_after: float = Field(
+        10.0,
+        ge=0,
+        description="a request still running this long gets a request_start log line besides "
+        "its request line at the end (GET streams too); 0: every request",
     )
 
     max_body_bytes: Bytes = Field(4 * 1024 * 1024, description="POST body limit (413 above)")

@@ -3,6 +3,7 @@ request log lines (issue #14 "Run")."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -90,8 +91,8 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
         assert first["good"]["command"] == sys.executable
         assert first["refused"]["outcome"] == "failed"
         assert first["refused"]["level"] == "warning"
-        assert first["refused"]["errno"] == "ECONNREFUSED"
-        assert first["missing"]["errno"] == "ENOENT"
+        assert first["refused"].get("errno") == "ECONNREFUSED", first["refused"]
+        assert first["missing"].get("errno") == "ENOENT", first["missing"]
         assert first["missing"]["command"] == str(tmp_path / "no-such-command")
 
         response = await http.get(f"{base}/readyz")
@@ -115,3 +116,46 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
         )
         everything = "\n".join(gateway.lines) + json.dumps(ready)
         assert "s3cret-pw" not in everything
+
+
+async def test_long_requests_get_a_start_line_and_targets_are_logged_and_counted(
+    procs: ProcFactory,
+) -> None:
+    """A request past BRIDGE_LOG_REQUEST_START_AFTER is logged when it has run that
+    long, and again at its end; tools/call lines name the tool, resources/read
+    lines the URI scheme, and both are counted by that label."""
+    gateway, base = await start_gateway(
+        procs, "--stdio", f"{sys.executable} -m bridge.examples.server",
+        "--log-request-start-after", "0.5",
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{base}/mcp")
+        await client.initialize()
+        call = client.request("tools/call", {"name": "slow", "arguments": {"steps": 1, "delay": 3}})
+        slow = asyncio.ensure_future(client.post(call))
+        # The start line comes while the call still runs (it takes 3 s).
+        match = await gateway.wait_for(
+            r'^(?=.*"event": "request_start")(?=.*"rpc_method": "tools/call")', 10.0
+        )
+        assert not slow.done()
+        start = json.loads(match.string)
+        assert (start["rpc_method"], start["tool"], start["path"]) == ("tools/call", "slow", "/mcp")
+        assert start["running_ms"] >= 500
+        assert (await slow).status == 200
+        read = await client.post(client.request("resources/read", {"uri": "example://greeting"}))
+        assert read.status == 200
+        samples = await (await http.get(f"{base}/metrics")).text()
+    ends = {e["rpc_method"]: e for e in gateway.json_events("request")}
+    assert ends["tools/call"]["tool"] == "slow"
+    assert ends["tools/call"]["duration_ms"] >= 3000
+    assert ends["resources/read"]["uri_scheme"] == "example"
+    assert "tool" not in ends["resources/read"]
+    labels = 'outcome="ok",server="default"'
+    assert (
+        f'mcp_bridge_request_targets_total{{method="tools/call",{labels},target="slow"}} 1.0'
+        in samples
+    )
+    assert (
+        f'mcp_bridge_request_targets_total{{method="resources/read",{labels},target="example"}} 1.0'
+        in samples
+    )
