@@ -14,6 +14,7 @@ from tests.conftest import ProcFactory, free_port, start_gateway
 from tests.rawclient import RawClient
 
 ADMIN = "admin-token-for-tests"
+BOUND = 30.0  # seconds for a log line to come
 INIT = {
     "protocolVersion": "2025-11-25",
     "capabilities": {},
@@ -85,6 +86,7 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
             client = RawClient(http, f"{base}/servers/{name}/mcp")
             reply = await client.post(client.request("initialize", INIT))
             assert reply.status == 503, (name, reply)
+        await gateway.wait_for_lines('"event": "upstream_first_connect"', 3, BOUND)
         first = {e["server"]: e for e in gateway.json_events("upstream_first_connect")}
         assert first["good"]["outcome"] == "ok"
         assert first["good"]["level"] == "info"
@@ -145,6 +147,7 @@ async def test_long_requests_get_a_start_line_and_targets_are_logged_and_counted
         read = await client.post(client.request("resources/read", {"uri": "example://greeting"}))
         assert read.status == 200
         samples = await (await http.get(f"{base}/metrics")).text()
+        await gateway.wait_for(r'^(?=.*"event": "request")(?=.*"rpc_method": "resources/read")')
     ends = {e["rpc_method"]: e for e in gateway.json_events("request")}
     assert ends["tools/call"]["tool"] == "slow"
     assert ends["tools/call"]["duration_ms"] >= 3000

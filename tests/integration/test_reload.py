@@ -96,7 +96,7 @@ async def test_sighup_adds_removes_and_changes_servers(procs: ProcFactory, tmp_p
 
         # Changed: the session resumes on the new definition (a new child).
         assert await add(clients["alter"]) == 5
-        assert started(gateway, "alter") == 2
+        await gateway.wait_for_lines('^(?=.*"child_started")(?=.*"server": "alter")', 2, BOUND)
 
         # Added: serves at once.
         fresh = RawClient(http, f"{base}/servers/fresh/mcp")
