@@ -305,6 +305,8 @@ async def serve_metrics(request: web.Request) -> web.Response:
     metrics = hub.metrics
     metrics.sessions_active.clear()
     metrics.streams_open.clear()
+    metrics.pool_sessions.clear()  # a server a reload removed has no gauges any more
+    metrics.pool_waiting.clear()
     for server in hub.upstreams:
         metrics.sessions_active.labels(server).set(0)
     for pool in hub.pools.values():

@@ -32,7 +32,14 @@ from typing import Final
 import structlog
 
 from bridge import jsonrpc, tasks
-from bridge.errors import GatewayFull, SessionNotFound, StoreDown, TooManyRequests, UpstreamError
+from bridge.errors import (
+    GatewayFull,
+    SessionNotFound,
+    StoreDown,
+    TooManyRequests,
+    UnknownServer,
+    UpstreamError,
+)
 from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
@@ -141,6 +148,18 @@ class SessionHub:
         for name in old:
             ended = sum(s.record.server == name for s in sessions)
             log.info("server_closed", server=name, reason=ending[name], sessions_ended=ended)
+
+    def pool(self, server: str) -> Pool:
+        """The pool of ``server``.
+
+        Raises:
+            UnknownServer: no such server (any more: a reload may have removed
+                it while the request was under way; 404).
+        """
+        pool = self.pools.get(server)
+        if pool is None:
+            raise UnknownServer(f"no MCP server named {server!r} here")
+        return pool
 
     def live(self) -> list[Session]:
         """Sessions with an upstream connection in this process."""
@@ -320,7 +339,7 @@ class SessionHub:
     async def _connect(
         self, server: str, principal: str | None, client_headers: Mapping[str, str] | None
     ) -> UpstreamConnection:
-        return await self.pools[server].lease(principal, client_headers)
+        return await self.pool(server).lease(principal, client_headers)
 
     @contextlib.contextmanager
     def _making_room(self, server: str, principal: str | None) -> Iterator[None]:
@@ -340,7 +359,7 @@ class SessionHub:
             GatewayFull: this process holds ``max_sessions`` busy ones (503).
         """
         live = self.live()
-        dedicated = self.pools[server].config.share == "none"
+        dedicated = self.pool(server).config.share == "none"
         mine = [s for s in live if s.record.principal == principal and self._dedicated(s)]
         retry = {"Retry-After": str(LIMIT_RETRY_AFTER)}
         full = len(mine) + self._starting[principal] >= self._config.max_sessions_per_principal

@@ -115,6 +115,9 @@ async def test_sighup_adds_removes_and_changes_servers(procs: ProcFactory, tmp_p
         assert set(ready["upstreams"]) == {"keep", "alter", "fresh"}
         metrics = await (await http.get(f"{base}/metrics")).text()
         assert 'mcp_bridge_sessions_ended_total{reason="reconfigured",server="drop"} 1.0' in metrics
+        gauges = [line for line in metrics.splitlines() if line.startswith("mcp_bridge_pool_")]
+        assert gauges
+        assert not [line for line in gauges if 'server="drop"' in line]
     assert await gateway.stop() == 0
 
 
