@@ -20,6 +20,7 @@ from tests.conftest import Proc, ProcFactory, start_gateway
 from tests.rawclient import RawClient, next_message, read_reply
 
 BOUND = 30.0  # seconds for a reload, a request
+GAUGES = ("mcp_bridge_pool_upstream_sessions", "mcp_bridge_pool_waiting")
 EXAMPLE = {"command": sys.executable, "args": ["-m", "bridge.examples.server"]}
 
 
@@ -115,7 +116,7 @@ async def test_sighup_adds_removes_and_changes_servers(procs: ProcFactory, tmp_p
         assert set(ready["upstreams"]) == {"keep", "alter", "fresh"}
         metrics = await (await http.get(f"{base}/metrics")).text()
         assert 'mcp_bridge_sessions_ended_total{reason="reconfigured",server="drop"} 1.0' in metrics
-        gauges = [line for line in metrics.splitlines() if line.startswith("mcp_bridge_pool_")]
+        gauges = [line for line in metrics.splitlines() if line.startswith(GAUGES)]
         assert gauges
         assert not [line for line in gauges if 'server="drop"' in line]
     assert await gateway.stop() == 0
