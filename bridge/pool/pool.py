@@ -270,19 +270,21 @@ class Pool:
                 level = log.info if "Retry-After" in exc.headers else log.warning
                 level("upstream_connect_failed", server=self.name, error=exc.message)
                 self.metrics.upstream_connects.labels(self.name, "failed").inc()
-                self._failing(exc)
+                self.failing(exc)
                 raise
+        # Not "up" yet: a Streamable HTTP connect does no I/O. Up once the
+        # handshake is done (start_session), or in mode none once the client's
+        # own first message is accepted (_Dedicated.send).
         self.metrics.upstream_connects.labels(self.name, "ok").inc()
-        if self.config.share == "none":  # else up once the handshake is done (start_session)
-            self._up()
         return connection
 
-    def _up(self) -> None:
+    def up(self) -> None:
+        """The upstream took a message or finished a handshake: up (``/readyz``)."""
         if self.state.get("status") != "up":
             self.state = {"status": "up", "since": _now()}
         self._first_outcome(None)
 
-    def _failing(self, exc: UpstreamError) -> None:
+    def failing(self, exc: UpstreamError) -> None:
         """Record a failed connect or handshake for ``/readyz``: what, why, and the errno."""
         self.counts.failures += 1
         self.state = {"status": "failing", "error": redact(exc.message), **failure_errno(exc),
@@ -318,7 +320,7 @@ class Pool:
             except BaseException as exc:
                 await session.aclose()
                 if isinstance(exc, UpstreamError):
-                    self._failing(exc)
+                    self.failing(exc)
                 raise
         except BaseException:
             self._size -= 1
@@ -326,7 +328,7 @@ class Pool:
             self.notify()
             raise
         self._started()
-        self._up()
+        self.up()
         self.init_result = session.init_result
         log.info("pool_session_started", server=self.name, group=short(str(group.key)),
                  version=session.version)  # fmt: skip
@@ -493,9 +495,19 @@ class _Dedicated:
     connection: UpstreamConnection
     pool: Pool
     _released: bool = field(default=False)
+    _accepted: bool = field(default=False)  # the upstream took a message
 
     async def send(self, message: Message) -> None:
-        await self.connection.send(message)
+        if self._accepted:
+            await self.connection.send(message)
+            return
+        try:  # the first message (the client's initialize): the handshake, for /readyz
+            await self.connection.send(message)
+        except UpstreamError as exc:
+            self.pool.failing(exc)
+            raise
+        self._accepted = True
+        self.pool.up()
 
     def messages(self) -> AsyncIterator[Message]:
         return self.connection.messages()

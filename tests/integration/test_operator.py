@@ -71,6 +71,12 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
                         "type": "streamable-http",
                     },
                     "missing": {"command": str(tmp_path / "no-such-command")},
+                    # A Streamable HTTP connect does no I/O: the handshake decides.
+                    "own": {
+                        "url": f"http://127.0.0.1:{closed}/mcp",
+                        "type": "streamable-http",
+                        "share": "none",
+                    },
                 }
             }
         )
@@ -82,11 +88,12 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
         ready = await (await http.get(f"{base}/readyz")).json()
         assert ready["status"] == "ok"  # nothing tried yet
         await RawClient(http, f"{base}/servers/good/mcp").initialize()
-        for name in ("refused", "missing"):
+        for name in ("refused", "missing", "own"):
             client = RawClient(http, f"{base}/servers/{name}/mcp")
             reply = await client.post(client.request("initialize", INIT))
-            assert reply.status == 503, (name, reply)
-        await gateway.wait_for_lines('"event": "upstream_first_connect"', 3, BOUND)
+            # Mode none: the client's own initialize went up, its answer is the error.
+            assert reply.messages[-1]["error"]["code"] == -32030, (name, reply)
+        await gateway.wait_for_lines('"event": "upstream_first_connect"', 4, BOUND)
         first = {e["server"]: e for e in gateway.json_events("upstream_first_connect")}
         assert first["good"]["outcome"] == "ok"
         assert first["good"]["level"] == "info"
@@ -96,13 +103,14 @@ async def test_first_connects_are_logged_and_readyz_names_failing_upstreams(
         assert first["refused"].get("errno") == "ECONNREFUSED", first["refused"]
         assert first["missing"].get("errno") == "ENOENT", first["missing"]
         assert first["missing"]["command"] == str(tmp_path / "no-such-command")
+        assert (first["own"]["outcome"], first["own"].get("errno")) == ("failed", "ECONNREFUSED")
 
         response = await http.get(f"{base}/readyz")
         assert response.status == 200  # another replica would fail the same way
         ready = await response.json()
         assert ready["status"] == "degraded"
         assert ready["store"] == {"status": "ok"}
-        assert ready["failing"] == ["missing", "refused"]
+        assert ready["failing"] == ["missing", "own", "refused"]
         upstreams = ready["upstreams"]
         assert upstreams["good"]["status"] == "up"
         refused = upstreams["refused"]
