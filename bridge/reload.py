@@ -80,7 +80,7 @@ class Reloader:
         async with self._lock:
             try:
                 servers = await asyncio.to_thread(load_servers, self._settings)
-            except ConfigError as exc:
+            except (ConfigError, ValueError) as exc:  # ValueError: pydantic's, if one escapes
                 log.error(
                     "config_reload_refused",
                     trigger=trigger,

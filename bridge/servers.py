@@ -44,6 +44,7 @@ CHANGED: Final = "configuration reloaded: server changed"
 
 
 def upstream_timeouts(settings: Settings) -> UpstreamTimeouts:
+    """The upstream bounds (seconds, bytes, counts) ``settings`` give every server."""
     return UpstreamTimeouts(
         connect=settings.upstream_connect_timeout,
         read=settings.upstream_read_timeout,
