@@ -600,7 +600,7 @@ class Child:
                 return False  # the cheap path: never parse the access log
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
-                if event.get("event") == "listening":  # at warning level, but read for the port
+                if event.get("event") == "listening":  # read for the port
                     return False
                 return event.get("level") in ("warning", "error", "critical")
         if REDIS_PREFIX.match(line):
@@ -649,6 +649,16 @@ def gateway_ready(line: str) -> int | None:
     return int(event["port"]) if event.get("event") == "listening" else None
 
 
+async def start_gateway_child(child: Child) -> int:
+    """Start a gateway made with :func:`gateway_argv`; its port once it accepts connections.
+
+    Probed, not only read from the ``listening`` line, which is at info level:
+    a gateway at ``--log-level warning`` does not print it.
+    """
+    argv = list(child.argv)
+    return await child.start(gateway_ready, probe_port=int(argv[argv.index("--port") + 1]))
+
+
 def gateway_argv(upstream: str, log_level: str, store_url: str, flag: str = "--sse") -> list[str]:
     # The console script next to this interpreter (not a pyenv shim), else -m.
     script = Path(sys.executable).with_name("mcp-bridge")
@@ -657,7 +667,7 @@ def gateway_argv(upstream: str, log_level: str, store_url: str, flag: str = "--s
         *base,
         flag, upstream,
         "--host", HOST,
-        "--port", "0",
+        "--port", str(free_port()),  # not 0: at warning level nothing says which it got
         "--log-format", "json",
         "--log-level", log_level,
         "--store-url", store_url,
@@ -738,7 +748,7 @@ async def start_gateway(
         store_url = f"redis://{HOST}:{redis_port}/0"
     child = Child(f"gateway[{store}]", gateway_argv(upstream_url, log_level, store_url), stage=0)
     children.append(child)
-    port = await child.start(gateway_ready)
+    port = await start_gateway_child(child)
     return Gateway(store, store_url, child, f"http://{HOST}:{port}", store_child)
 
 

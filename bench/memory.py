@@ -59,20 +59,29 @@ def store_size(directory: Path) -> int:
 
 
 async def start_gateway(store: Path, extra: list[str]) -> tuple[asyncio.subprocess.Process, int]:
+    with socket.socket() as sock:  # a free port (not 0: nothing at warning level says which)
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     argv = [
         sys.executable, "-m", "bridge", "--stdio", f"{sys.executable} {STDIO_SERVER}",
-        "--store-url", f"sqlite:///{store}/sessions.db", "--port", "0", "--log-format", "json",
-        "--log-level", "warning", "--share", "none", *extra,
+        "--store-url", f"sqlite:///{store}/sessions.db", "--port", str(port),
+        "--log-format", "json", "--log-level", "warning", "--share", "none", *extra,
     ]  # fmt: skip
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin", **malloc_env()}, cwd=REPO,
     )  # fmt: skip
     assert process.stdout is not None
+    # Its `listening` line is at info level: at warning, wait for the port instead.
     async with asyncio.timeout(30):
-        while line := await process.stdout.readline():
-            if b'"listening"' in line:
-                return process, int(json.loads(line)["port"])
+        while process.returncode is None:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return process, port
     raise SystemExit("the gateway did not start")
 
 

@@ -347,7 +347,7 @@ async def start_gateway(log_level: str, children: list[Child]) -> Gateway:
     argv = load.gateway_argv(UPSTREAM_CMD, log_level, "memory://", "--stdio")
     child = GatewayChild("gateway", argv, stage=0)
     children.append(child)
-    port = await child.start(load.gateway_ready)
+    port = await load.start_gateway_child(child)
     return Gateway(child, f"http://{HOST}:{port}")
 
 

@@ -290,7 +290,7 @@ async def start_target(
             child = Child(f"gateway[{name}]", argv, stage=0, preexec=lambda: nofile(None))
             children.append(child)
             target.child, target.version = child, "this tree"
-            target.base = f"http://{HOST}:{await child.start(load.gateway_ready)}"
+            target.base = f"http://{HOST}:{await load.start_gateway_child(child)}"
             return target
         prefix, target.version = await install_peer(name, args.peers_dir)
         port = load.free_port()
@@ -453,7 +453,7 @@ async def legacy_seed(args: argparse.Namespace, children: list[Child]) -> int:
     argv += args.gateway_arg
     gw = Child("gateway[sse principal]", argv, stage=0, preexec=lambda: nofile(None))
     children.append(gw)
-    base = f"http://{HOST}:{await gw.start(load.gateway_ready)}"
+    base = f"http://{HOST}:{await load.start_gateway_child(gw)}"
     n, m = args.legacy_sessions, 5
     print(f"upstream {sse_url} (RLIMIT_NOFILE 1024)  gateway {base}/mcp --share principal")
     print(f"{n} concurrent sessions x {m} tools/list on each path\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import re
 import statistics
 import sys
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bridge import tasks  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.rawclient import RawClient  # noqa: E402
 from tests.slowloris import Slowloris, allow_fds  # noqa: E402
 
@@ -42,10 +42,11 @@ STDIO_SERVER = REPO / "tests" / "fixtures" / "stdio_server.py"
 async def start_gateway(
     nofile: int, header_timeout: float
 ) -> tuple[asyncio.subprocess.Process, int]:
+    port = free_port()
     argv = [
         "sh", "-c", f'ulimit -n {nofile} && exec "$0" "$@"', sys.executable, "-m", "bridge",
         "--stdio", f"{sys.executable} {STDIO_SERVER}", "--store-url", "memory://",
-        "--port", "0", "--log-format", "json", "--log-level", "warning",
+        "--port", str(port), "--log-format", "json", "--log-level", "warning",
     ]  # fmt: skip
     # By environment, so that a gateway without the setting runs too (for a before/after).
     env = {
@@ -58,14 +59,18 @@ async def start_gateway(
         env=env, cwd=REPO,
     )  # fmt: skip
     assert process.stdout is not None
+    _ = tasks.spawn(drain(process.stdout), name="gateway-output")
+    # Its `listening` line is at info level: at warning, wait for the port instead.
     async with asyncio.timeout(30):
-        while line := await process.stdout.readline():
-            if b'"listening"' in line:
-                record = json.loads(line)
-                cap = record.get("max_connections", "(none)")
-                print(f"gateway: ulimit -n {nofile}, max_connections {cap}")
-                _ = tasks.spawn(drain(process.stdout), name="gateway-output")
-                return process, int(record["port"])
+        while process.returncode is None:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            print(f"gateway: ulimit -n {nofile}")
+            return process, port
     raise SystemExit("the gateway did not start")
 
 

@@ -877,7 +877,7 @@ async def soak(
     argv += args.gateway_arg
     child = GatewayChild("gateway", argv, stage=0)
     children.append(child)
-    port = await child.start(load.gateway_ready)
+    port = await load.start_gateway_child(child)
     gw = Gateway(child, f"http://{HOST}:{port}", db)
     report = Report(args, gw)
     reports.append(report)

@@ -33,27 +33,32 @@ from bridge import auth, errors, jsonrpc, tasks
 from bridge.frontends.admin_http import AdminApi
 from bridge.frontends.common import StreamCap
 from bridge.frontends.connections import ConnectionGate, connection_cap
-from bridge.frontends.context import DOOR, MODERN, RPC_ID, RPC_METHOD, SERVER, SESSION_ID
+from bridge.frontends.context import (
+    DOOR,
+    MODERN,
+    RPC_ID,
+    RPC_METHOD,
+    RPC_TARGET,
+    SERVER,
+    SESSION_ID,
+)
 from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.index import ServerIndex
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
 from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
-from bridge.log import clip, short
+from bridge.log import clip, redact, short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.modern.exchange import Timing
-from bridge.pool import Pool, PoolConfig, SessionTimeouts
+from bridge.pool import Pool
+from bridge.serverset import Change, ServerSet
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
-from bridge.settings import ServerSpec, Settings, SseServer, StdioServer, StreamableHttpServer
+from bridge.settings import ServerSpec, Settings
 from bridge.stores import Stores as OpenStores
 from bridge.stores import open_stores
-from bridge.upstreams.base import RestartPolicy, Upstream, UpstreamTimeouts, upstream_report
-from bridge.upstreams.detect import AutoHttpUpstream
-from bridge.upstreams.sse import SseUpstream
-from bridge.upstreams.stdio import StdioUpstream
-from bridge.upstreams.streamable_http import StreamableHttpUpstream
+from bridge.upstreams.base import upstream_report
 
 if TYPE_CHECKING:  # bridge.otel imports OpenTelemetry, loaded only when tracing is on
     from bridge.otel import Tracing
@@ -68,7 +73,10 @@ FRONT_DOOR: Final = "streamable_http"
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
 PROBE_TIMEOUT: Final = web.AppKey("store_probe_timeout", float)
+#: Seconds after which a request still running is logged (request_start).
+START_AFTER: Final = web.AppKey("log_request_start_after", float)
 GATE: Final = web.AppKey("gate", ConnectionGate)
+SERVERS: Final = web.AppKey("servers", ServerSet)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
 CORS_ALLOW_HEADERS: Final = (
     "Accept",
@@ -122,7 +130,33 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
     metrics.http_duration.labels(door, request.method, f"{status // 100}xx").observe(seconds)
     if request.method == "POST":
         outcome = "ok" if status < 400 else ("client_error" if status < 500 else "error")
-        metrics.requests.labels(server, door, method_label(request.get(RPC_METHOD)), outcome).inc()
+        method = request.get(RPC_METHOD)
+        metrics.requests.labels(server, door, method_label(method), outcome).inc()
+        target = request.get(RPC_TARGET)
+        if method is not None and target is not None:
+            metrics.count_target(server, method, target, outcome)
+
+
+def _facts(request: web.Request) -> dict[str, object]:
+    """The fields of a request's log lines, bounded: what the client asked, of which session."""
+    method = request.get(RPC_METHOD)
+    facts: dict[str, object] = {
+        "method": request.method,
+        "path": logged_path(request),
+        "session_id": short(request.get(SESSION_ID)),
+        "rpc_method": _clip_method(method),
+        "front_door": request.get(DOOR, FRONT_DOOR),
+    }
+    target = request.get(RPC_TARGET)
+    if target is not None:
+        facts["tool" if method == "tools/call" else "uri_scheme"] = clip(target, LOGGED_METHOD_MAX)
+    return facts
+
+
+def _log_start(request: web.Request, started: float) -> None:
+    """The start line of a request that has run past ``BRIDGE_LOG_REQUEST_START_AFTER``."""
+    running = time.perf_counter() - started
+    log.info("request_start", running_ms=round(running * 1000, 2), **_facts(request))
 
 
 @web.middleware
@@ -131,6 +165,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     status = 500
     gate = request.app.get(GATE)
+    after = request.app.get(START_AFTER)
+    start_line = (
+        None
+        if after is None
+        else asyncio.get_running_loop().call_later(after, _log_start, request, started)
+    )
     if gate is not None:  # this connection is serving a request: not one to close for room
         gate.begin(request.protocol)
     try:
@@ -160,16 +200,14 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         if gate is not None:
             gate.end(request.protocol)
+        if start_line is not None:
+            start_line.cancel()
         _observe(request, status, time.perf_counter() - started)
         log.info(
             "request",
-            method=request.method,
-            path=logged_path(request),
             status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            session_id=short(request.get(SESSION_ID)),
-            rpc_method=_clip_method(request.get(RPC_METHOD)),
-            front_door=request.get(DOOR, FRONT_DOOR),
+            **_facts(request),
         )
 
 
@@ -182,16 +220,29 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "sessions": len(request.app[HUB])})
 
 
+#: Upstream states that make ``/readyz`` say ``degraded``.
+FAILING: Final = frozenset({"failing", "crash_loop"})
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: ``ok``, or ``degraded`` while the session store fails its probe.
+    """Readiness: ``ok``, or ``degraded`` while the session store fails its probe
+    or an upstream fails (its last connect or handshake failed, or a stdio
+    server is in a crash loop).
 
     The probe writes and reads back a record (:meth:`SessionStore.ping`),
     bounded as a whole by ``BRIDGE_STORE_PROBE_TIMEOUT``.
 
+    Body: ``{"status", "store": {"status", "error"?}, "failing": [NAME...],
+    "upstreams": {NAME: {"status", "error"?, "errno"?, "reason"?, "command"
+    | "url", "pool", ...}}, "sessions"}``. ``errno`` is the symbolic name
+    (``ECONNREFUSED``, ``ENOENT``) of the OS error under the failure, if any;
+    the URL and the error have credentials redacted.
+
     Degraded still answers 200: live sessions keep being served during a store
-    outage, and taking every replica out of rotation would end them too. A
-    crashed stdio child's ``stderr_tail`` is shown only to a request that
-    carries the admin token (``BRIDGE_ADMIN_TOKEN``).
+    outage, other servers keep working while one fails, and taking every
+    replica out of rotation would help neither. A crashed stdio child's
+    ``stderr_tail`` is shown only to a request that carries the admin token
+    (``BRIDGE_ADMIN_TOKEN``).
     """
     hub = request.app[HUB]
     try:
@@ -206,8 +257,9 @@ async def readyz(request: web.Request) -> web.Response:
         store = {"status": "unavailable", "error": f"store probe took over {timeout:g}s"}
     else:
         store = {"status": "ok"}
-    status = "ok" if store["status"] == "ok" else "degraded"
     upstreams = upstream_report(hub.upstreams, hub.upstream_state)
+    failing = sorted(n for n, r in upstreams.items() if r.get("status") in FAILING)
+    status = "ok" if store["status"] == "ok" and not failing else "degraded"
     admin = request.app.get(ADMIN)
     if admin is None or not admin.authorized(request):
         # stderr can hold anything, redaction is best effort: operators only.
@@ -215,8 +267,41 @@ async def readyz(request: web.Request) -> web.Response:
             report.pop("stderr_tail", None)
     for name, pool in hub.pools.items():
         upstreams[name]["pool"] = pool.health()  # type: ignore[assignment]
-    body = {"status": status, "store": store, "upstreams": upstreams, "sessions": len(hub)}
+    body = {
+        "status": status,
+        "store": store,
+        "failing": failing,
+        "upstreams": upstreams,
+        "sessions": len(hub),
+    }
     return web.json_response(body)
+
+
+async def check_store(hub: SessionHub, url: str, within: float) -> bool:
+    """At startup: probe the session store as ``/readyz`` does, and say what was found.
+
+    Logs ``store_ok`` (info) or ``store_unavailable`` (warning, with the URL,
+    credentials redacted, and the error): the gateway still starts, but new
+    sessions get 503 until the store answers. Bounded by ``within`` seconds
+    (``BRIDGE_STORE_PROBE_TIMEOUT``). Returns whether the store answered.
+    """
+    try:
+        async with asyncio.timeout(within):
+            await hub.stores.sessions.ping()
+    except StoreUnavailable as exc:
+        error = str(exc)
+    except TimeoutError:
+        error = f"store probe took over {within:g}s"
+    else:
+        log.info("store_ok", store=redact(url))
+        return True
+    log.warning(
+        "store_unavailable",
+        store=redact(url),
+        error=redact(error),
+        hint="new sessions get 503 until it answers; /readyz says degraded meanwhile",
+    )
+    return False
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -225,6 +310,8 @@ async def serve_metrics(request: web.Request) -> web.Response:
     metrics = hub.metrics
     metrics.sessions_active.clear()
     metrics.streams_open.clear()
+    metrics.pool_sessions.clear()  # a server a reload removed has no gauges any more
+    metrics.pool_waiting.clear()
     for server in hub.upstreams:
         metrics.sessions_active.labels(server).set(0)
     for pool in hub.pools.values():
@@ -235,72 +322,6 @@ async def serve_metrics(request: web.Request) -> web.Response:
         for kind, count in session.open_streams().items():
             metrics.streams_open.labels(server, FRONT_DOOR, kind).inc(count)
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def _timeouts(settings: Settings) -> UpstreamTimeouts:
-    return UpstreamTimeouts(
-        connect=settings.upstream_connect_timeout,
-        read=settings.upstream_read_timeout,
-        send=settings.upstream_send_timeout,
-        shutdown_grace=settings.stdio_shutdown_grace,
-        max_message_bytes=settings.max_message_bytes,
-        max_posts=settings.upstream_max_posts,
-        stderr_log_lines=settings.stderr_log_lines,
-        stderr_log_interval=settings.stderr_log_interval,
-        restart=RestartPolicy(
-            backoff_base=settings.stdio_restart_backoff_base,
-            backoff_max=settings.stdio_restart_backoff_max,
-            wait=settings.stdio_restart_wait,
-            healthy_after=settings.stdio_healthy_after,
-        ),
-    )
-
-
-def make_upstream(
-    spec: ServerSpec,
-    client: aiohttp.ClientSession,
-    timeouts: UpstreamTimeouts,
-    metrics: Metrics | None = None,
-) -> Upstream:
-    if isinstance(spec, StdioServer):
-        return StdioUpstream(spec, timeouts, metrics)
-    if isinstance(spec, SseServer):
-        return SseUpstream(spec, client, timeouts)
-    if isinstance(spec, StreamableHttpServer):
-        return StreamableHttpUpstream(spec, client, timeouts)
-    return AutoHttpUpstream(spec, client, timeouts)
-
-
-#: Upstream sessions per server when neither the server nor the settings say.
-DEFAULT_POOL_MAX: Final = {"none": 100, "principal": 16, "all": 16}
-
-
-def pool_config(spec: ServerSpec, settings: Settings) -> PoolConfig:
-    """A server's pool bounds: its own ``share`` and ``pool`` fields, else the settings'."""
-    share = spec.share or settings.share
-    own = spec.pool
-    maximum = own.max or settings.pool_max or DEFAULT_POOL_MAX[share]
-    forward = getattr(spec, "forward_headers", ())
-    return PoolConfig(
-        share=share,
-        min=min(own.min if own.min is not None else settings.pool_min, maximum),
-        max=maximum,
-        max_starting=own.max_starting or settings.pool_max_starting,
-        wait_timeout=settings.pool_wait_timeout,
-        max_waiting=settings.pool_max_waiting,
-        idle_timeout=own.idle_timeout or settings.pool_idle_timeout,
-        # The client session's own stream queue (stream_queue_*) applies after
-        # this one; this only catches a session that reads nothing at all.
-        channel_limit=settings.stream_queue_size * 16,
-        channel_bytes=settings.stream_queue_bytes * 2,
-        timeouts=SessionTimeouts(
-            initialize=settings.initialize_timeout,
-            ping_interval=settings.pool_ping_interval,
-            ping_timeout=settings.pool_ping_timeout,
-            close=settings.stdio_shutdown_grace * 3 + 1,
-        ),
-        forward_headers=tuple(forward),
-    )
 
 
 async def stores_for(settings: Settings) -> OpenStores:
@@ -316,12 +337,6 @@ async def stores_for(settings: Settings) -> OpenStores:
         max_age=settings.event_max_age,
         timeout=settings.store_timeout,
     )
-
-
-def endpoint_paths(servers: Sequence[ServerSpec]) -> frozenset[str]:
-    """Every MCP endpoint path (README "URLs"), e.g. for RFC 9728 metadata lookups."""
-    names = [f"/servers/{spec.name}" for spec in servers] + ([""] if len(servers) == 1 else [])
-    return frozenset(f"{base}/{leaf}" for base in names for leaf in ("http", "mcp", "sse"))
 
 
 def allow_cors(app: web.Application, routes: Sequence[web.AbstractRoute]) -> None:
@@ -341,6 +356,11 @@ def allow_cors(app: web.Application, routes: Sequence[web.AbstractRoute]) -> Non
     )
     for route in routes:
         cors.add(route, {"*": options})
+
+
+async def reload_servers(app: web.Application, servers: Sequence[ServerSpec]) -> Change:
+    """Make ``servers`` the running ``app``'s servers (:meth:`ServerSet.apply`)."""
+    return await app[SERVERS].apply(app[HUB], servers)
 
 
 async def build_app(
@@ -371,9 +391,8 @@ async def build_app(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
         trace_configs=None if tracing is None else tracing.trace_configs(),
     )
-    timeouts = _timeouts(settings)
     metrics = Metrics()
-    upstreams = {spec.name: make_upstream(spec, client, timeouts, metrics) for spec in servers}
+    server_set = ServerSet(servers, settings, client, metrics)
     limits = SessionLimits(
         stream_queue_size=settings.stream_queue_size,
         stream_queue_bytes=settings.stream_queue_bytes,
@@ -391,10 +410,7 @@ async def build_app(
         max_stored_bytes=settings.max_stored_bytes_per_session,
         max_stored_bytes_per_principal=settings.max_stored_bytes_per_principal,
     )
-    pools = {
-        spec.name: Pool(upstreams[spec.name], pool_config(spec, settings), metrics)
-        for spec in servers
-    }
+    pools = server_set.pools(servers)
     hub = SessionHub(
         pools,
         Stores(stores.sessions, stores.events),
@@ -412,11 +428,11 @@ async def build_app(
     app[HUB] = hub
     app[HTTP_CLIENT] = client
     app[PROBE_TIMEOUT] = settings.store_probe_timeout
+    app[START_AFTER] = settings.log_request_start_after
 
     guard = Guard.for_bind(settings.host, settings.allowed_hosts, settings.allowed_origins)
-    default_server = servers[0].name if len(servers) == 1 else None
-    endpoints = endpoint_paths(servers)
-    authenticator, metadata = auth.from_settings(settings, endpoints.__contains__)
+    app[SERVERS] = server_set
+    authenticator, metadata = auth.from_settings(settings, server_set.is_endpoint)
     if not settings.auth_enabled and not is_loopback(settings.host):
         log.warning(
             "auth_disabled_on_network",
@@ -461,7 +477,6 @@ async def build_app(
         ),
         guard,
         authenticator,
-        default_server=default_server,
         modern=modern,
     )
     legacy = LegacySseFrontDoor(
@@ -480,7 +495,6 @@ async def build_app(
         ),
         guard,
         authenticator,
-        default_server=default_server,
     )
     # Probes, metrics and admin get no CORS: a page at another origin must not
     # read them through the visitor's browser (issue #15).
@@ -493,12 +507,11 @@ async def build_app(
     )
     routes: list[web.RouteDef] = []
     for suffix in ("http", "mcp"):
-        routes += front.routes(f"/servers/{{server}}/{suffix}")
-        if len(servers) == 1:
-            routes += front.routes(f"/{suffix}")
+        # The short paths are always routed: whether they name a server
+        # depends on how many are configured, which a reload can change.
+        routes += front.routes(f"/servers/{{server}}/{suffix}") + front.routes(f"/{suffix}")
     routes += legacy.routes("/servers/{server}/sse", "/servers/{server}/messages/")
-    if len(servers) == 1:
-        routes += legacy.routes("/sse", "/messages/")
+    routes += legacy.routes("/sse", "/messages/")
     mcp_routes = app.add_routes(routes)
     others: list[web.RouteDef] = []
     if settings.admin_token is not None:
@@ -507,18 +520,32 @@ async def build_app(
     if metadata is not None:
         others += metadata.routes()
     others += ServerIndex(
-        servers, guard, authenticator, settings.public_url, settings.public_path_prefix
+        lambda: list(server_set.specs.values()),
+        guard,
+        authenticator,
+        settings.public_url,
+        settings.public_path_prefix,
     ).routes()
     app.add_routes(others)
     allow_cors(app, mcp_routes)
 
+    def warm(pool: Pool) -> None:
+        # Warm sessions serve clients with no principal of their own: only
+        # useful with auth off, or for a server every client shares.
+        if not settings.auth_enabled or pool.config.share != "principal":
+            pool.warm()
+
+    def adopt(pool: Pool) -> None:  # a pool a reload made
+        pool.reclaim = modern.holds.reclaim
+        warm(pool)
+
+    server_set.on_new_pool = adopt
+
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await check_store(hub, settings.store_url, settings.store_probe_timeout)
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
-        for pool in pools.values():
-            # Warm sessions serve clients with no principal of their own: only
-            # useful with auth off, or for a server every client shares.
-            if not settings.auth_enabled or pool.config.share != "principal":
-                pool.warm()
+        for pool in hub.pools.values():
+            warm(pool)
         yield
         await tasks.cancel_and_wait(reaper, 1.0, "shutting down")
         await legacy.aclose()

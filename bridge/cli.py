@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import secrets
@@ -16,9 +17,10 @@ from aiohttp import web
 from bridge import log as bridge_log
 from bridge import memory, options, tasks
 from bridge import tracing as bridge_tracing
-from bridge.app import GATE, HUB, build_app
+from bridge.app import GATE, HUB, build_app, reload_servers
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
+from bridge.reload import Reloader
 from bridge.settings import ServerSpec, Settings, load_servers
 from bridge.stores import redact
 from bridge.upstreams import descendants
@@ -83,6 +85,9 @@ def new_api_key(args: Sequence[str]) -> int:
 async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
     """Serve until SIGINT or SIGTERM, then shut down in aiohttp's documented order.
 
+    SIGHUP (and, with ``BRIDGE_CONFIG_WATCH``, a change to the config file)
+    reloads the servers (:mod:`bridge.reload`).
+
     Logs ``listening`` with the bound port once the socket accepts (``--port 0``
     picks a free one), and ``stopped`` when every session has been closed.
     The process is its stdio children's subreaper: their orphans come to it,
@@ -102,10 +107,12 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
             from bridge import otel  # the otel extra: imported only when tracing is on
         except ImportError as exc:
             raise ConfigError(
-                f"tracing needs the otel extra: pip install 'mcp-bridge[otel]' ({exc})"
+                f"tracing needs the otel extra: pip install 'mcp-bridge-gateway[otel]' ({exc})"
             ) from exc
         tracing = otel.start(settings)
     app = await build_app(settings, servers, tracing=tracing)
+    reloader = Reloader(settings, functools.partial(reload_servers, app))
+    reloader.install(loop)
     # accept() out of file descriptors: a count per interval, not a traceback each.
     loop.set_exception_handler(AcceptErrors(settings.accept_error_log_interval, app[HUB].metrics))
     runner = web.AppRunner(
@@ -116,9 +123,9 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         site = GuardedSite(runner, settings.host, settings.port, app[GATE])
         await site.start()
         ports = [addr[1] for addr in runner.addresses]
-        # At warning level so that it shows whatever the log level: supervisors,
-        # tests and benchmarks read the bound port from it.
-        log.warning(
+        # Info, like any normal event: tools that read the bound port from it
+        # run at --log-level info or lower (or give --port themselves).
+        log.info(
             "listening",
             host=settings.host,
             port=ports[0] if ports else settings.port,
@@ -128,6 +135,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
         await stop.wait()
         log.info("shutting_down")
     finally:
+        await reloader.aclose()
         await runner.cleanup()
         if reaper is not None:
             await tasks.cancel_and_wait(reaper, 1.0, "shutting down")

@@ -32,7 +32,14 @@ from typing import Final
 import structlog
 
 from bridge import jsonrpc, tasks
-from bridge.errors import GatewayFull, SessionNotFound, StoreDown, TooManyRequests, UpstreamError
+from bridge.errors import (
+    GatewayFull,
+    SessionNotFound,
+    StoreDown,
+    TooManyRequests,
+    UnknownServer,
+    UpstreamError,
+)
 from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
@@ -114,6 +121,47 @@ class SessionHub:
     def upstream_state(self) -> dict[str, dict[str, str]]:
         """server -> {"status": "idle" | "up" | "failing", ...}: for /readyz."""
         return {name: pool.state for name, pool in self.pools.items()}
+
+    @property
+    def sole_server(self) -> str | None:
+        """The server's name when exactly one is configured (``/mcp``, ``/sse``...), else None."""
+        return next(iter(self.pools)) if len(self.pools) == 1 else None
+
+    async def replace_servers(self, pools: Mapping[str, Pool], ending: Mapping[str, str]) -> None:
+        """Serve ``pools`` (new servers, or new definitions of old ones) and end the
+        servers in ``ending`` (name -> reason) that ``pools`` does not replace.
+
+        The swap happens before the first await: from then on requests find
+        the new pools, or no server (404). Then every live session of a server
+        in ``ending`` is released (records kept: a changed server's clients
+        resume on the new definition) and the old pools close. Bounded by each
+        session's and pool's own close.
+        """
+        old = {name: self.pools.pop(name) for name in ending if name in self.pools}
+        for name in ending:
+            self.upstreams.pop(name, None)
+        self.pools.update(pools)
+        self.upstreams.update({name: pool.upstream for name, pool in pools.items()})
+        sessions = [s for s in self._sessions.values() if s.record.server in old]
+        for session in sessions:
+            self._forget(session)
+        await asyncio.gather(*(s.close(ending[s.record.server]) for s in sessions))
+        await asyncio.gather(*(pool.aclose() for pool in old.values()))
+        for name in old:
+            ended = sum(s.record.server == name for s in sessions)
+            log.info("server_closed", server=name, reason=ending[name], sessions_ended=ended)
+
+    def pool(self, server: str) -> Pool:
+        """The pool of ``server``.
+
+        Raises:
+            UnknownServer: no such server (any more: a reload may have removed
+                it while the request was under way; 404).
+        """
+        pool = self.pools.get(server)
+        if pool is None:
+            raise UnknownServer(f"no MCP server named {server!r} here")
+        return pool
 
     def live(self) -> list[Session]:
         """Sessions with an upstream connection in this process."""
@@ -301,7 +349,7 @@ class SessionHub:
         client_headers: Mapping[str, str] | None,
         session_id: str,
     ) -> UpstreamConnection:
-        connection = await self.pools[server].lease(principal, client_headers)
+        connection = await self.pool(server).lease(principal, client_headers)
         if self._config.trace is not None:
             return self._config.trace(connection, server, session_id)
         return connection
@@ -324,7 +372,7 @@ class SessionHub:
             GatewayFull: this process holds ``max_sessions`` busy ones (503).
         """
         live = self.live()
-        dedicated = self.pools[server].config.share == "none"
+        dedicated = self.pool(server).config.share == "none"
         mine = [s for s in live if s.record.principal == principal and self._dedicated(s)]
         retry = {"Retry-After": str(LIMIT_RETRY_AFTER)}
         full = len(mine) + self._starting[principal] >= self._config.max_sessions_per_principal
@@ -522,12 +570,14 @@ class SessionHub:
         return len(idle)
 
     async def run_reaper(self) -> None:
-        """Reap forever, checking often enough that no session outlives its timeout by half."""
-        pools = [p.config.idle_timeout for p in self.pools.values()]
-        idle = min([self._config.idle_timeout, *pools])
-        interval = min(idle / 2, 30.0)
+        """Reap forever, checking often enough that no session outlives its timeout by half.
+
+        The interval follows the pools in force (a reload may add one with a
+        shorter idle timeout).
+        """
         while True:
-            await asyncio.sleep(interval)
+            pools = [p.config.idle_timeout for p in self.pools.values()]
+            await asyncio.sleep(min(min(self._config.idle_timeout, *pools) / 2, 30.0))
             await self.reap()
             if self._tombstones:
                 await self.retry_tombstones()

@@ -208,6 +208,31 @@ def params(message: Message) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+#: Characters of a URI scheme taken as one (RFC 3986 §3.1; longer ones are cut).
+_SCHEME_MAX: Final = 32
+
+
+def target(message: Message) -> str | None:
+    """What a request acts on, for logs and metrics: the tool name of a
+    ``tools/call``, the URI scheme of a ``resources/read`` (``file``,
+    ``https``; never the rest of the URI, which may carry secrets), else None.
+
+    Raw from the client: callers bound it (:func:`bridge.log.clip`,
+    :meth:`bridge.metrics.Metrics.count_target`).
+    """
+    name = method(message)
+    if name == "tools/call":
+        tool = params(message).get("name")
+        return tool if isinstance(tool, str) else None
+    if name == "resources/read":
+        uri = params(message).get("uri")
+        if not isinstance(uri, str):
+            return None
+        scheme, colon, _ = uri[: _SCHEME_MAX + 1].partition(":")
+        return scheme.lower() if colon and scheme else "none"
+    return None
+
+
 def progress_token(message: Message) -> RequestId | None:
     """``params._meta.progressToken`` of a request (spec utilities/progress)."""
     meta = params(message).get("_meta")

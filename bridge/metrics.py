@@ -5,7 +5,11 @@ are MCP method names (unknown ones are counted as ``other``), outcomes and
 front doors are fixed words. Never a session id.
 
 Each gateway app gets its own :class:`Metrics` on its own registry, so that
-several apps in one process (tests) do not collide.
+several apps in one process (tests) do not collide. The registry also carries
+prometheus-client's ``process_*`` series (resident memory, CPU seconds, open
+file descriptors and their limit, start time; Linux ``/proc``), and no
+``_created`` series: prometheus-client adds one per counter and histogram
+child, which doubles the series count and that the dashboard never reads.
 """
 
 from __future__ import annotations
@@ -13,7 +17,15 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 #: MCP methods counted by name; anything else is "other" (bounded labels).
 KNOWN_METHODS: Final = frozenset(
@@ -48,6 +60,11 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_CLIENT_NAMES: Final = 50
 _CLIENT_NAME_LENGTH: Final = 40
 _NOT_IN_CLIENT_LABEL = re.compile(r"[^a-z0-9._-]+")
+#: Target labels (tool names, URI schemes) per server and method: at most this
+#: many distinct ones, then "other" (a client can send any tool name).
+MAX_TARGETS: Final = 100
+_TARGET_LENGTH: Final = 64
+_NOT_IN_TARGET_LABEL = re.compile(r"[^A-Za-z0-9._/+-]+")
 
 
 def client_label(name: object) -> str:
@@ -70,6 +87,8 @@ def end_reason(reason: str, forgotten: bool) -> str:
         return "shutdown"
     if "deleted elsewhere" in reason:
         return "evicted"
+    if reason.startswith("configuration reloaded"):
+        return "reconfigured"
     if reason.startswith("limit"):
         return "limit"
     if forgotten:
@@ -85,7 +104,11 @@ def method_label(method: str | None) -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        # Process-wide in prometheus-client, so set on each construction: no
+        # ``_created`` series on any registry of this process.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
         self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
         self.sessions_active = Gauge(
             "mcp_bridge_sessions_active", "Live sessions (with an upstream connection)",
             ["server"], registry=r,
@@ -195,6 +218,13 @@ class Metrics:
             ["front_door", "client"], registry=r,
         )  # fmt: skip
         self._client_names: set[str] = set()
+        self.targets = Counter(
+            "mcp_bridge_request_targets_total",
+            "tools/call by tool name and resources/read by URI scheme (target: at most "
+            f"{MAX_TARGETS} distinct per server and method, then other), by outcome",
+            ["server", "method", "target", "outcome"], registry=r,
+        )  # fmt: skip
+        self._targets: dict[tuple[str, str], set[str]] = {}
 
     def count_client(self, front_door: str, name: object) -> None:
         """Count one initialize by client name; past 50 names new ones are "other"."""
@@ -205,6 +235,17 @@ class Metrics:
             else:
                 self._client_names.add(label)
         self.client_sessions.labels(front_door, label).inc()
+
+    def count_target(self, server: str, method: str, target: str, outcome: str) -> None:
+        """Count a tools/call or resources/read by its (bounded) target label."""
+        label = _NOT_IN_TARGET_LABEL.sub("_", target)[:_TARGET_LENGTH] or "none"
+        seen = self._targets.setdefault((server, method), set())
+        if label not in seen:
+            if len(seen) >= MAX_TARGETS:
+                label = "other"
+            else:
+                seen.add(label)
+        self.targets.labels(server, method, label, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

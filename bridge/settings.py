@@ -129,6 +129,13 @@ class ServerSources(BaseSettings):
 class Settings(ServerSources):
     """Every knob of the gateway. Times are in seconds, sizes in bytes."""
 
+    config_watch: bool = Field(
+        False,
+        description="reload the servers when the config file changes (SIGHUP always does)",
+    )
+    config_watch_interval: Seconds = Field(
+        2.0, description="how often the config file is checked for a change (config_watch)"
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8080, ge=0, le=65535, description="port to listen on")
 
@@ -290,6 +297,12 @@ class Settings(ServerSources):
     )
     log_format: Literal["auto", "console", "json"] = Field(
         "auto", description="auto (console on a TTY, JSON lines otherwise), console or json"
+    )
+    log_request_start_after: float = Field(
+        10.0,
+        ge=0,
+        description="a request still running this long gets a request_start log line besides "
+        "its request line at the end (GET streams too); 0: every request",
     )
     otlp_endpoint: str | None = Field(
         None,

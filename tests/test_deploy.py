@@ -39,8 +39,8 @@ from packaging.utils import canonicalize_name
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.app import endpoint_paths, pool_config
 from bridge.metrics import Metrics
+from bridge.serverset import endpoint_paths, pool_config
 from bridge.settings import Settings, SseServer, StdioServer, load_servers, parse_servers
 from tests.conftest import REPO, Proc, ProcFactory, free_port
 from tests.rawclient import RawClient
@@ -826,6 +826,10 @@ def exposed_series() -> dict[str, set[str]]:
     return series
 
 
+#: A series name the gateway exposes: its own, and prometheus-client's process_* ones.
+METRIC_NAME: Final = r"\b((?:mcp_bridge|process)_\w+)"
+
+
 def dashboard_queries() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text())
     queries = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
@@ -840,7 +844,7 @@ def test_dashboard_queries_use_real_metrics_and_labels() -> None:
     queries = dashboard_queries()
     assert queries
     for query in queries:
-        names = re.findall(r"\b(mcp_bridge_\w+)", query)
+        names = re.findall(METRIC_NAME, query)
         assert names, query
         labels = set(TARGET_LABELS)
         for name in names:
@@ -857,7 +861,7 @@ def test_dashboard_queries_use_real_metrics_and_labels() -> None:
 
 
 def test_dashboard_covers_every_metric() -> None:
-    used = {name for query in dashboard_queries() for name in re.findall(r"mcp_bridge_\w+", query)}
+    used = {name for query in dashboard_queries() for name in re.findall(METRIC_NAME, query)}
     families = {
         family.name for family in text_string_to_metric_families(Metrics().render().decode())
     }

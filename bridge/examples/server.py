@@ -6,7 +6,7 @@ a legacy HTTP+SSE server::
     python -m bridge.examples.server                      # stdio
     python -m bridge.examples.server --transport sse --port 8000   # GET /sse
 
-Written with the official ``mcp`` SDK (``pip install 'mcp-bridge[example]'``).
+Written with the official ``mcp`` SDK (``pip install 'mcp-bridge-gateway[example]'``).
 """
 
 from __future__ import annotations

@@ -23,14 +23,15 @@ async def admit(
     hub: SessionHub,
     guard: Guard,
     auth: Authenticator,
-    default: str | None,
     door: str,
 ) -> tuple[str, str | None]:
     """Check Host/Origin, then credentials, then name the server the URL is for.
 
     Returns ``(server, principal)``; the principal is None when auth is off.
     Credentials are checked before the server name, so that a stranger
-    cannot probe which servers exist.
+    cannot probe which servers exist. A URL with no server name (``/mcp``,
+    ``/sse``) is for the one server configured; with several (a reload can
+    change how many) it names none.
 
     Raises:
         MisdirectedHost, ForbiddenOrigin: see :class:`Guard`.
@@ -42,8 +43,12 @@ async def admit(
     principal = await auth.authenticate(request)
     if principal is not None:
         request[PRINCIPAL] = principal
-    name = request.match_info.get("server", default)
-    if name is None or name not in hub.upstreams:
+    name = request.match_info.get("server", hub.sole_server)
+    if name is None:
+        raise UnknownServer(
+            f'{len(hub.pools)} servers are configured here: use /servers/NAME/... (README "URLs")'
+        )
+    if name not in hub.upstreams:
         raise UnknownServer(f"no MCP server named {name!r} here")
     request[SERVER] = name
     return name, principal

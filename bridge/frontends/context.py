@@ -9,6 +9,8 @@ from aiohttp import web
 from bridge.jsonrpc import RequestId
 
 RPC_METHOD: Final = web.RequestKey("rpc_method", str)
+#: A tools/call's tool name, a resources/read's URI scheme (:func:`bridge.jsonrpc.target`).
+RPC_TARGET: Final = web.RequestKey("rpc_target", str)
 RPC_ID: Final[web.RequestKey[RequestId]] = web.RequestKey("rpc_id")
 SESSION_ID: Final = web.RequestKey("session_id", str)
 SERVER: Final = web.RequestKey("server", str)  # the configured server the request is for

@@ -11,7 +11,7 @@ shown to strangers.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +40,7 @@ class ServerIndex:
     """The listing's routes, for ``servers`` behind ``guard`` and ``authenticator``.
 
     Args:
+        servers: the servers in force, asked at each request (a reload may change them).
         public_url: the gateway's external base URL (``BRIDGE_PUBLIC_URL``), or None
             to build URLs from the request's scheme and Host.
         path_prefix: ``BRIDGE_PUBLIC_PATH_PREFIX``, put before every path.
@@ -47,13 +48,13 @@ class ServerIndex:
 
     def __init__(
         self,
-        servers: Sequence[ServerSpec],
+        servers: Callable[[], Sequence[ServerSpec]],
         guard: Guard,
         authenticator: Authenticator,
         public_url: str | None,
         path_prefix: str,
     ) -> None:
-        self._servers = list(servers)
+        self._servers = servers
         self._guard = guard
         self._auth = authenticator
         self._public_url = public_url.rstrip("/") if public_url else None
@@ -69,6 +70,7 @@ class ServerIndex:
 
     def describe(self, base: str) -> dict[str, Any]:
         """The listing: ``{"servers": [{"name", "transport", "url", "sse_url"}], ...}``."""
+        specs = list(self._servers())
         servers = [
             {
                 "name": spec.name,
@@ -76,10 +78,10 @@ class ServerIndex:
                 "url": f"{base}/servers/{spec.name}/mcp",
                 "sse_url": f"{base}/servers/{spec.name}/sse",
             }
-            for spec in self._servers
+            for spec in specs
         ]
         body: dict[str, Any] = {"servers": servers}
-        if len(self._servers) == 1:  # README "URLs": the short paths of a single server
+        if len(specs) == 1:  # README "URLs": the short paths of a single server
             body["default"] = {"url": f"{base}/mcp", "sse_url": f"{base}/sse"}
         return body
 

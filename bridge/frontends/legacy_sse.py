@@ -35,7 +35,7 @@ from bridge.errors import (
     UnsupportedMediaType,
 )
 from bridge.frontends.common import StreamCap, admit, read_body
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.context import RPC_ID, RPC_METHOD, RPC_TARGET, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.hub import SessionHub, new_session_id
 from bridge.jsonrpc import Kind, Message
@@ -127,13 +127,11 @@ class LegacySseFrontDoor:
         config: LegacyConfig,
         guard: Guard,
         auth: Authenticator,
-        default_server: str | None,
     ) -> None:
         self._hub = hub
         self._config = config
         self._guard = guard
         self._auth = auth
-        self._default = default_server
         self._connections: dict[str, LegacyConnection] = {}
         self._grace: set[asyncio.Task[None]] = set()
 
@@ -200,6 +198,8 @@ class LegacySseFrontDoor:
         message, kind = self._parse(body)
         if (method := jsonrpc.method(message)) is not None:
             request[RPC_METHOD] = method
+        if (target := jsonrpc.target(message)) is not None:
+            request[RPC_TARGET] = target
         if jsonrpc.is_request_id(message.get("id")):
             request[RPC_ID] = message["id"]
         connection = self._connections.get(connection_id)
@@ -275,7 +275,7 @@ class LegacySseFrontDoor:
     # -- checks ------------------------------------------------------------
 
     async def _admit(self, request: web.Request) -> tuple[str, str | None]:
-        return await admit(request, self._hub, self._guard, self._auth, self._default, FRONT_DOOR)
+        return await admit(request, self._hub, self._guard, self._auth, FRONT_DOOR)
 
     def _headers(self) -> dict[str, str]:
         return {"Deprecation": self._config.deprecation} if self._config.deprecation else {}

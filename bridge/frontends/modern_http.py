@@ -113,7 +113,7 @@ class ModernFrontDoor:
         """
         request[MODERN] = True
         modern = wire.check(message, kind, request.headers)
-        pool = self._hub.pools[server]
+        pool = self._hub.pool(server)
         group = pool.group_for(principal, request.headers)
         if modern.method == "subscriptions/listen":
             timing = self._config.keepalive_interval, self._config.send_timeout
@@ -169,7 +169,7 @@ class ModernFrontDoor:
             self._spent[(claims.hold, claims.round)] = claims.expires
             if held is not None:
                 self.holds.pop(claims.hold)
-                self._hub.pools[group.server].release(group)  # the held one has its own
+                group.pool.release(group)  # the held one has its own
                 return held
             # Held by another replica, or by this process before a restart, or
             # expired: the call starts again here, and the answers given in
@@ -252,7 +252,7 @@ class ModernFrontDoor:
         finally:
             if not held:
                 await exchange.aclose()
-                self._hub.pools[exchange.group.server].release(exchange.group)
+                exchange.group.pool.release(exchange.group)
 
     async def _serve_json(
         self, steps: AsyncIterator[Any], exchange: Exchange, principal: str | None

@@ -41,7 +41,7 @@ from bridge.errors import (
     UnsupportedProtocolVersion,
 )
 from bridge.frontends.common import StreamCap, admit, read_body
-from bridge.frontends.context import RPC_ID, RPC_METHOD, SESSION_ID
+from bridge.frontends.context import RPC_ID, RPC_METHOD, RPC_TARGET, SESSION_ID
 from bridge.frontends.guard import Guard
 from bridge.frontends.modern_http import ModernFrontDoor
 from bridge.hub import SessionHub
@@ -122,7 +122,6 @@ class StreamableHttpFrontDoor:
         config: FrontDoorConfig,
         guard: Guard,
         auth: Authenticator,
-        default_server: str | None,
         modern: ModernFrontDoor,
     ) -> None:
         self._hub = hub
@@ -130,7 +129,6 @@ class StreamableHttpFrontDoor:
         self._config = config
         self._guard = guard
         self._auth = auth
-        self._default = default_server
 
     def routes(self, path: str) -> list[web.RouteDef]:
         return [
@@ -155,6 +153,8 @@ class StreamableHttpFrontDoor:
         first = messages[0][0]
         if (method := jsonrpc.method(first)) is not None:
             request[RPC_METHOD] = method
+        if not batch and (target := jsonrpc.target(first)) is not None:
+            request[RPC_TARGET] = target
         if not batch and jsonrpc.is_request_id(first.get("id")):
             request[RPC_ID] = first["id"]
         sessionless = SESSION_HEADER not in request.headers and not batch
@@ -220,7 +220,7 @@ class StreamableHttpFrontDoor:
         raise web.HTTPMethodNotAllowed(request.method, ["POST"])
 
     async def _admit(self, request: web.Request) -> tuple[str, str | None]:
-        return await admit(request, self._hub, self._guard, self._auth, self._default, FRONT_DOOR)
+        return await admit(request, self._hub, self._guard, self._auth, FRONT_DOOR)
 
     def _session_id(self, request: web.Request) -> str:
         session_id = request.headers.get(SESSION_HEADER)

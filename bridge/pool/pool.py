@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ import structlog
 from bridge import tasks
 from bridge.errors import PoolBusy, UpstreamError
 from bridge.jsonrpc import Message
-from bridge.log import short
+from bridge.log import redact, short
 from bridge.metrics import Metrics
 from bridge.pool.channel import Channel
 from bridge.pool.group import Group
@@ -71,6 +73,9 @@ class PoolConfig:
     channel_bytes: int  # ... and their bytes
     timeouts: SessionTimeouts
     forward_headers: tuple[str, ...] = ()  # the server's; part of the share key
+    #: What the server runs or reaches, safe to show anyone (``/readyz``, the
+    #: log): ``{"command": ...}`` or ``{"url": ...}`` with credentials redacted.
+    target: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,6 +111,7 @@ class Pool:
         self.reclaim: Callable[[Pool], bool] = lambda pool: False
         self._closing: set[asyncio.Task[None]] = set()  # private groups closing (release)
         self._closed = False
+        self._first_logged = False  # the first connect's outcome (upstream_first_connect)
 
     # -- leasing -----------------------------------------------------------
 
@@ -264,13 +270,38 @@ class Pool:
                 level = log.info if "Retry-After" in exc.headers else log.warning
                 level("upstream_connect_failed", server=self.name, error=exc.message)
                 self.metrics.upstream_connects.labels(self.name, "failed").inc()
-                self.counts.failures += 1
-                self.state = {"status": "failing", "error": exc.message, "at": _now()}
+                self.failing(exc)
                 raise
+        # Not "up" yet: a Streamable HTTP connect does no I/O. Up once the
+        # handshake is done (start_session), or in mode none once the client's
+        # own first message is accepted (_Dedicated.send).
         self.metrics.upstream_connects.labels(self.name, "ok").inc()
+        return connection
+
+    def up(self) -> None:
+        """The upstream took a message or finished a handshake: up (``/readyz``)."""
         if self.state.get("status") != "up":
             self.state = {"status": "up", "since": _now()}
-        return connection
+        self._first_outcome(None)
+
+    def failing(self, exc: UpstreamError) -> None:
+        """Record a failed connect or handshake for ``/readyz``: what, why, and the errno."""
+        self.counts.failures += 1
+        self.state = {"status": "failing", "error": redact(exc.message), **failure_errno(exc),
+                      **self.config.target, "at": _now()}  # fmt: skip
+        self._first_outcome(exc)
+
+    def _first_outcome(self, exc: UpstreamError | None) -> None:
+        """Log how the first connect to this server went, once (issue #14 "Run")."""
+        if self._first_logged:
+            return
+        self._first_logged = True
+        if exc is None:
+            log.info("upstream_first_connect", server=self.name, outcome="ok", **self.config.target)
+            return
+        log.warning("upstream_first_connect", server=self.name, outcome="failed",
+                    error=redact(exc.message), **failure_errno(exc),
+                    **self.config.target)  # fmt: skip
 
     async def start_session(self, group: Group) -> UpstreamSession:
         """Start and initialize an upstream session for ``group`` (room already reserved)."""
@@ -286,8 +317,10 @@ class Pool:
             )  # fmt: skip
             try:
                 await session.start(group.log_level)
-            except BaseException:
+            except BaseException as exc:
                 await session.aclose()
+                if isinstance(exc, UpstreamError):
+                    self.failing(exc)
                 raise
         except BaseException:
             self._size -= 1
@@ -295,6 +328,7 @@ class Pool:
             self.notify()
             raise
         self._started()
+        self.up()
         self.init_result = session.init_result
         log.info("pool_session_started", server=self.name, group=short(str(group.key)),
                  version=session.version)  # fmt: skip
@@ -436,6 +470,20 @@ def _capable(lane: Lane, capability: str) -> bool:
     return lane.modern or capability in lane.capabilities
 
 
+def failure_errno(exc: BaseException) -> dict[str, str]:
+    """``{"errno": "ECONNREFUSED", "reason": "Connection refused"}`` from the first
+    OS error in ``exc``'s chain (causes and contexts), or ``{}`` if none has one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "errno", None)
+        if isinstance(cause, OSError) and isinstance(code, int):
+            return {"errno": errno.errorcode.get(code, str(code)), "reason": os.strerror(code)}
+        cause = cause.__cause__ or cause.__context__
+    return {}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -447,9 +495,19 @@ class _Dedicated:
     connection: UpstreamConnection
     pool: Pool
     _released: bool = field(default=False)
+    _accepted: bool = field(default=False)  # the upstream took a message
 
     async def send(self, message: Message) -> None:
-        await self.connection.send(message)
+        if self._accepted:
+            await self.connection.send(message)
+            return
+        try:  # the first message (the client's initialize): the handshake, for /readyz
+            await self.connection.send(message)
+        except UpstreamError as exc:
+            self.pool.failing(exc)
+            raise
+        self._accepted = True
+        self.pool.up()
 
     def messages(self) -> AsyncIterator[Message]:
         return self.connection.messages()

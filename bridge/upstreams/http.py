@@ -54,12 +54,20 @@ def status_error(server: str, what: str, status: int) -> UpstreamError:
 
 
 def client_error(server: str, what: str, exc: aiohttp.ClientError | TimeoutError) -> UpstreamError:
-    """The error an aiohttp failure (or a timeout) during ``what`` means."""
+    """The error an aiohttp failure (or a timeout) during ``what`` means.
+
+    ``exc`` is its ``__cause__`` even where it is not raised ``from`` it, so
+    that ``/readyz`` finds the OS error (errno) under it.
+    """
+    error: UpstreamError
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"server {server!r}: {what} timed out")
-    if isinstance(exc, aiohttp.ClientResponseError):  # the status line or headers were junk
-        return UpstreamProtocolError(f"server {server!r}: {what} got a malformed HTTP answer")
-    return UpstreamUnavailable(f"server {server!r}: {what} failed ({type(exc).__name__})")
+        error = UpstreamTimeout(f"server {server!r}: {what} timed out")
+    elif isinstance(exc, aiohttp.ClientResponseError):  # the status line or headers were junk
+        error = UpstreamProtocolError(f"server {server!r}: {what} got a malformed HTTP answer")
+    else:
+        error = UpstreamUnavailable(f"server {server!r}: {what} failed ({type(exc).__name__})")
+    error.__cause__ = exc
+    return error
 
 
 async def read_limited(response: aiohttp.ClientResponse, limit: int, server: str) -> bytes:

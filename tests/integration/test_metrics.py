@@ -97,3 +97,22 @@ async def test_metrics_follow_sessions_requests_and_resumes(
         text = await (await http.get(f"{gw.url}/metrics")).text()
         assert client.session_id not in text
         assert client.session_id[:8] not in text  # not even truncated: labels stay bounded
+
+
+async def test_process_series_and_no_created_series(gateway: GatewayFactory) -> None:
+    """prometheus-client's process_* series are served; no ``_created`` twin of any series."""
+    gw = await gateway([example_stdio()])
+    async with aiohttp.ClientSession() as http:
+        client = RawClient(http, f"{gw.url}/http")
+        await client.initialize()  # counters and histograms get children
+        await client.post(client.request("tools/list"))
+        samples = await scrape(http, gw.url)
+        names = {name for name, _ in samples}
+        for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                     "process_open_fds", "process_max_fds", "process_start_time_seconds"):  # fmt: skip
+            assert name in names, name
+        assert value(samples, "process_resident_memory_bytes") > 0
+        assert value(samples, "mcp_bridge_requests_total", server="example",
+                     front_door="streamable_http", method="tools/list", outcome="ok") == 1  # fmt: skip
+        assert not [name for name in names if name.endswith("_created")]
+        await client.delete()

@@ -244,7 +244,7 @@ def test_an_endpoint_without_the_extra_exits_2_with_a_hint() -> None:
         env={**os.environ, "BRIDGE_OTLP_ENDPOINT": "http://127.0.0.1:9"},
     )
     assert out.returncode == 2, out.stderr
-    assert "pip install 'mcp-bridge[otel]'" in out.stderr
+    assert "pip install 'mcp-bridge-gateway[otel]'" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -206,3 +206,22 @@ def test_method_and_params_accessors_tolerate_odd_shapes() -> None:
     assert jsonrpc.params({"params": {"a": 1}}) == {"a": 1}
     assert jsonrpc.params({"params": [1]}) == {}
     assert jsonrpc.params({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"method": "tools/call", "params": {"name": "search"}}, "search"),
+        ({"method": "tools/call", "params": {"name": 3}}, None),
+        ({"method": "tools/call"}, None),
+        ({"method": "resources/read", "params": {"uri": "HTTPS://h/x?token=s3cret"}}, "https"),
+        ({"method": "resources/read", "params": {"uri": "file:///etc/hosts"}}, "file"),
+        ({"method": "resources/read", "params": {"uri": "no-scheme-here"}}, "none"),
+        ({"method": "resources/read", "params": {"uri": "x" * 500 + ":y"}}, "none"),
+        ({"method": "tools/list"}, None),
+    ],
+)
+def test_target_is_the_tool_or_the_uri_scheme(
+    message: dict[str, Any], expected: str | None
+) -> None:
+    assert jsonrpc.target({"jsonrpc": "2.0", "id": 1, **message}) == expected
