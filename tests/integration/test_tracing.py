@@ -197,7 +197,8 @@ def test_a_bad_endpoint_is_a_clear_error(endpoint: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
-    assert "otlp_endpoint" in out.stderr
+    assert "--otlp-endpoint" in out.stderr  # the value is named as it was given
+    assert endpoint in out.stderr
     assert "Traceback" not in out.stderr
 
 
