@@ -18,6 +18,7 @@ from bridge import memory, tasks
 from bridge.app import GATE, HUB, build_app
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
+from bridge.loop import loop_factory
 from bridge.settings import ServerSpec, Settings, load_servers
 from bridge.upstreams import descendants
 
@@ -58,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     bridge_log.configure(settings.log_level, settings.log_format)
     try:
-        asyncio.run(serve(settings, servers))
+        loop_name, factory = loop_factory(settings.event_loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(settings, servers, loop_name))
     except ConfigError as exc:  # found while building the app: store URL, API keys
         print(f"mcp-bridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -84,7 +87,9 @@ def new_api_key(args: Sequence[str]) -> int:
     return 0
 
 
-async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
+async def serve(
+    settings: Settings, servers: Sequence[ServerSpec], loop_name: str = "asyncio"
+) -> None:
     """Serve until SIGINT or SIGTERM, then shut down in aiohttp's documented order.
 
     Logs ``listening`` with the bound port once the socket accepts (``--port 0``
@@ -119,6 +124,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
             port=ports[0] if ports else settings.port,
             servers=[f"{s.name} ({type(s).__name__})" for s in servers],
             max_connections=app[GATE].cap,
+            event_loop=loop_name,
         )
         await stop.wait()
         log.info("shutting_down")
