@@ -20,13 +20,13 @@ none older than ``max_age``. Reads check expiry themselves.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
+from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
 from bridge.sessions.sqlite import SqliteDatabase, placeholders
@@ -102,7 +102,7 @@ class SqliteEventStore:
     async def append(
         self, session_id: str, stream: str, message: Message | None, ttl: float
     ) -> str:
-        text = None if message is None else json.dumps(message, separators=(",", ":"))
+        text = None if message is None else jsonrpc.encode(message)
         now = self._clock()
         position = await self._db.write(
             lambda conn: self._append(conn, now, session_id, stream, text, ttl)
@@ -218,7 +218,10 @@ def _page(conn: sqlite3.Connection, *, stream_id: int, after: int) -> list[Store
         " ORDER BY position LIMIT ?",
         (stream_id, after, REPLAY_BATCH),
     ).fetchall()
-    return [StoredEvent(str(pos), None if text is None else json.loads(text)) for pos, text in rows]
+    return [
+        StoredEvent(str(pos), None if text is None else jsonrpc.loads_frame(text))
+        for pos, text in rows
+    ]
 
 
 def _delete_session(conn: sqlite3.Connection, now: float, session_id: str) -> None:

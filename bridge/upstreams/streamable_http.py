@@ -185,7 +185,7 @@ class StreamableHttpConnection:
         waiting: set[RequestId] = {message["id"]} if is_request else set()
         if method == "initialize":
             self._initialize_ids |= waiting
-        body = jsonrpc.encode(message).encode()
+        body = jsonrpc.encode_bytes(message)
         post = _Post(message, _Cursor(waiting), asyncio.get_running_loop().create_future())
         task = self._own(self._exchange(post, body), f"upstream-post:{self._name}")
         error = await self._accepted(post, task)
