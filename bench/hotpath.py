@@ -117,9 +117,15 @@ async def start_bare(children: list[Child]) -> tuple[Child, str]:
 
 
 async def start_gateway(
-    upstream_url: str, store: str, args: argparse.Namespace, tmp: Path, children: list[Child]
+    upstream_url: str,
+    store: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    children: list[Child],
+    pythonpath: Path | None = None,
 ) -> load.Gateway:
-    """A gateway whose one server ``default`` is the Streamable HTTP ``upstream_url``."""
+    """A gateway whose one server ``default`` is the Streamable HTTP ``upstream_url``
+    (imported from ``pythonpath`` if given)."""
     config = tmp / "servers.json"
     doc = {"mcpServers": {"default": {"url": upstream_url, "type": "streamable-http"}}}
     await asyncio.to_thread(write_file, config, json.dumps(doc))
@@ -133,7 +139,14 @@ async def start_gateway(
     child = Child(f"gateway[{store}]", [*argv, *args.gateway_arg], stage=0,
                   preexec=lambda: pool.nofile(None))  # fmt: skip
     children.append(child)
-    port = await child.start(load.gateway_ready)
+    saved = os.environ.get("PYTHONPATH")
+    if pythonpath is not None:  # the child inherits the environment as it is at its start
+        os.environ["PYTHONPATH"] = str(pythonpath)
+    try:
+        port = await child.start(load.gateway_ready)
+    finally:
+        if pythonpath is not None:
+            os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
     return load.Gateway(store, store_url, child, f"http://{HOST}:{port}", store_child)
 
 
@@ -198,7 +211,8 @@ class Table:
 
 
 def per_req(run: RunResult, *names: str) -> float:
-    return sum(run.cpu_ms_per_req(n) for n in names)
+    """CPU ms per request of those of ``names`` the run measured, summed."""
+    return sum(run.cpu_ms_per_req(n) for n in names if n in run.cpu)
 
 
 # -- parts -----------------------------------------------------------------------------
@@ -206,33 +220,52 @@ def per_req(run: RunResult, *names: str) -> float:
 
 async def part_http(args: argparse.Namespace, tmp: Path, children: list[Child], t: Table) -> None:
     bare, url = await start_bare(children)
-    gw = await start_gateway(url, "memory", args, tmp, children)
-    pids = {"gateway": gw.child.pid, "upstream": bare.pid, "bench": os.getpid()}
-    makers = {
-        "bare": lambda http: GatewaySession(http, url, args.timeout),
-        "gateway": lambda http: GatewaySession(http, gw.mcp_url, args.timeout),
-    }
+    gws = {"gateway": await start_gateway(url, "memory", args, tmp, children)}
+    if args.baseline_src is not None:  # the same load, alternating, on another commit's gateway
+        gws["baseline"] = await start_gateway(
+            url, "memory", args, tmp / "baseline", children, pythonpath=args.baseline_src
+        )
+    pids = {name: {"gateway": gw.child.pid, "upstream": bare.pid, "bench": os.getpid()}
+            for name, gw in gws.items()}  # fmt: skip
+    pids["bare"] = {"upstream": bare.pid, "bench": os.getpid()}
+
+    def maker(target: str) -> Callable[[aiohttp.ClientSession], GatewaySession]:
+        return lambda http: GatewaySession(http, target, args.timeout)
+
+    makers = {"bare": maker(url), **{name: maker(gw.mcp_url) for name, gw in gws.items()}}
     for name, make in makers.items():
-        await load.run_load(name, make, 2, 5, pids)  # warm-up
+        await load.run_load(name, make, 2, 5, pids[name])  # warm-up
     for rnd in range(args.rounds):
         for n in args.sessions:
-            order = list(makers) if rnd % 2 == 0 else list(makers)[::-1]
+            shift = rnd % len(makers)
+            order = [*list(makers)[shift:], *list(makers)[:shift]]
             # One session's CPU over M requests is a few clock ticks (10 ms): give N=1 more.
             m = args.requests * 10 if n == 1 else args.requests
             for name in order:
-                run = await load.run_load(name, makers[name], n, m, pids)
-                t.add("http", run, rss_mib(gw.child.pid) if name == "gateway" else float("nan"))
+                run = await load.run_load(name, makers[name], n, m, pids[name])
+                gw = gws.get(name)
+                t.add("http", run, rss_mib(gw.child.pid) if gw else float("nan"))
     for n in args.sessions:
-        g, b = t.get("http", "gateway", n), t.get("http", "bare", n)
-        own = [ratio(x.cpu_ms_per_req("gateway"), y.cpu_ms_per_req("upstream"))
-               for x, y in zip(g, b, strict=False)]  # fmt: skip
-        t.verdict(f"http N={n}: gateway CPU / bare endpoint's own CPU", own, "<=", 2.5)
-        t.verdict(
-            f"http N={n}: same, the bare CPU of the gateway run",
-            [ratio(x.cpu_ms_per_req("gateway"), x.cpu_ms_per_req("upstream")) for x in g],
-            "<=", 2.5,
-        )  # fmt: skip
-    await stop(children, gw.child, bare)
+        b = t.get("http", "bare", n)
+        for name in gws:
+            g = t.get("http", name, n)
+            own = [ratio(x.cpu_ms_per_req("gateway"), y.cpu_ms_per_req("upstream"))
+                   for x, y in zip(g, b, strict=False)]  # fmt: skip
+            t.verdict(f"http N={n}: {name} CPU / bare endpoint's own CPU", own, "<=", 2.5)
+            t.verdict(
+                f"http N={n}: same, the bare CPU of the {name} run",
+                [ratio(x.cpu_ms_per_req("gateway"), x.cpu_ms_per_req("upstream")) for x in g],
+                "<=", 2.5,
+            )  # fmt: skip
+        if "baseline" in gws:
+            t.verdicts.append(
+                f"http N={n}: gateway CPU / baseline's, per round: " + ", ".join(
+                    f"{ratio(x.cpu_ms_per_req('gateway'), y.cpu_ms_per_req('gateway')):.2f}"
+                    for x, y in zip(t.get("http", "gateway", n), t.get("http", "baseline", n),
+                                    strict=False)
+                )
+            )  # fmt: skip
+    await stop(children, *[gw.child for gw in gws.values()], bare)
 
 
 async def part_sse(args: argparse.Namespace, tmp: Path, children: list[Child], t: Table) -> None:
@@ -320,12 +353,14 @@ async def part_growth(args: argparse.Namespace, tmp: Path, children: list[Child]
     pids = {"gateway": gw.child.pid, "upstream": bare.pid, "bench": os.getpid()}
 
     def make(http: aiohttp.ClientSession) -> GatewaySession:
-        return GatewaySession(http, gw.mcp_url, args.timeout)
+        # 1000 initializes at once on 2 busy cores take longer than one request may.
+        return GatewaySession(http, gw.mcp_url, max(args.timeout, 30.0))
 
     await load.run_load("gateway", make, 2, 5, pids)  # warm-up
     for _ in range(args.rounds):
         for n in args.sessions_growth:
-            run = await load.run_load("gateway", make, n, args.requests_growth, pids)
+            m = args.requests_growth * 20 if n == 1 else args.requests_growth  # clock ticks
+            run = await load.run_load("gateway", make, n, m, pids)
             t.add("growth", run, rss_mib(gw.child.pid))
     lo, hi = min(args.sessions_growth), max(args.sessions_growth)
     cpu = {n: med([r.cpu_ms_per_req("gateway") for r in t.get("growth", "gateway", n)])
@@ -382,7 +417,7 @@ def summary(t: Table) -> str:
 async def amain(args: argparse.Namespace) -> int:
     pool.nofile(None)  # N=1000 client sockets
     if args.gateway_src is not None:  # children inherit it: the gateways import that tree
-        os.environ["PYTHONPATH"] = str(args.gateway_src.resolve())
+        os.environ["PYTHONPATH"] = str(args.gateway_src)
     children: list[Child] = []
     table = Table()
     task = asyncio.current_task()
@@ -434,9 +469,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-log-level", default="info", choices=["debug", "info", "warning"])
     p.add_argument("--gateway-arg", action="append", default=[],
                    help="an extra argument for every gateway (repeatable)")  # fmt: skip
-    p.add_argument("--gateway-src", type=Path, default=None,
+    p.add_argument("--gateway-src", type=lambda p: Path(p).resolve(), default=None,
                    help="run the gateway from this source tree (e.g. a checkout of the commit "
                    "to compare with) instead of the installed one: its PYTHONPATH")  # fmt: skip
+    p.add_argument("--baseline-src", type=lambda p: Path(p).resolve(), default=None,
+                   help="http part: also a gateway from this source tree, alternating with "
+                   "this one in every round (before/after on a noisy machine)")  # fmt: skip
     p.add_argument("--peers-dir", type=Path, default=Path("/tmp/mcp-bridge-bench-peers"),
                    help="where mcp-proxy is installed (its own venv)")  # fmt: skip
     args = p.parse_args(argv)
