@@ -29,7 +29,7 @@ from typing import Final
 from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
-from bridge.sessions.sqlite import SqliteDatabase, placeholders
+from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore, placeholders
 from bridge.sessions.store import SessionStore
 
 #: Most expired streams deleted per write (bounded work per call).
@@ -83,6 +83,10 @@ class SqliteEventStore:
         self._max_events = max_events
         self._max_age = max_age
         self._sessions = sessions
+        # Records in this same file: touched in the append's own transaction.
+        self._touch_in_append = (
+            sessions.touch_in(db) if isinstance(sessions, SqliteSessionStore) else None
+        )
         self._clock = clock
 
     @classmethod
@@ -104,10 +108,16 @@ class SqliteEventStore:
     ) -> str:
         text = None if message is None else jsonrpc.encode(message)
         now = self._clock()
-        position = await self._db.write(
-            lambda conn: self._append(conn, now, session_id, stream, text, ttl)
-        )
-        if self._sessions is not None:
+        touch = self._touch_in_append
+
+        def work(conn: sqlite3.Connection) -> int:
+            position = self._append(conn, now, session_id, stream, text, ttl)
+            if touch is not None:
+                touch(conn, session_id, ttl)
+            return position
+
+        position = await self._db.write(work)
+        if self._sessions is not None and touch is None:
             await self._sessions.touch(session_id, ttl)
         return str(position)
 
