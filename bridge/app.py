@@ -127,11 +127,11 @@ def _observe(request: web.Request, status: int, seconds: float) -> None:
         return
     metrics = hub.metrics
     door = request.get(DOOR, FRONT_DOOR)
-    metrics.http_duration.labels(door, request.method, f"{status // 100}xx").observe(seconds)
+    metrics.observe_http(door, request.method, status, seconds)
     if request.method == "POST":
         outcome = "ok" if status < 400 else ("client_error" if status < 500 else "error")
         method = request.get(RPC_METHOD)
-        metrics.requests.labels(server, door, method_label(method), outcome).inc()
+        metrics.count_request(server, door, method_label(method), outcome)
         target = request.get(RPC_TARGET)
         if method is not None and target is not None:
             metrics.count_target(server, method, target, outcome)

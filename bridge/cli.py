@@ -20,6 +20,7 @@ from bridge import tracing as bridge_tracing
 from bridge.app import GATE, HUB, build_app, reload_servers
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
+from bridge.loop import loop_factory
 from bridge.reload import Reloader
 from bridge.settings import ServerSpec, Settings, load_servers
 from bridge.stores import redact
@@ -57,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _config_error(exc)
     log.info("session_store", url=redact(settings.store_url))
     try:
-        asyncio.run(serve(settings, servers))
+        loop_name, factory = loop_factory(settings.event_loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(settings, servers, loop_name))
     except ConfigError as exc:  # found while building the app: store URL, API keys
         return _config_error(exc)
     except OSError as exc:  # e.g. the port is taken
@@ -82,7 +85,9 @@ def new_api_key(args: Sequence[str]) -> int:
     return 0
 
 
-async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
+async def serve(
+    settings: Settings, servers: Sequence[ServerSpec], loop_name: str = "asyncio"
+) -> None:
     """Serve until SIGINT or SIGTERM, then shut down in aiohttp's documented order.
 
     SIGHUP (and, with ``BRIDGE_CONFIG_WATCH``, a change to the config file)
@@ -131,6 +136,7 @@ async def serve(settings: Settings, servers: Sequence[ServerSpec]) -> None:
             port=ports[0] if ports else settings.port,
             servers=[f"{s.name} ({type(s).__name__})" for s in servers],
             max_connections=app[GATE].cap,
+            event_loop=loop_name,
         )
         await stop.wait()
         log.info("shutting_down")

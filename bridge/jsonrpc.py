@@ -31,6 +31,8 @@ import re
 from enum import Enum
 from typing import Any, Final, NoReturn
 
+import orjson
+
 from bridge.errors import InvalidRequest, ParseError
 
 Message = dict[str, Any]
@@ -61,6 +63,15 @@ MAX_DEPTH: Final = 128
 # escape skip the per-string check.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_BOM: Final = b"\xef\xbb\xbf"  # RFC 8259 §8.1: a parser MAY ignore one
+#: 19 digits in a row: possibly an integer orjson would read as a float (beyond 64 bits).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
+#: Encodings remembered (:func:`encode_bytes`): at most this many, of at most
+#: this many bytes each, so at most 2 MiB held.
+_MEMO_SIZE: Final = 128
+_MEMO_MAX_BYTES: Final = 16 * 1024
+_encoded: dict[int, tuple[object, bytes]] = {}
 
 
 class Kind(Enum):
@@ -131,12 +142,60 @@ def _finite_float(text: str) -> float:
 def decode(body: bytes) -> Any:
     """Decode a body of UTF-8 JSON text into Python values (see the module docstring).
 
+    orjson parses; the standard library parses what orjson refuses or would
+    change (see :func:`_orjson_fits`), so both accept and refuse the same bodies.
+
     Raises:
         ParseError: not UTF-8, not JSON, or JSON the gateway refuses (400, -32700).
     """
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
+    if _orjson_fits(body):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the standard library's error message (or its wider integers)
+        else:
+            # orjson refuses lone surrogates itself; only the depth is left to check.
+            if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+                _check_tree(value, strings=False)
+            return value
+    return _decode_stdlib(body)
+
+
+def _orjson_fits(body: bytes) -> bool:
+    """Whether orjson reads ``body`` as the standard library does: it turns integers
+    beyond 64 bits into floats, which a run of 19 or more digits may be."""
+    return _LONG_DIGITS.search(body) is None
+
+
+class _NonFinite(float):
+    """NaN or an infinity an upstream sent (not JSON): orjson refuses to write a float
+    subclass, so :func:`encode` writes it as the standard library does, as before."""
+
+
+def loads_frame(text: str | bytes) -> Any:
+    """An upstream frame's JSON, as leniently as ``json.loads`` reads it (NaN included).
+
+    Raises:
+        ValueError: not JSON (``UnicodeDecodeError`` among them).
+        RecursionError: nested too deep for the standard library.
+    """
+    long_digits = (
+        _LONG_DIGITS.search(text) if isinstance(text, bytes) else _LONG_DIGITS_STR.search(text)
+    )
+    if long_digits is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text, parse_constant=_NonFinite)
+
+
+def _decode_stdlib(body: bytes) -> Any:
     try:
         value = json.loads(
-            body.decode("utf-8-sig"),
+            body.decode("utf-8"),
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
         )
@@ -187,10 +246,50 @@ def encode(message: Message | list[Message]) -> str:
     Raises:
         ValueError: an integer of more than 4300 digits (never from :func:`decode`).
     """
+    return encode_bytes(message).decode()
+
+
+def size(message: Message) -> int:
+    """Bytes of ``message`` encoded (what the byte budgets count)."""
+    return len(encode_bytes(message))
+
+
+def encode_bytes(message: Message | list[Message]) -> bytes:
+    """:func:`encode` as UTF-8 bytes, what is written to a socket or a pipe.
+
+    A message is encoded once however often it is asked for: it is sized
+    for the byte budgets, stored, and sent, so the last few encodings of
+    small messages are remembered by identity (holding the message, so its
+    id cannot be reused meanwhile). That relies on this module's rule that a
+    message is never changed once built (:func:`with_id` copies).
+
+    orjson writes it; what orjson cannot write (integers beyond 64 bits,
+    non-str keys, lone surrogates, a NaN an upstream sent: see
+    :func:`bridge.upstreams.base.decode_frames`) the standard library does,
+    as before. Floats are written in their shortest round-trip form (``1e-7``
+    where ``json`` writes ``1e-07``): the same number.
+    """
+    key = id(message)
+    known = _encoded.get(key)
+    if known is not None and known[0] is message:
+        return known[1]
+    data = _encode(message)
+    if len(data) <= _MEMO_MAX_BYTES:
+        if len(_encoded) >= _MEMO_SIZE:
+            del _encoded[next(iter(_encoded))]  # the oldest
+        _encoded[key] = (message, data)
+    return data
+
+
+def _encode(message: Message | list[Message]) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
     text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
     if _SURROGATE.search(text):
-        return json.dumps(message, separators=(",", ":"))
-    return text
+        return json.dumps(message, separators=(",", ":")).encode()
+    return text.encode()
 
 
 def with_id(message: Message, new_id: RequestId) -> Message:

@@ -14,10 +14,14 @@ much was cut; lists keep :data:`LIST_MAX` items. Tracebacks get
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
-from typing import Any, Final, Literal
+import threading
+from collections.abc import Callable
+from typing import Any, Final, Literal, TextIO
 
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
@@ -101,6 +105,70 @@ def bound_fields(
     return event_dict
 
 
+#: Seconds an info or debug line may wait to be written with others (issue #13).
+FLUSH_INTERVAL: Final = 0.05
+#: Characters of waiting lines that make them written at once.
+FLUSH_CHARS: Final = 64 * 1024
+
+
+class BatchedWriter:
+    """A structlog logger writing lines to ``file``, info and debug ones in batches.
+
+    One write (a system call) per log line costs a proxied request about as
+    much as the rest of its logging; so info and debug lines wait, at most
+    :data:`FLUSH_INTERVAL` seconds or :data:`FLUSH_CHARS` characters, to be
+    written together. Every line is written, in order: a warning or an
+    error is written at once, after the lines waiting before it, and so is
+    any line logged outside the event loop's thread. What waits at exit is
+    written then.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lines: list[str] = []
+        self._chars = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def info(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+            self._chars += len(message)
+            if self._timer is not None and self._chars < FLUSH_CHARS:
+                return
+        loop = asyncio._get_running_loop()
+        if loop is None or self._chars >= FLUSH_CHARS:
+            self.flush()
+        else:
+            self._timer = loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    debug = info
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._lines.append(message)
+        self.flush()
+
+    warning = error = critical = exception = fatal = failure = log = msg
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self._lines:
+                return
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            self._chars = 0
+            try:
+                self._file.write(text)
+                self._file.flush()
+            except (OSError, ValueError):  # stderr closed or gone: nowhere to log
+                pass
+
+
 def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
     """Route structlog and stdlib logging to stderr at ``level``."""
     renderer: structlog.types.Processor
@@ -119,11 +187,20 @@ def configure(level: str, fmt: Literal["auto", "console", "json"]) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_writer_factory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
     logging.getLogger("aiohttp.server").addFilter(_malformed_http)
+
+
+def _writer_factory(file: TextIO) -> Callable[..., BatchedWriter]:
+    writer = BatchedWriter(file)
+
+    def factory(*args: Any) -> BatchedWriter:
+        return writer  # one for every logger: lines stay in order
+
+    return factory
 
 
 def _malformed_http(record: logging.LogRecord) -> bool:

@@ -15,7 +15,7 @@ child, which doubles the series count and that the dashboard never reads.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -225,6 +225,26 @@ class Metrics:
             ["server", "method", "target", "outcome"], registry=r,
         )  # fmt: skip
         self._targets: dict[tuple[str, str], set[str]] = {}
+        # Labelled children by label values: prometheus-client's labels() takes a
+        # lock and checks every value each call (issue #13); the label sets are bounded.
+        self._durations: dict[tuple[str, str, str], Any] = {}
+        self._requests: dict[tuple[str, str, str, str], Any] = {}
+
+    def observe_http(self, front_door: str, http_method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (``http_duration``), by status class."""
+        key = (front_door, http_method, f"{status // 100}xx")
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = self.http_duration.labels(*key)
+        child.observe(seconds)
+
+    def count_request(self, server: str, front_door: str, method: str, outcome: str) -> None:
+        """One JSON-RPC message from a client (``requests``); ``method`` already a label."""
+        key = (server, front_door, method, outcome)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
 
     def count_client(self, front_door: str, name: object) -> None:
         """Count one initialize by client name; past 50 names new ones are "other"."""

@@ -99,7 +99,7 @@ class StreamResumption:
     def _buffer_standalone(self, item: Outgoing) -> None:
         """Keep an event for a GET stream not yet open; drop the oldest past the limits."""
         assert item[1] is not None
-        size = len(jsonrpc.encode(item[1]))
+        size = jsonrpc.size(item[1])
         self._standalone.append((item, size))
         self._standalone_bytes += size
         limits = self._limits

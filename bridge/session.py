@@ -344,7 +344,7 @@ class Session(StreamResumption):
         if resumable:
             name = self._names[key] = ids.new_post_stream()
             meta = {META: {"requests": [handshake.as_stored(r) for r in requests]}}
-            event_id = await self._store_event(name, meta, len(jsonrpc.encode(meta)))
+            event_id = await self._store_event(name, meta, jsonrpc.size(meta))
             if event_id is not None and self._priming(requests):
                 stream.extend([(event_id, None)])
                 stream.resumable_by_client = True
@@ -546,7 +546,7 @@ class Session(StreamResumption):
             refused = not await self._record_initialize(message)
         name = self._names.get(delivery.stream)
         event_id = None
-        size = 0 if message is None else len(jsonrpc.encode(message))
+        size = 0 if message is None else jsonrpc.size(message)
         if message is not None and name is not None:
             event_id = await self._store_event(name, message, size)
         stream = self._streams.get(delivery.stream)

@@ -292,6 +292,10 @@ class Settings(ServerSources):
         10.0, description="a shared upstream session that does not answer a ping in time is lost"
     )
 
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="auto (uvloop where it is installed, else asyncio's), uvloop or asyncio",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"
     )

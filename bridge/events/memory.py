@@ -13,7 +13,6 @@ that mutates a message after appending it does not change what is replayed.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections import OrderedDict, deque
@@ -21,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
 from bridge.sessions.store import SessionStore
@@ -75,7 +75,7 @@ class MemoryEventStore:
     async def append(
         self, session_id: str, stream: str, message: Message | None, ttl: float
     ) -> str:
-        text = None if message is None else json.dumps(message, separators=(",", ":"))
+        text = None if message is None else jsonrpc.encode(message)
         now = self._purge()
         held = self._live(session_id, stream, now)
         if held is None:
@@ -100,7 +100,7 @@ class MemoryEventStore:
         if position and not any(event.position == after for event in held.events):
             return
         for event in [event for event in held.events if event.position > after]:
-            message = None if event.text is None else json.loads(event.text)
+            message = None if event.text is None else jsonrpc.loads_frame(event.text)
             yield StoredEvent(str(event.position), message)
 
     async def delete_session(self, session_id: str) -> None:

@@ -34,7 +34,6 @@ An append retried after a lost reply may be stored twice (at-least-once).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +41,7 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
+from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
 from bridge.sessions.redis import (
@@ -120,7 +120,7 @@ class RedisEventStore:
         self, session_id: str, stream: str, message: Message | None, ttl: float
     ) -> str:
         require_session_id(session_id)
-        body = "" if message is None else json.dumps(message, separators=(",", ":"))
+        body = "" if message is None else jsonrpc.encode(message)
         key, names = stream_key(self._prefix, session_id, stream), self._names(session_id)
         now_ms, ttl_ms = int(self._clock() * 1000), ms(ttl)
         keys = [key, names, session_key(self._prefix, session_id)]
@@ -160,7 +160,7 @@ class RedisEventStore:
         while True:
             for entry_id, fields in page:
                 body = fields.get("m", "")
-                yield StoredEvent(entry_id, json.loads(body) if body else None)
+                yield StoredEvent(entry_id, jsonrpc.loads_frame(body) if body else None)
             if len(page) < REPLAY_BATCH:
                 return
             with unavailable("replay"):

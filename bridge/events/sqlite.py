@@ -20,16 +20,16 @@ none older than ``max_age``. Reads check expiry themselves.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
+from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
-from bridge.sessions.sqlite import SqliteDatabase, placeholders
+from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore, placeholders
 from bridge.sessions.store import SessionStore
 
 #: Most expired streams deleted per write (bounded work per call).
@@ -83,6 +83,10 @@ class SqliteEventStore:
         self._max_events = max_events
         self._max_age = max_age
         self._sessions = sessions
+        # Records in this same file: touched in the append's own transaction.
+        self._touch_in_append = (
+            sessions.touch_in(db) if isinstance(sessions, SqliteSessionStore) else None
+        )
         self._clock = clock
 
     @classmethod
@@ -102,12 +106,18 @@ class SqliteEventStore:
     async def append(
         self, session_id: str, stream: str, message: Message | None, ttl: float
     ) -> str:
-        text = None if message is None else json.dumps(message, separators=(",", ":"))
+        text = None if message is None else jsonrpc.encode(message)
         now = self._clock()
-        position = await self._db.write(
-            lambda conn: self._append(conn, now, session_id, stream, text, ttl)
-        )
-        if self._sessions is not None:
+        touch = self._touch_in_append
+
+        def work(conn: sqlite3.Connection) -> int:
+            position = self._append(conn, now, session_id, stream, text, ttl)
+            if touch is not None:
+                touch(conn, session_id, ttl)
+            return position
+
+        position = await self._db.write(work)
+        if self._sessions is not None and touch is None:
             await self._sessions.touch(session_id, ttl)
         return str(position)
 
@@ -218,7 +228,10 @@ def _page(conn: sqlite3.Connection, *, stream_id: int, after: int) -> list[Store
         " ORDER BY position LIMIT ?",
         (stream_id, after, REPLAY_BATCH),
     ).fetchall()
-    return [StoredEvent(str(pos), None if text is None else json.loads(text)) for pos, text in rows]
+    return [
+        StoredEvent(str(pos), None if text is None else jsonrpc.loads_frame(text))
+        for pos, text in rows
+    ]
 
 
 def _delete_session(conn: sqlite3.Connection, now: float, session_id: str) -> None:

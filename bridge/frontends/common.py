@@ -106,6 +106,8 @@ async def read_body(request: web.Request, limit: int, within: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body over {limit} bytes")
     try:
+        if request.content.is_eof():  # all of it is in already: nothing to time
+            return await request.read()
         async with asyncio.timeout(within):
             return await request.read()
     except TimeoutError:

@@ -40,17 +40,17 @@ import asyncio
 import resource
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from bridge.frontends.acceptor import ACCEPT_FAILED, AcceptServer, listening_sockets
 from bridge.metrics import Metrics
 
 log = structlog.get_logger("bridge.connections")
 
-ACCEPT_FAILED: Final = "socket.accept() out of system resource"
 MIN_CONNECTIONS: Final = 16  # the computed cap never goes below this
 #: The listening socket's backlog. asyncio accepts up to this many
 #: connections in one go, and may do so again before the first batch reaches
@@ -159,13 +159,13 @@ class _Guarded(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport; uvloop's are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
         if not self.gate.admit(self):
-            transport.abort()
+            self._transport.abort()
             return
         self._admitted = True
-        self.handler.connection_made(transport)
+        self.handler.connection_made(self._transport)
         self._arm()
 
     def _arm(self) -> None:
@@ -224,7 +224,9 @@ class _Guarded(asyncio.Protocol):
 
 
 class GuardedSite(web.TCPSite):
-    """``web.TCPSite`` whose connections pass through a :class:`ConnectionGate`."""
+    """``web.TCPSite`` whose connections pass through a :class:`ConnectionGate`, accepted
+    by an :class:`~bridge.frontends.acceptor.AcceptServer` (asyncio's accept semantics on
+    any loop)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, gate: ConnectionGate) -> None:
         super().__init__(runner, host, port)
@@ -233,7 +235,6 @@ class GuardedSite(web.TCPSite):
     async def start(self) -> None:
         # web.TCPSite.start, with the protocol factory wrapped.
         await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
         gate = self._gate
@@ -241,15 +242,11 @@ class GuardedSite(web.TCPSite):
         def factory() -> _Guarded:
             return _Guarded(server(), gate)
 
-        self._server = await loop.create_server(
-            factory,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=BACKLOG,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
+        sockets = await listening_sockets(
+            self._host, self._port, BACKLOG, reuse_port=bool(self._reuse_port)
         )
+        self._server = AcceptServer(sockets, factory, BACKLOG)
+        await self._server.start_serving()
 
 
 class AcceptErrors:

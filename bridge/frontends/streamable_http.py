@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -73,6 +74,7 @@ class FrontDoorConfig:
     streams: StreamCap  # GET streams open per principal, shared with the legacy door
 
 
+@functools.lru_cache(maxsize=64)  # clients send the same few headers again and again
 def accepts(header: str, media_type: str) -> bool:
     """Whether an Accept header admits ``media_type`` (RFC 9110 §12.5.1).
 
@@ -279,7 +281,8 @@ class StreamableHttpFrontDoor:
         headers = {SESSION_HEADER: session.id}
         if item is None or item[1] is None:  # cancelled by the client: no answer is due
             return web.Response(status=204, headers=headers)
-        return web.json_response(item[1], headers=headers, dumps=jsonrpc.encode)
+        body = jsonrpc.encode_bytes(item[1])
+        return web.Response(body=body, headers=headers, content_type=JSON, charset="utf-8")
 
     async def _relay(
         self, request: web.Request, session: Session, stream: Stream

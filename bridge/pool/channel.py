@@ -145,7 +145,7 @@ class Channel:
             return
         if message.get("method") == LOG and self._below_level(message):
             return
-        size = len(jsonrpc.encode(message)) if self._inbox else 0
+        size = jsonrpc.size(message) if self._inbox else 0
         if len(self._inbox) >= self._limit or self._queued_bytes + size > self._max_bytes:
             log.warning("pool_client_too_slow", server=self._group.server,
                         queued=len(self._inbox), queued_bytes=self._queued_bytes)  # fmt: skip

@@ -156,6 +156,10 @@ def placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
+#: A store operation run inside another's write: ``(conn, session_id, ttl) -> touched``.
+InTransaction = Callable[[sqlite3.Connection, str, float], bool]
+
+
 class SqliteSessionStore:
     """Session records in ``bridge_sessions``; see the module docstring."""
 
@@ -211,6 +215,21 @@ class SqliteSessionStore:
     async def touch(self, session_id: str, ttl: float) -> bool:
         now = self._clock()
         return await self._db.write(lambda conn: _touch(conn, now, session_id, now + ttl))
+
+    def touch_in(
+        self, db: SqliteDatabase
+    ) -> Callable[[sqlite3.Connection, str, float], bool] | None:
+        """:meth:`touch` as a step of another write on ``db`` (an event's append: one
+        transaction, one trip to the database's thread, issue #13); None if the records
+        live in another database."""
+        if db is not self._db:
+            return None
+
+        def touch(conn: sqlite3.Connection, session_id: str, ttl: float) -> bool:
+            now = self._clock()
+            return _touch(conn, now, session_id, now + ttl)
+
+        return touch
 
     async def delete(self, session_id: str) -> None:
         now = self._clock()

@@ -8,13 +8,13 @@ An upstream that supervises what it runs (stdio) may also implement
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import structlog
 
+from bridge import jsonrpc
 from bridge.jsonrpc import Message
 
 log = structlog.get_logger("bridge.upstream")
@@ -122,8 +122,8 @@ def decode_frames(text: str | bytes, server: str) -> Iterator[Message]:
     upstream's garbage must not end a session that might still recover.
     """
     try:
-        value = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: "[" x 5000
+        value = jsonrpc.loads_frame(text)
+    except (ValueError, RecursionError):  # RecursionError: "[" x 5000
         log.warning("upstream_garbage", server=server, size=len(text))
         return
     for item in value if isinstance(value, list) else [value]:

@@ -159,7 +159,7 @@ class SseUpstream:
             UpstreamTimeout: no answer in time.
         """
         headers = {**self._headers, **extra, "Content-Type": "application/json"}
-        body = jsonrpc.encode(message).encode()
+        body = jsonrpc.encode_bytes(message)
         try:
             async with (
                 asyncio.timeout(self._timeouts.send),

@@ -327,7 +327,7 @@ class StdioConnection:
         if stdin.is_closing():  # an earlier write found the pipe broken
             raise await self._gone()
         try:
-            stdin.write(jsonrpc.encode(message).encode() + b"\n")
+            stdin.write(jsonrpc.encode_bytes(message) + b"\n")
             async with asyncio.timeout(self._timeouts.send):
                 await stdin.drain()
         except TimeoutError as exc:

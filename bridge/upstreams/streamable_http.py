@@ -185,7 +185,7 @@ class StreamableHttpConnection:
         waiting: set[RequestId] = {message["id"]} if is_request else set()
         if method == "initialize":
             self._initialize_ids |= waiting
-        body = jsonrpc.encode(message).encode()
+        body = jsonrpc.encode_bytes(message)
         post = _Post(message, _Cursor(waiting), asyncio.get_running_loop().create_future())
         task = self._own(self._exchange(post, body), f"upstream-post:{self._name}")
         error = await self._accepted(post, task)
@@ -196,22 +196,38 @@ class StreamableHttpConnection:
             _ = self._own(self._listen(), f"upstream-get:{self._name}")
 
     async def _accepted(self, post: _Post, task: asyncio.Task[None]) -> UpstreamError | None:
-        """Wait (bounded by the send timeout) for the upstream to take ``post``."""
-        try:
-            async with asyncio.timeout(self._timeouts.send):
-                return await asyncio.shield(post.accepted)
-        except TimeoutError:
-            if post.accepted.done():
-                return post.accepted.result()
-            if post.cursor.waiting:  # a request: a JSON-answering server is still at work
-                log.debug("upstream_answer_pending", server=self._name)
-                return None
-            task.cancel("not accepted in time")
-            error = UpstreamTimeout(f"server {self._name!r}: POST not accepted in time")
-            log.warning("upstream_post_failed", server=self._name, error=error.message)
-            return error
-        finally:
-            post.detached = not post.accepted.done()
+        """Wait (bounded by the send timeout) for the upstream to take ``post``.
+
+        A waiter of its own rather than ``asyncio.timeout`` and ``shield``: the
+        same (a cancelled caller leaves ``post.accepted`` alone), for a timer
+        handle and a callback instead of two futures and a Timeout (issue #13).
+        """
+        accepted = post.accepted
+        if not accepted.done():
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            accepted.add_done_callback(wake)
+            timer = loop.call_later(self._timeouts.send, wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                accepted.remove_done_callback(wake)
+                post.detached = not accepted.done()
+        if accepted.done():
+            return accepted.result()
+        if post.cursor.waiting:  # a request: a JSON-answering server is still at work
+            log.debug("upstream_answer_pending", server=self._name)
+            return None
+        task.cancel("not accepted in time")
+        error = UpstreamTimeout(f"server {self._name!r}: POST not accepted in time")
+        log.warning("upstream_post_failed", server=self._name, error=error.message)
+        return error
 
     async def _exchange(self, post: _Post, body: bytes) -> None:
         """One POST: its status for send(), then its answer for messages()."""

@@ -81,6 +81,13 @@ async def test_concurrent_appends_get_distinct_totally_ordered_positions(
     assert sorted(later) == list(range(30))  # exactly one position is first, one second...
 
 
+async def test_an_append_keeps_the_session_record_alive(clocked: Backend) -> None:
+    await clocked.sessions.create(SessionRecord("s-1", "srv", "2025-11-25", {}), 10)
+    await clocked.events.append("s-1", "get", msg(0), 1000)
+    clocked.advance(100)  # past the record's own TTL, within the append's
+    assert await clocked.sessions.get("s-1") is not None
+
+
 async def test_replay_yields_the_later_events_of_that_stream_in_order(stores: Backend) -> None:
     a0 = await stores.events.append("s-1", "req:1", msg(0), TTL)
     await stores.events.append("s-1", "get", msg(100), TTL)
