@@ -52,6 +52,8 @@ from bridge.log import clip, redact, short
 from bridge.metrics import CONTENT_TYPE, Metrics, method_label
 from bridge.modern.exchange import Timing
 from bridge.pool import Pool
+from bridge.replicas import forward
+from bridge.replicas.replica import Replica
 from bridge.serverset import Change, ServerSet
 from bridge.session import SessionLimits, Stores
 from bridge.sessions.store import StoreUnavailable
@@ -77,6 +79,7 @@ PROBE_TIMEOUT: Final = web.AppKey("store_probe_timeout", float)
 START_AFTER: Final = web.AppKey("log_request_start_after", float)
 GATE: Final = web.AppKey("gate", ConnectionGate)
 SERVERS: Final = web.AppKey("servers", ServerSet)
+REPLICA: Final = web.AppKey("replica", Replica)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
 CORS_ALLOW_HEADERS: Final = (
     "Accept",
@@ -234,7 +237,9 @@ async def readyz(request: web.Request) -> web.Response:
 
     Body: ``{"status", "store": {"status", "error"?}, "failing": [NAME...],
     "upstreams": {NAME: {"status", "error"?, "errno"?, "reason"?, "command"
-    | "url", "pool", ...}}, "sessions"}``. ``errno`` is the symbolic name
+    | "url", "pool", ...}}, "sessions", "replica"?}``; ``replica`` (Redis stores:
+    several replicas) gives this one's id, lease, bus and forwarded counts.
+    ``errno`` is the symbolic name
     (``ECONNREFUSED``, ``ENOENT``) of the OS error under the failure, if any;
     the URL and the error have credentials redacted.
 
@@ -274,6 +279,8 @@ async def readyz(request: web.Request) -> web.Response:
         "upstreams": upstreams,
         "sessions": len(hub),
     }
+    if (replica := request.app.get(REPLICA)) is not None:
+        body["replica"] = replica.state()
     return web.json_response(body)
 
 
@@ -322,6 +329,21 @@ async def serve_metrics(request: web.Request) -> web.Response:
         for kind, count in session.open_streams().items():
             metrics.streams_open.labels(server, FRONT_DOOR, kind).inc(count)
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def replica_for(settings: Settings, metrics: Metrics) -> Replica | None:
+    """This process as a replica among others sharing its Redis store; None for other stores."""
+    if not settings.store_url.lower().startswith(("redis://", "rediss://", "redis+", "rediss+")):
+        return None
+    return Replica(
+        settings.store_url,
+        prefix=settings.store_prefix,
+        timeout=settings.store_timeout,
+        lease=settings.replica_lease,
+        forward_timeout=settings.forward_timeout,
+        session_ttl=settings.session_ttl,
+        metrics=metrics,
+    )
 
 
 async def stores_for(settings: Settings) -> OpenStores:
@@ -378,8 +400,13 @@ async def build_app(
         ConfigError: the store URL is not one this gateway knows.
     """
     traced = [] if tracing is None else tracing.middlewares()
-    app = web.Application(middlewares=[*traced, observe], client_max_size=settings.max_body_bytes)
     stores = await stores_for(settings)
+    metrics = Metrics()
+    replica = replica_for(settings, metrics)
+    forwarding = [] if replica is None else [forward.middleware(replica.forwarder)]
+    app = web.Application(
+        middlewares=[*traced, observe, *forwarding], client_max_size=settings.max_body_bytes
+    )
     # The HTTP client and hub exist before startup so that routes can bind to
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
     client = aiohttp.ClientSession(
@@ -391,7 +418,6 @@ async def build_app(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout),
         trace_configs=None if tracing is None else tracing.trace_configs(),
     )
-    metrics = Metrics()
     server_set = ServerSet(servers, settings, client, metrics)
     limits = SessionLimits(
         stream_queue_size=settings.stream_queue_size,
@@ -424,8 +450,11 @@ async def build_app(
             trace=None if tracing is None else tracing.wrap,
         ),
         metrics,
+        owners=None if replica is None else replica.ownership,
     )
     app[HUB] = hub
+    if replica is not None:
+        app[REPLICA] = replica
     app[HTTP_CLIENT] = client
     app[PROBE_TIMEOUT] = settings.store_probe_timeout
     app[START_AFTER] = settings.log_request_start_after
@@ -544,6 +573,8 @@ async def build_app(
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await check_store(hub, settings.store_url, settings.store_probe_timeout)
         reaper = tasks.spawn(hub.run_reaper(), name="session-reaper")
+        if replica is not None:
+            await replica.start(app, hub)
         for pool in hub.pools.values():
             warm(pool)
         yield
@@ -551,6 +582,8 @@ async def build_app(
         await legacy.aclose()
         await modern.aclose()
         await hub.aclose()
+        if replica is not None:  # after the hand-over: forwarded exchanges served till then
+            await replica.aclose(settings.shutdown_timeout * DRAIN_SHARE)
         await client.close()
         await stores.aclose()
 

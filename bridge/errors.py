@@ -28,6 +28,8 @@
     ├── GatewayFull                    the gateway's session limit is reached   503 -32037
     ├── StoreDown                      the session store cannot be reached     503 -32034
     ├── AuthServerDown                 the issuer's keys cannot be fetched      503 -32036
+    ├── ReplicaUnavailable             the replica holding the session is silent 503 -32038
+    │   └── OwnedElsewhere             (internal) held by another replica: forwarded
     ├── UpstreamError                  the upstream MCP server failed us       5xx
     │   ├── UpstreamUnavailable        cannot connect / connection lost         503 -32030
     │   ├── UpstreamProtocolError      upstream spoke nonsense                  502 -32031
@@ -40,7 +42,7 @@ Each class carries ``http_status`` (used while no response has started) and
 an SSE stream that has already started; STYLE rule 12), and may carry
 ``headers`` for the HTTP response (``WWW-Authenticate``, ``Retry-After``).
 
-The gateway-specific codes -32030..-32037 sit in JSON-RPC's implementation
+The gateway-specific codes -32030..-32038 sit in JSON-RPC's implementation
 defined server-error range (-32000..-32099), away from -32001/-32002 that SDKs
 already use and from -32020..-32022 that MCP 2026-07-28 reserves. Revision
 2026-07-28 (basic/index §Error Codes) reserves all of -32020..-32099 for the
@@ -69,6 +71,7 @@ STORE_UNAVAILABLE: Final = -32034
 REQUEST_INTERRUPTED: Final = -32035
 UNAUTHORIZED: Final = -32036
 LIMIT_EXCEEDED: Final = -32037
+REPLICA_UNAVAILABLE: Final = -32038
 # MCP 2026-07-28 basic/index §Error Codes.
 HEADER_MISMATCH: Final = -32020
 MISSING_CLIENT_CAPABILITY: Final = -32021
@@ -246,6 +249,26 @@ class AuthServerDown(BridgeError):
 
     http_status = 503
     jsonrpc_code = UNAUTHORIZED
+
+
+class ReplicaUnavailable(BridgeError):
+    """The replica holding a session's upstream work cannot be reached over the bus (issue #12)."""
+
+    http_status = 503
+    jsonrpc_code = REPLICA_UNAVAILABLE
+
+
+class OwnedElsewhere(ReplicaUnavailable):
+    """A session's work is held by another live replica (``owner``), or is moving (None).
+
+    Raised by the hub, caught by :mod:`bridge.replicas.forward`'s middleware,
+    which forwards the request there; it only reaches a client as a 503 if
+    nothing forwards it.
+    """
+
+    def __init__(self, owner: str | None) -> None:
+        super().__init__("this session is held by another replica", headers={"Retry-After": "1"})
+        self.owner = owner
 
 
 class UpstreamError(BridgeError):

@@ -34,6 +34,7 @@ import structlog
 from bridge import jsonrpc, tasks
 from bridge.errors import (
     GatewayFull,
+    OwnedElsewhere,
     SessionNotFound,
     StoreDown,
     TooManyRequests,
@@ -44,6 +45,7 @@ from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
 from bridge.pool import Pool
+from bridge.replicas.lease import Owners, Solo
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.streams import ByteLedger, Stream
@@ -94,8 +96,12 @@ class SessionHub:
         stores: Stores,
         config: HubConfig,
         metrics: Metrics,
+        owners: Owners | None = None,
     ) -> None:
         self.pools = dict(pools)
+        #: Which replica holds which session (:mod:`bridge.replicas.lease`).
+        self.owners: Owners = owners or Solo()
+        self._draining = False
         self.upstreams: dict[str, Upstream] = {n: p.upstream for n, p in pools.items()}
         self.metrics = metrics
         self.stores = stores
@@ -229,6 +235,7 @@ class SessionHub:
             self.stored,
         )
         try:
+            await self.owners.adopt(session_id, session.record_ttl)
             evicted = await self._store.create(
                 record,
                 session.record_ttl,
@@ -323,6 +330,7 @@ class SessionHub:
             raise SessionNotFound("session not found")  # a stranger must not start an upstream
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
+        await self._own(session_id)
         with self._making_room(record.server, principal):
             connection = await self._connect(record.server, principal, client_headers, session_id)
         try:
@@ -341,6 +349,24 @@ class SessionHub:
         self.metrics.resumes.labels(record.server, "ok").inc()
         self._sessions[session_id] = session
         return session
+
+    async def _own(self, session_id: str) -> None:
+        """Take ``session_id``'s work here, unless a live replica holds it (issue #12).
+
+        Raises:
+            OwnedElsewhere: another live replica holds it (forward there), or
+                this one is draining (serve it where the request landed).
+            StoreDown: the store cannot say who holds it.
+        """
+        try:
+            if self._draining and self.owners.shared:
+                await self.owners.give_back_all([session_id])
+                raise OwnedElsewhere(None)
+            owner = await self.owners.claim(session_id, self._config.limits.ttl)
+        except StoreUnavailable as exc:
+            raise StoreDown(f"session store unavailable: {exc}") from exc
+        if owner != self.owners.me:
+            raise OwnedElsewhere(owner)
 
     async def _connect(
         self,
@@ -491,6 +517,7 @@ class SessionHub:
         if session is not None and mine and not session.ended.is_set():
             await session.close(reason, forget=True)
             self._sessions.pop(session_id, None)
+            self.owners.give_back(session_id)
             if session.forget_error is not None:
                 self._bury(session_id, server, principal)
                 raise StoreDown(f"session store could not delete it: {session.forget_error}")
@@ -505,6 +532,12 @@ class SessionHub:
             return
         if record is None or (record.server, record.principal) != (server, principal):
             raise SessionNotFound("session not found")
+        try:  # held live by another replica: it must end its upstream work too
+            holder = await self.owners.holder(session_id)
+        except StoreUnavailable as exc:
+            raise StoreDown(f"session store unavailable: {exc}") from exc
+        if holder is not None:
+            raise OwnedElsewhere(holder)
         try:
             await self._store.delete(session_id)
         except StoreUnavailable as exc:
@@ -552,6 +585,7 @@ class SessionHub:
         """Drop a released session from the live map; keep waiting for its close."""
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+            self.owners.give_back(session.id)
         if not session.closed:
             self._closing.add(session)
             session.on_closed(lambda: self._closing.discard(session))
@@ -568,6 +602,17 @@ class SessionHub:
             self._forget(session)
         await asyncio.gather(*(s.close("idle: upstream released") for s in idle))
         return len(idle)
+
+    async def let_go(self, reason: str) -> None:
+        """Release every live session, records kept, and go on serving (issue #12).
+
+        For a replica whose lease lapsed: another may have taken its sessions,
+        and at most one replica drives a session's upstream work.
+        """
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            self._forget(session)
+        await asyncio.gather(*(s.close(reason, hand_over=True) for s in sessions))
 
     async def run_reaper(self) -> None:
         """Reap forever, checking often enough that no session outlives its timeout by half.
@@ -590,6 +635,7 @@ class SessionHub:
         Waits at most ``grace`` seconds for every request to be answered;
         what is still pending then is handed over by :meth:`aclose`.
         """
+        self._draining = True  # sessions not live here are left to other replicas
         live = self.live()
         for session in live:
             session.close_standalone()
@@ -609,7 +655,9 @@ class SessionHub:
         """
         sessions = [*self._sessions.values(), *self._closing]
         self._sessions = {}
+        self._draining = True
         if not sessions:
+            await self.owners.give_back_all([])
             await self.close_pools()
             return
         log.info("releasing_sessions", count=len(sessions))
@@ -620,6 +668,7 @@ class SessionHub:
                 )
         except TimeoutError:
             log.error("shutdown_timeout", timeout_s=self._config.shutdown_timeout)
+        await self.owners.give_back_all(s.id for s in sessions)  # handed over: free to take
         await self.close_pools()
 
     async def close_pools(self) -> None:

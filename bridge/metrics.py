@@ -225,6 +225,22 @@ class Metrics:
             ["server", "method", "target", "outcome"], registry=r,
         )  # fmt: skip
         self._targets: dict[tuple[str, str], set[str]] = {}
+        # Replicas (issue #12): the bus between them and session takeovers.
+        self.forwarded = Counter(
+            "mcp_bridge_bus_forwarded_total",
+            "HTTP exchanges forwarded over the replica bus: out (to a session's owner) or "
+            "in (served here for another replica)",
+            ["direction"], registry=r,
+        )  # fmt: skip
+        self.forward_seconds = Histogram(
+            "mcp_bridge_bus_forward_seconds",
+            "From forwarding an exchange to the owner's acknowledgement (the bus's own latency)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.takeovers = Counter(
+            "mcp_bridge_takeovers_total",
+            "Sessions taken over from a replica whose lease had lapsed", registry=r,
+        )  # fmt: skip
         # Labelled children by label values: prometheus-client's labels() takes a
         # lock and checks every value each call (issue #13); the label sets are bounded.
         self._durations: dict[tuple[str, str, str], Any] = {}

@@ -327,6 +327,17 @@ class Settings(ServerSources):
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")
+    replica_lease: Seconds = Field(
+        10.0,
+        description="replicas on one Redis: a replica counts as alive this long after it last "
+        "renewed its lease (every third of it); a killed replica's sessions are taken over "
+        "after it",
+    )
+    forward_timeout: Seconds = Field(
+        5.0,
+        description="replicas on one Redis: the replica holding a session has this long to "
+        "acknowledge a request forwarded to it over the bus",
+    )
     store_probe_timeout: Seconds = Field(
         5.0,
         description="the /readyz store probe as a whole (a write and a read of a probe record); "

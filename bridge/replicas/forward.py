@@ -1,0 +1,381 @@
+"""Forwarding: an HTTP exchange for a session held by another replica, carried over the bus.
+
+A request that names a session another live replica holds (its responses to
+server-to-client requests, ``notifications/cancelled``, progress, new
+requests, a GET stream, a ``Last-Event-ID`` resume, DELETE) is tunnelled
+whole to that replica, the *owner*, which serves it exactly as if the client
+had reached it, and the answer is relayed back as it comes: status, headers,
+then the body chunk by chunk (an SSE stream stays a stream). So a session's
+conversation is whole whichever replica the load balancer picks, and every
+rule the front doors follow holds unchanged.
+
+Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
+
+======== ============ ======================================================
+``req``  to owner     ``r`` reply-to replica, ``m`` method, ``p`` path and
+                      query, ``h`` headers, ``b`` body (``e``: ``u`` UTF-8
+                      text or ``b`` base64)
+``ack``  from owner   sent on receipt, before the work: the owner is there
+``head`` from owner   ``s`` status, ``h`` headers
+``data`` from owner   ``b``/``e`` a body chunk
+``end``  from owner   the body is complete
+``fail`` from owner   the owner could not serve it (``why``)
+``cancel`` to owner   the client went away: the owner drops the exchange
+======== ============ ======================================================
+
+Bounds: the owner must acknowledge within ``forward_timeout``; while a
+tunnel waits, the owner's lease is checked every half lease, and a lapsed
+owner ends the tunnel. Before the response has started, an owner that never
+acknowledged, or lapsed, is waited out (at most its lease) and the session
+is taken over here; after it has started, the client's connection is closed
+and the client resumes (``Last-Event-ID``) wherever it lands, which takes
+the session over with the answers the single-gateway restart path gives.
+
+The owner serves a tunnelled request through its own application on a
+loopback listener of its own (:meth:`Forwarder.listen`), which outlives the
+public one during a drain, so a draining replica serves forwarded requests
+for the sessions it still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+
+from bridge import tasks
+from bridge.errors import OwnedElsewhere, ReplicaUnavailable, StoreDown
+from bridge.metrics import Metrics
+from bridge.replicas.bus import Bus, Frame
+from bridge.replicas.lease import Ownership
+from bridge.sessions.store import StoreUnavailable
+
+log = structlog.get_logger("bridge.replicas")
+
+#: Request header that marks an exchange the owner serves for another replica
+#: (its value a secret of this process, so a client cannot forge it).
+HOP_HEADER: Final = "Mcp-Bridge-Hop"
+#: Response header of an owner that no longer holds the session: serve it where it landed.
+MOVED_HEADER: Final = "Mcp-Bridge-Moved"
+#: Frames a tunnel buffers for a slow client before it gives up the exchange.
+TUNNEL_FRAMES: Final = 1024
+#: Times one request may go looking for its session's owner.
+MAX_HOPS: Final = 3
+#: Seconds to connect to this replica's own loopback listener.
+LOOPBACK_CONNECT: Final = 5.0
+
+_HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",  # recomputed for the body as relayed
+        HOP_HEADER.lower(),
+        MOVED_HEADER.lower(),
+    }
+)
+
+
+class OwnerUnreachable(Exception):
+    """The owner did not acknowledge in time, or lapsed, before any answer started."""
+
+
+class Moved(Exception):
+    """The owner no longer holds the session: it is free to be served here."""
+
+
+def _pack(chunk: bytes) -> dict[str, str]:
+    try:
+        return {"b": chunk.decode(), "e": "u"}
+    except UnicodeDecodeError:
+        return {"b": base64.b64encode(chunk).decode(), "e": "b"}
+
+
+def _unpack(frame: Frame) -> bytes:
+    body = str(frame.get("b", ""))
+    return base64.b64decode(body) if frame.get("e") == "b" else body.encode()
+
+
+def _headers(pairs: Any, drop: frozenset[str] = _HOP_BY_HOP) -> list[tuple[str, str]]:
+    return [(str(k), str(v)) for k, v in pairs if str(k).lower() not in drop]
+
+
+class _Tunnel:
+    """Frames for one forwarded exchange, as the owner sends them."""
+
+    __slots__ = ("frames", "overflowed")
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[Frame] = asyncio.Queue(TUNNEL_FRAMES)
+        self.overflowed = False
+
+
+class Forwarder:
+    """Both ends of forwarding: the replica a request lands at, and the owner.
+
+    Args:
+        bus: the replicas' bus.
+        ownership: leases and owners.
+        metrics: forwarded counts and latency.
+        forward_timeout: seconds the owner has to acknowledge a forwarded request.
+    """
+
+    def __init__(
+        self, bus: Bus, ownership: Ownership, metrics: Metrics, *, forward_timeout: float
+    ) -> None:
+        self._bus = bus
+        self._ownership = ownership
+        self._metrics = metrics
+        self._forward_timeout = forward_timeout
+        self._check_every = ownership.lease / 2
+        self.hop_token = secrets.token_urlsafe(32)
+        self._tunnels: dict[str, _Tunnel] = {}
+        self._serving: dict[str, asyncio.Task[None]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._listener: asyncio.Server | None = None
+        self._server: web.Server | None = None
+        self._loopback = ""
+        self.forwarded = 0
+        self.served = 0
+        self.failed = 0
+
+    # -- lifetime ----------------------------------------------------------
+
+    async def listen(self, app: web.Application) -> None:
+        """Serve ``app`` on a loopback port of its own, for tunnelled requests."""
+        # aiohttp's runner makes its server the same way; a second runner
+        # for one app would run its startup hooks twice.
+        self._server = app._make_handler(access_log=None, handler_cancellation=True)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._server, "127.0.0.1", 0)
+        port = self._listener.sockets[0].getsockname()[1]
+        self._loopback = f"http://127.0.0.1:{port}"
+        self._http = aiohttp.ClientSession(
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=LOOPBACK_CONNECT),
+        )
+
+    async def aclose(self, grace: float) -> None:
+        """Stop serving tunnelled requests (those running get ``grace`` seconds)."""
+        for task in list(self._serving.values()):
+            await tasks.cancel_and_wait(task, grace, "replica shutting down")
+        if self._listener is not None:
+            self._listener.close()
+        if self._server is not None:
+            await self._server.shutdown(grace)
+        if self._http is not None:
+            await self._http.close()
+
+    def is_hop(self, request: web.Request) -> bool:
+        """Whether ``request`` is one this replica serves for another (its own secret)."""
+        given = request.headers.get(HOP_HEADER)
+        return given is not None and hmac.compare_digest(given, self.hop_token)
+
+    # -- frames from the bus ------------------------------------------------
+
+    def deliver(self, frame: Frame) -> None:
+        kind, token = frame["k"], str(frame.get("t", ""))
+        if kind == "req":
+            task = tasks.spawn(self._serve(frame), name=f"forwarded:{token[:8]}")
+            self._serving[token] = task
+            task.add_done_callback(lambda _: self._serving.pop(token, None))
+        elif kind == "cancel":
+            if (running := self._serving.get(token)) is not None:
+                running.cancel("the client went away at the replica it reached")
+        elif (tunnel := self._tunnels.get(token)) is not None:
+            try:
+                tunnel.frames.put_nowait(frame)
+            except asyncio.QueueFull:
+                tunnel.overflowed = True
+
+    # -- the owner's end ----------------------------------------------------
+
+    async def _serve(self, frame: Frame) -> None:
+        token, reply_to = str(frame["t"]), str(frame["r"])
+
+        def send(frame: Frame) -> Awaitable[None]:
+            return self._bus.send(reply_to, {**frame, "t": token})
+
+        self.served += 1
+        self._metrics.forwarded.labels("in").inc()
+        try:
+            await send({"k": "ack"})
+            if self._http is None:
+                raise RuntimeError("not listening")
+            headers = CIMultiDict(_headers(frame.get("h", ())))
+            headers[HOP_HEADER] = self.hop_token
+            async with self._http.request(
+                str(frame["m"]),
+                self._loopback + str(frame["p"]),
+                headers=headers,
+                data=_unpack(frame) or None,
+                allow_redirects=False,
+            ) as response:
+                head = _headers(response.headers.items())
+                await send({"k": "head", "s": response.status, "h": head})
+                async for chunk in response.content.iter_any():
+                    await send({"k": "data", **_pack(chunk)})
+            await send({"k": "end"})
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            log.warning("forwarded_request_failed", error=f"{exc.__class__.__name__}: {exc}")
+            with contextlib.suppress(StoreUnavailable):
+                await send({"k": "fail", "why": exc.__class__.__name__})
+        except StoreUnavailable as exc:  # the bus is down: the other end times out
+            log.warning("bus_send_failed", error=str(exc))
+
+    # -- the receiving end --------------------------------------------------
+
+    async def forward(self, request: web.Request, owner: str) -> web.StreamResponse:
+        """Serve ``request`` at ``owner`` and relay its answer.
+
+        Raises:
+            OwnerUnreachable: no acknowledgement within ``forward_timeout``, or
+                the owner lapsed, before the answer started (nothing sent).
+            Moved: the owner does not hold the session any more.
+            StoreDown: the bus (Redis) cannot be written.
+        """
+        token = secrets.token_urlsafe(16)
+        body = await request.read()
+        frame = {
+            "k": "req",
+            "t": token,
+            "r": self._bus.me,
+            "m": request.method,
+            "p": request.path_qs,
+            "h": _headers(request.headers.items(), _HOP_BY_HOP | {"content-encoding"}),
+            **_pack(body),
+        }
+        tunnel = self._tunnels[token] = _Tunnel()
+        finished = False
+        started = time.perf_counter()
+        try:
+            try:
+                await self._bus.send(owner, frame)
+            except StoreUnavailable as exc:
+                raise StoreDown(f"replica bus unavailable: {exc}") from exc
+            self.forwarded += 1
+            self._metrics.forwarded.labels("out").inc()
+            ack = await self._next(tunnel, owner, within=self._forward_timeout)
+            if ack is None or ack["k"] != "ack":
+                raise OwnerUnreachable(owner)
+            self._metrics.forward_seconds.observe(time.perf_counter() - started)
+            head = await self._next(tunnel, owner)
+            if head is None or head["k"] != "head":
+                raise OwnerUnreachable(owner)
+            headers = CIMultiDict(_headers(head.get("h", ())))
+            if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
+                raise Moved(owner)
+            response = web.StreamResponse(status=int(head["s"]), headers=headers)
+            await response.prepare(request)
+            while (item := await self._next(tunnel, owner)) is not None:
+                if item["k"] == "data":
+                    await response.write(_unpack(item))
+                elif item["k"] == "end":
+                    await response.write_eof()
+                    finished = True
+                    return response
+                else:
+                    break
+            # The owner failed or lapsed mid-answer: cut the client off, as a
+            # replica dying would; it resumes wherever it lands next.
+            self.failed += 1
+            log.warning("forwarded_answer_cut", owner=owner[:8], overflowed=tunnel.overflowed)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        finally:
+            del self._tunnels[token]
+            if not finished:
+                _ = tasks.spawn(self._cancel(owner, token), name=f"forward-cancel:{token[:8]}")
+
+    async def _cancel(self, owner: str, token: str) -> None:
+        # If the bus is down the owner's exchange runs to its own end, unread.
+        with contextlib.suppress(StoreUnavailable):
+            await self._bus.send(owner, {"k": "cancel", "t": token})
+
+    async def _next(self, tunnel: _Tunnel, owner: str, within: float | None = None) -> Frame | None:
+        """The next frame; None if the tunnel overflowed, ``within`` passed or the owner lapsed."""
+        deadline = None if within is None else time.monotonic() + within
+        while not tunnel.overflowed:
+            wait = self._check_every
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            try:
+                async with asyncio.timeout(wait):
+                    return await tunnel.frames.get()
+            except TimeoutError:
+                try:
+                    if not await self._ownership.alive(owner):
+                        return None
+                except StoreUnavailable:
+                    return None
+        return None
+
+    async def outlived(self, owner: str) -> bool:
+        """Wait out ``owner``'s lease (at most one lease); whether it lapsed."""
+        try:
+            left = await self._ownership.lease_left(owner)
+            if left > 0:
+                await asyncio.sleep(left)  # a wait for a remote expiry: bounded by the lease
+            return not await self._ownership.alive(owner)
+        except StoreUnavailable:
+            return False
+
+
+def moved_response() -> web.Response:
+    """What an owner that no longer holds the session answers a forwarded request."""
+    return web.json_response(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": -32038, "message": "session moved"}},
+        status=503,
+        headers={MOVED_HEADER: "1"},
+    )
+
+
+def middleware(forwarder: Forwarder) -> Any:
+    """An aiohttp middleware that forwards what a handler finds held by another replica."""
+
+    @web.middleware
+    async def forwarding(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        hop = forwarder.is_hop(request)
+        for _ in range(MAX_HOPS):
+            try:
+                return await handler(request)
+            except OwnedElsewhere as held:
+                if hop or held.owner is None:
+                    return moved_response()  # the replica that forwarded it serves it
+                try:
+                    return await forwarder.forward(request, held.owner)
+                except Moved:
+                    continue
+                except OwnerUnreachable:
+                    if await forwarder.outlived(held.owner):
+                        continue  # lapsed: the next round takes the session over here
+                    raise ReplicaUnavailable(
+                        "the replica holding this session did not answer; retry",
+                        headers={"Retry-After": "1"},
+                    ) from None
+        raise ReplicaUnavailable(
+            "the session kept moving between replicas; retry", headers={"Retry-After": "1"}
+        )
+
+    return forwarding
