@@ -83,6 +83,11 @@ class Replica:
         next_refresh = time.monotonic() + self._refresh_every
         while True:
             await asyncio.sleep(self.ownership.lease / 3)
+            # Checked before renewing: a process paused (or cut off) past its
+            # lease may find its sessions taken, even if Redis now answers.
+            if self.ownership.lapsed() and hub.live():
+                log.error("replica_lease_lapsed", sessions=len(hub.live()))
+                await hub.let_go("replica lease lapsed")
             try:
                 await self.ownership.renew()
                 if time.monotonic() >= next_refresh:
@@ -90,10 +95,6 @@ class Replica:
                     next_refresh = time.monotonic() + self._refresh_every
             except StoreUnavailable as exc:
                 log.warning("replica_lease_renew_failed", error=str(exc))
-            if self.ownership.lapsed() and hub.live():
-                # Another replica may have taken these sessions over: let them go.
-                log.error("replica_lease_lapsed", sessions=len(hub.live()))
-                await hub.let_go("replica lease lapsed")
 
     async def aclose(self, grace: float) -> None:
         """Stop: forwarded exchanges get ``grace`` seconds; then the lease goes."""
