@@ -31,7 +31,9 @@ from bridge.errors import (
     BridgeError,
     InvalidRequest,
     MissingSession,
+    OwnedElsewhere,
     SessionNotFound,
+    StoreDown,
     UnsupportedMediaType,
 )
 from bridge.frontends.common import StreamCap, admit, read_body
@@ -41,6 +43,7 @@ from bridge.hub import SessionHub, new_session_id
 from bridge.jsonrpc import Kind, Message
 from bridge.log import short
 from bridge.session import Session
+from bridge.sessions.store import StoreUnavailable
 from bridge.streams import Stream
 
 log = structlog.get_logger("bridge.frontend.legacy")
@@ -49,6 +52,9 @@ FRONT_DOOR: Final = "legacy_sse"
 JSON: Final = "application/json"
 QUERY_PARAM: Final = "session_id"
 _OUTBOX_KEY: Final = 0  # the outbox is not a session stream; its key is unused
+#: Seconds a legacy connection's owner key may outlive it in Redis (it is given
+#: back when the stream closes; a replica that dies leaves it to expire).
+CONNECTION_OWNER_TTL: Final = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +166,10 @@ class LegacySseFrontDoor:
         )
         self._connections[connection.id] = connection
         request[SESSION_ID] = connection.id
+        try:  # its POSTs may land at another replica, which forwards them here
+            await self._hub.owners.adopt(connection.id, CONNECTION_OWNER_TTL)
+        except StoreUnavailable as exc:
+            log.warning("legacy_owner_unrecorded", error=str(exc))
         response = EventSourceResponse(
             headers=self._headers(),
             ping_interval=self._config.keepalive_interval,
@@ -203,6 +213,8 @@ class LegacySseFrontDoor:
         if jsonrpc.is_request_id(message.get("id")):
             request[RPC_ID] = message["id"]
         connection = self._connections.get(connection_id)
+        if connection is None:
+            await self._forward_if_held(connection_id)
         if connection is None or (connection.server, connection.principal) != (server, principal):
             raise SessionNotFound(
                 "legacy SSE connection not found or closed; open a new one with GET"
@@ -220,6 +232,20 @@ class LegacySseFrontDoor:
             else:
                 await session.post_other(message, kind)
         return web.Response(status=202, text="Accepted", headers=self._headers())
+
+    async def _forward_if_held(self, connection_id: str) -> None:
+        """A connection whose stream another live replica holds: forward the POST there.
+
+        Raises:
+            OwnedElsewhere: it is held elsewhere (the forwarding middleware takes it).
+            StoreDown: the store cannot say.
+        """
+        try:
+            holder = await self._hub.owners.holder(connection_id)
+        except StoreUnavailable as exc:
+            raise StoreDown(f"session store unavailable: {exc}") from exc
+        if holder is not None:
+            raise OwnedElsewhere(holder)
 
     async def _initialize(
         self, request: web.Request, connection: LegacyConnection, message: Message
@@ -255,6 +281,7 @@ class LegacySseFrontDoor:
     def _close(self, connection: LegacyConnection) -> None:
         if self._connections.pop(connection.id, None) is None:
             return
+        self._hub.owners.give_back(connection.id)
         connection.close()
         session = connection.session
         if session is None:
