@@ -256,22 +256,25 @@ async def test_a_legacy_post_at_another_replica_reaches_the_stream_s_replica(
 ) -> None:
     """Legacy HTTP+SSE: the GET /sse stream is at A, its POST /messages/ lands at B."""
     (_, a), (_, b) = await two(procs, redis)
-    async with aiohttp.ClientSession() as http, asyncio.timeout(BOUND):
-        async with http.get(f"{a}/sse", headers={"Accept": "text/event-stream"}) as stream:
-            endpoint = (await next_event(stream))["data"]
-            assert endpoint.startswith("/messages/?session_id=")
-            initialize = {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2024-11-05",
-                    "capabilities": {},
-                    "clientInfo": {"name": "legacy-replica-test", "version": "0"},
-                },
-            }
-            async with http.post(f"{b}{endpoint}", json=initialize) as accepted:
-                assert accepted.status == 202
-            while not (fields := await next_event(stream)).get("data"):
-                pass
-            assert json.loads(fields["data"])["result"]["serverInfo"]
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(BOUND),
+        http.get(f"{a}/sse", headers={"Accept": "text/event-stream"}) as stream,
+    ):
+        endpoint = (await next_event(stream))["data"]
+        assert endpoint.startswith("/messages/?session_id=")
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2024-11-05",
+                "capabilities": {},
+                "clientInfo": {"name": "legacy-replica-test", "version": "0"},
+            },
+        }
+        async with http.post(f"{b}{endpoint}", json=initialize) as accepted:
+            assert accepted.status == 202
+        while not (fields := await next_event(stream)).get("data"):
+            pass
+        assert json.loads(fields["data"])["result"]["serverInfo"]
