@@ -22,6 +22,8 @@ from tests.balancer import Balancer
 from tests.conftest import REPO, ProcFactory, free_port
 
 BOUND: Final = 10.0  # seconds for any one step of these tests
+#: Every client request of these tests, whole (they are all short).
+CLIENT_TIMEOUT: Final = aiohttp.ClientTimeout(total=BOUND)
 
 
 def echo_app(name: str) -> web.Application:
@@ -54,7 +56,7 @@ async def backends(aiohttp_server: AiohttpServer) -> list[str]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         yield session
 
 
@@ -70,7 +72,9 @@ async def test_round_robin_per_request_on_one_keep_alive_connection(backends: li
     connector = aiohttp.TCPConnector(limit=1)
     async with (
         Balancer(backends) as lb,
-        aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as client,
+        aiohttp.ClientSession(
+            connector=connector, trace_configs=[trace], timeout=CLIENT_TIMEOUT
+        ) as client,
     ):
         seen = []
         for _ in range(7):
@@ -248,7 +252,7 @@ async def test_a_client_gone_closes_the_backend_request(
     app.router.add_get("/sse", endless)
     server = await aiohttp_server(app)
     async with Balancer([f"http://127.0.0.1:{server.port}"]) as lb:
-        async with aiohttp.ClientSession() as client:
+        async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as client:
             response = await client.get(lb.url + "/sse")
             async with asyncio.timeout(BOUND):
                 await started.wait()
@@ -263,7 +267,7 @@ async def test_runs_as_a_process(procs: ProcFactory, backends: list[str]) -> Non
         argv += ["--backend", backend]
     balancer = await procs(*argv, cwd=REPO)
     match = await balancer.wait_for(r"^balancer listening on (http://127\.0\.0\.1:\d+)$", BOUND)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         seen = []
         for _ in range(3):
             async with http.get(match[1] + "/") as response:
