@@ -62,7 +62,7 @@ def _not_found(session_id: str) -> int:
 
 
 async def _run(settings: Settings, action: str, session_id: str | None, limit: int) -> int:
-    stores = await stores_for(settings)
+    stores = await stores_for(settings, lock=False)
     try:
         if action == "list":
             for record in await stores.sessions.list(limit):

@@ -346,11 +346,15 @@ def replica_for(settings: Settings, metrics: Metrics) -> Replica | None:
     )
 
 
-async def stores_for(settings: Settings) -> OpenStores:
+async def stores_for(settings: Settings, *, lock: bool = True) -> OpenStores:
     """The stores ``settings.store_url`` names, with the settings' limits.
 
+    ``lock``: hold an SQLite file for this process (a gateway); False for the
+    tools that only look at it while a gateway may run (``sessions``, ``--check``).
+
     Raises:
-        ConfigError: the store URL is not one this gateway knows.
+        ConfigError: the store URL is not one this gateway knows, or (``lock``)
+            another gateway process uses the SQLite file.
     """
     return await open_stores(
         settings.store_url,
@@ -358,6 +362,7 @@ async def stores_for(settings: Settings) -> OpenStores:
         max_events=settings.event_max_events,
         max_age=settings.event_max_age,
         timeout=settings.store_timeout,
+        lock=lock,
     )
 
 

@@ -72,7 +72,7 @@ async def store_problem(settings: Settings) -> str | None:
                 return f"store {url}: cannot create {path}: {ancestor} is not writable"
             return None  # created on first start
     try:
-        stores = await stores_for(settings)
+        stores = await stores_for(settings, lock=False)
     except ConfigError as exc:
         return str(exc)
     try:

@@ -10,7 +10,9 @@
 Anything else is a :class:`ConfigError` naming the URL (password redacted).
 Redis is not contacted here: a gateway may start while Redis is down and
 report it through ``sessions.ping()``. An SQLite file is opened here, and a
-file that cannot be is a :class:`ConfigError`.
+file that cannot be is a :class:`ConfigError`; so is one another gateway
+process uses (:mod:`bridge.sessions.sqlite_lock`: one gateway per file),
+unless the opener only looks (``lock=False``: ``mcp-bridge sessions``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bridge.events.redis import RedisEventStore
 from bridge.events.sqlite import SqliteEventStore
 from bridge.events.store import EventStore
 from bridge.sessions import redis as redis_sessions
+from bridge.sessions import sqlite_lock
 from bridge.sessions.memory import MemorySessionStore
 from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore
 from bridge.sessions.store import SessionStore, StoreUnavailable
@@ -59,6 +62,7 @@ async def open_stores(
     max_age: float,
     timeout: float,  # noqa: ASYNC109 - bounds each later store call, not this one
     clock: Callable[[], float] = time.time,
+    lock: bool = True,
 ) -> Stores:
     """The stores ``url`` names.
 
@@ -69,9 +73,12 @@ async def open_stores(
         max_age: seconds an event is kept at most.
         timeout: seconds one store call may wait on Redis or SQLite.
         clock: Unix time in seconds (a seam for tests).
+        lock: hold an SQLite file's lock until :meth:`Stores.aclose` (a gateway
+            serving it); False for a tool that only looks while a gateway runs.
 
     Raises:
-        ConfigError: the URL or prefix is unusable, or the SQLite file cannot be opened.
+        ConfigError: the URL or prefix is unusable, the SQLite file cannot be
+            opened, or (``lock``) another process holds its lock.
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme == "memory" and url.lower() == "memory://":
@@ -82,7 +89,7 @@ async def open_stores(
         return Stores(sessions, events)
     if scheme == "sqlite":
         return await _open_sqlite(
-            url, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock
+            url, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock, lock=lock
         )
     if scheme in ("redis", "rediss"):
         return _open_redis(
@@ -115,10 +122,53 @@ async def _open_sqlite(
     max_age: float,
     timeout: float,  # noqa: ASYNC109 - bounds each later store call, not this one
     clock: Callable[[], float],
+    lock: bool,
 ) -> Stores:
     path = sqlite_path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"store URL {url!r}: cannot open {path}: {exc}") from exc
+    try:
+        held = sqlite_lock.acquire(path) if lock else None
+    except sqlite_lock.LockHeld as exc:
+        raise ConfigError(
+            f"store URL {url!r}: another gateway uses {path} ({exc}); an SQLite store "
+            "serves one gateway process: stop that one first, or share sessions "
+            "between gateways through Redis (redis://)"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"store URL {url!r}: cannot lock {path}: {exc}") from exc
+    try:
+        stores = await _open_sqlite_stores(
+            url, path, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock
+        )
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    if held is None:
+        return stores
+
+    async def close() -> None:
+        try:
+            await stores.aclose()
+        finally:
+            held.release()
+
+    return Stores(stores.sessions, stores.events, close)
+
+
+async def _open_sqlite_stores(
+    url: str,
+    path: Path,
+    *,
+    max_events: int,
+    max_age: float,
+    timeout: float,  # noqa: ASYNC109 - bounds each later store call, not this one
+    clock: Callable[[], float],
+) -> Stores:
+    try:
         db = await SqliteDatabase.open(path, timeout=timeout)
     except (OSError, sqlite3.Error) as exc:
         raise ConfigError(f"store URL {url!r}: cannot open {path}: {exc}") from exc

@@ -167,11 +167,13 @@ async def procs() -> AsyncIterator[ProcFactory]:
 
 
 async def start_gateway(
-    procs: ProcFactory, *args: str, env: dict[str, str] | None = None
+    procs: ProcFactory, *args: str, env: dict[str, str] | None = None, port: int = 0
 ) -> tuple[Proc, str]:
-    """Run ``mcp-bridge ARGS --port 0``; return it and its base URL once it listens.
+    """Run ``mcp-bridge ARGS --port PORT``; return it and its base URL once it listens.
 
-    The store is ``memory://`` unless ``args`` name one.
+    The store is ``memory://`` unless ``args`` name one. ``port`` 0 (the
+    default) lets the gateway pick a free one; a fixed port lets a test start
+    a gateway again where clients (or a balancer) expect it.
     """
     if "--store-url" not in args:
         args = (*args, "--store-url", "memory://")
@@ -181,14 +183,14 @@ async def start_gateway(
         "bridge",
         *args,
         "--port",
-        "0",
+        str(port),
         "--log-format",
         "json",
         env={"PYTHONUNBUFFERED": "1", **(env or {})},
     )
     match = await proc.wait_for(r'"event": "listening"')
-    port = json.loads(match.string)["port"]
-    return proc, f"http://127.0.0.1:{port}"
+    bound = json.loads(match.string)["port"]
+    return proc, f"http://127.0.0.1:{bound}"
 
 
 async def start_fixture_sse(procs: ProcFactory) -> str:
