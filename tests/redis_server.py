@@ -219,6 +219,20 @@ class RedisCluster:
             self.close()
             raise
 
+    def kill(self) -> None:
+        """Kill every node at once (SIGKILL): the whole cluster is out."""
+        for node in self.nodes:
+            node.kill()
+
+    def restart(self) -> None:
+        """Start every node again on its port; they rejoin from their nodes-N.conf.
+
+        Their data is gone (nothing is persisted), their slots are not.
+        """
+        for node in self.nodes:
+            node.start()
+        self._wait_ok()
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

@@ -8,6 +8,8 @@
   registered Lua compare-and-set of one key.
 - A gateway on ``redis+cluster://`` serves a session, is killed, and a new
   gateway (another process and port) serves it on and replays its stream.
+- The whole cluster going down is :class:`StoreUnavailable` within a bound,
+  and the same client works again once the cluster is back.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from bridge.sessions.store import SessionRecord
+from bridge.sessions import redis as redis_sessions
+from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.stores import Stores, open_stores
 from tests.conftest import ProcFactory, start_gateway
 from tests.rawclient import RawClient, next_event, read_reply
+from tests.redis_server import CLUSTER_NODES
 from tests.redis_server import RedisCluster as ClusterServers
 
 TIMEOUT: Final = 2.0  # seconds per store call
@@ -37,6 +42,14 @@ WOKEN_WITHIN: Final = 1.0  # seconds from an XADD to the blocked XREAD's return
 TTL: Final = 60.0
 EXAMPLE: Final = f"{sys.executable} -m bridge.examples.server"
 SESSIONS: Final = [f"s-{n}" for n in range(12)]
+OUTAGE_TIMEOUT: Final = 0.3  # seconds per store call in the outage test
+# Every attempt may wait one timeout per node while rediscovering the cluster,
+# plus the backoff between attempts.
+OUTAGE_BOUND: Final = (
+    (redis_sessions.RETRIES + 1) * OUTAGE_TIMEOUT * CLUSTER_NODES
+    + redis_sessions.RETRIES * redis_sessions.RETRY_CAP
+    + 1.0  # scheduling slack
+)
 
 
 @pytest.fixture
@@ -184,3 +197,36 @@ async def test_a_gateway_on_the_cluster_restarts_and_the_session_resumes(
         assert reply.messages[-1]["result"]["content"][0]["text"] == "5.0"
         assert replayed.status == 200
         assert replayed.messages == done.messages  # progress, then the result, from the cluster
+
+
+async def test_a_cluster_outage_fails_within_a_bound_and_heals(tmp_path: Path) -> None:
+    with ClusterServers(tmp_path / "cluster") as cluster:
+        stores = await open_stores(
+            cluster.url, prefix="t", max_events=10, max_age=60, timeout=OUTAGE_TIMEOUT
+        )
+        try:
+            for session_id in SESSIONS:  # on every node, so the client knows them all
+                await stores.sessions.create(SessionRecord(session_id, "s", "2025-11-25", {}), TTL)
+            cluster.kill()
+
+            for session_id in SESSIONS[:4]:
+                for call in (
+                    stores.sessions.get(session_id),
+                    stores.events.append(session_id, "get", None, TTL),
+                    stores.sessions.list(10),
+                    stores.sessions.ping(),
+                ):
+                    started = time.monotonic()
+                    with pytest.raises(StoreUnavailable):
+                        await call
+                    assert time.monotonic() - started < OUTAGE_BOUND
+
+            cluster.restart()
+            assert await stores.sessions.get(SESSIONS[0]) is None  # nothing was persisted
+            for session_id in SESSIONS:
+                await stores.sessions.create(SessionRecord(session_id, "s", "2025-11-25", {}), TTL)
+                await stores.events.append(session_id, "get", None, TTL)
+            assert len(await stores.sessions.list(100)) == len(SESSIONS)
+            await stores.sessions.ping()
+        finally:
+            await stores.aclose()
