@@ -214,7 +214,7 @@ class RedisCluster:
             for node in self.nodes:
                 node.start()
             self._create()
-            self._wait_ok()
+            self.wait_ok()
         except BaseException:
             self.close()
             raise
@@ -231,7 +231,7 @@ class RedisCluster:
         """
         for node in self.nodes:
             node.start()
-        self._wait_ok()
+        self.wait_ok()
 
     def close(self) -> None:
         for node in self.nodes:
@@ -267,7 +267,8 @@ class RedisCluster:
         if done.returncode != 0 or "All 16384 slots covered" not in done.stdout:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
 
-    def _wait_ok(self) -> None:
+    def wait_ok(self) -> None:
+        """Return once every node reports cluster_state:ok; RuntimeError after CLUSTER_OK_TIMEOUT."""
         deadline = time.monotonic() + CLUSTER_OK_TIMEOUT
         waiting = list(self.ports)
         while waiting:

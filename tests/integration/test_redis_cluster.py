@@ -9,7 +9,8 @@
 - A gateway on ``redis+cluster://`` serves a session, is killed, and a new
   gateway (another process and port) serves it on and replays its stream.
 - The whole cluster going down is :class:`StoreUnavailable` within a bound,
-  and the same client works again once the cluster is back.
+  and the same client works again once the cluster is back; one primary
+  down fails the readiness probe.
 """
 
 from __future__ import annotations
@@ -227,6 +228,15 @@ async def test_a_cluster_outage_fails_within_a_bound_and_heals(tmp_path: Path) -
                 await stores.sessions.create(SessionRecord(session_id, "s", "2025-11-25", {}), TTL)
                 await stores.events.append(session_id, "get", None, TTL)
             assert len(await stores.sessions.list(100)) == len(SESSIONS)
+            await stores.sessions.ping()
+
+            cluster.nodes[1].kill()  # one primary of three: /readyz must say so
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                await stores.sessions.ping()
+            assert time.monotonic() - started < OUTAGE_BOUND
+            cluster.nodes[1].start()
+            cluster.wait_ok()
             await stores.sessions.ping()
         finally:
             await stores.aclose()
