@@ -323,7 +323,8 @@ class Settings(ServerSources):
     store_url: str = Field(
         default_factory=default_store_url,
         description="where sessions live: memory://, sqlite:///PATH, redis://HOST:PORT/DB, "
-        "rediss://...; default: SQLite in the platform's state directory",
+        "rediss://..., redis+cluster://HOST:PORT (a Redis Cluster, any one node), "
+        "rediss+cluster://...; default: SQLite in the platform's state directory",
     )
     store_prefix: str = Field("mcpb", description="Redis key prefix")
     store_timeout: Seconds = Field(5.0, description="one store operation (connect, read, write)")

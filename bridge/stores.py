@@ -5,6 +5,8 @@
 ``sqlite:///ABS/PATH``    an SQLite file (created, with its parent directory)
 ``sqlite:///./rel/path``  the same, relative to the working directory
 ``redis://HOST:PORT/DB``  Redis (``rediss://`` for TLS; ``user:pass@`` allowed)
+``redis+cluster://H:P``   Redis Cluster, any one node (``rediss+cluster://`` for
+                          TLS; ``user:pass@`` allowed; DB, if given, ``/0``)
 ========================  ==========================================================
 
 Anything else is a :class:`ConfigError` naming the URL (password redacted).
@@ -25,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.exceptions import RedisClusterException
+
 from bridge.errors import ConfigError
 from bridge.events.memory import MemoryEventStore
 from bridge.events.redis import RedisEventStore
@@ -36,6 +40,14 @@ from bridge.sessions.memory import MemorySessionStore
 from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore
 from bridge.sessions.store import SessionStore, StoreUnavailable
 
+#: Schemes of a Redis Cluster URL, and the plain scheme redis-py is given for each.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+_EXPECTED = (
+    "expected memory://, sqlite:///ABS/PATH, sqlite:///./relative/path, "
+    "redis://HOST:PORT/DB, rediss://HOST:PORT/DB, redis+cluster://HOST:PORT "
+    "or rediss+cluster://HOST:PORT"
+)
+
 
 async def _nothing() -> None:
     return None
@@ -43,11 +55,17 @@ async def _nothing() -> None:
 
 @dataclass(frozen=True, slots=True)
 class Stores:
-    """Both stores of one URL and the connection they share."""
+    """Both stores of one URL and the connection they share.
+
+    ``redis`` is that connection for a Redis or Redis Cluster URL (``None``
+    otherwise), for other parts that keep state in the same Redis to reuse:
+    it is closed by :meth:`aclose`, so its users must be done by then.
+    """
 
     sessions: SessionStore
     events: EventStore
     _close: Callable[[], Awaitable[None]] = field(default=_nothing, repr=False)
+    redis: redis_sessions.Client | None = None
 
     async def aclose(self) -> None:
         """Close the shared connection; neither store may be used afterwards."""
@@ -91,14 +109,11 @@ async def open_stores(
         return await _open_sqlite(
             url, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock, lock=lock
         )
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", *CLUSTER_SCHEMES):
         return _open_redis(
             url, prefix=prefix, max_events=max_events, max_age=max_age, timeout=timeout, clock=clock
         )
-    raise ConfigError(
-        f"store URL {redact(url)!r}: expected memory://, sqlite:///ABS/PATH, "
-        "sqlite:///./relative/path, redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
-    )
+    raise ConfigError(f"store URL {redact(url)!r}: {_EXPECTED}")
 
 
 def sqlite_path(url: str) -> Path:
@@ -194,30 +209,41 @@ def _open_redis(
     timeout: float,
     clock: Callable[[], float],
 ) -> Stores:
-    _check_redis_url(url)
+    scheme, _, rest = url.partition("://")
+    cluster = CLUSTER_SCHEMES.get(scheme.lower())
+    _check_redis_url(url, cluster=cluster is not None)
+    client: redis_sessions.Client
     try:
         redis_sessions.check_prefix(prefix)
-        client = redis_sessions.connect(url, timeout=timeout)
-    except ValueError as exc:
+        if cluster is None:
+            client = redis_sessions.connect(url, timeout=timeout)
+        else:
+            client = redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
+    except (ValueError, RedisClusterException) as exc:
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
     sessions = redis_sessions.RedisSessionStore(client, prefix=prefix, clock=clock)
     events = RedisEventStore(
         client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
     )
-    return Stores(sessions, events, client.aclose)
+    return Stores(sessions, events, client.aclose, redis=client)
 
 
-def _check_redis_url(url: str) -> None:
+def _check_redis_url(url: str, *, cluster: bool) -> None:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
     except ValueError as exc:  # bad port, unbalanced [ in an IPv6 host
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
     db = parts.path.removeprefix("/")
+    if cluster and (not parts.hostname or port == 0 or db not in ("", "0")):
+        raise ConfigError(
+            f"store URL {redact(url)!r}: expected redis+cluster://HOST:PORT "
+            "(any one node; a cluster has only DB 0; rediss+cluster:// for TLS)"
+        )
     if not parts.hostname or port == 0 or (db and not re.fullmatch(r"[0-9]+", db)):
         raise ConfigError(
             f"store URL {redact(url)!r}: expected redis://HOST:PORT/DB "
-            "(DB a number; rediss:// for TLS)"
+            "(DB a number; rediss:// for TLS; redis+cluster://HOST:PORT for a cluster)"
         )
 
 

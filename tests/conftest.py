@@ -16,7 +16,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from pytest_aiohttp import AiohttpServer
 from bridge.app import HUB, build_app
 from bridge.hub import SessionHub
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
+from tests.redis_server import RedisCluster
 
 REPO = Path(__file__).resolve().parents[1]
 NPM_BIN = REPO / "tests" / "npm" / "node_modules" / ".bin"
@@ -148,6 +149,16 @@ class Proc:
 
 
 ProcFactory = Callable[..., Awaitable[Proc]]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-node Redis Cluster for the whole test session (``.url``:
+    ``redis+cluster://`` naming one node). Tests keep to keys of their own
+    (a key prefix of their own); the single-server fixture, ``redis_server``,
+    is in tests/contract/conftest.py."""
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -39,12 +39,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
-from redis.asyncio import Redis
-
 from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
 from bridge.sessions.redis import (
+    Client,
     check_prefix,
     ms,
     require_session_id,
@@ -92,8 +91,9 @@ class RedisEventStore:
     """Events per ``(session_id, stream)`` as Redis Streams; see the module docstring.
 
     Args:
-        client: shared with :class:`bridge.sessions.redis.RedisSessionStore`;
-            closed by its owner, not by this store.
+        client: one Redis or a cluster, shared with
+            :class:`bridge.sessions.redis.RedisSessionStore`; closed by its
+            owner, not by this store.
         prefix: first part of every key.
         max_events: events kept per stream (approximately, see above).
         max_age: seconds an event is kept (approximately, see above).
@@ -102,7 +102,7 @@ class RedisEventStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         *,
         prefix: str,
         max_events: int,

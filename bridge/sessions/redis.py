@@ -27,6 +27,17 @@ Every call is bounded: connecting and each socket read or write by
 that is down, loading, read-only or out of memory, and any error reply (an
 ACL's ``NOPERM`` included), surfaces as :class:`StoreUnavailable`; the next
 call reconnects by itself.
+
+Redis Cluster (:func:`connect_cluster`): every command, script and
+pipeline here touches the keys of one slot at a time, or runs as a
+non-transactional pipeline whose commands redis-py sends to each key's own
+node (so nothing is atomic across slots, and nothing here needs to be). The
+owner index ``{prefix}:owner:<digest>`` is in another slot than the records
+it lists; :meth:`RedisSessionStore.create` and ``save`` write the two
+separately (see there for what can interleave). ``list`` scans every
+primary. A cluster that cannot be reached, or is down, or answers
+``MOVED``/``ASK``/``TRYAGAIN`` more often than redis-py follows, surfaces as
+:class:`StoreUnavailable` like any other outage.
 """
 
 from __future__ import annotations
@@ -39,12 +50,15 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import Final
+from typing import Any, Final, TypeAlias
 
+import redis
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.typing import EncodableT
 
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 
@@ -62,8 +76,18 @@ SCAN_COUNT: Final = 500
 #: Errors that mean "Redis cannot serve us": down, loading, a replica, out of
 #: memory, and also every error reply (``NOPERM`` from an ACL, ``WRONGTYPE``
 #: from a foreign key under our prefix): whatever the kind, the call failed
-#: and the client gets 503, never a 500 (issue #15).
-UNAVAILABLE: Final = (redis_errors.RedisError, OSError)
+#: and the client gets 503, never a 500 (issue #15). Cluster errors replied by
+#: a node (``CLUSTERDOWN``, ``MOVED``, ``ASK``, ``TRYAGAIN``, ``CROSSSLOT``)
+#: are RedisErrors; ``RedisClusterException`` is not (it derives from
+#: Exception): redis-py raises it when no node can be reached to discover the
+#: cluster, or a slot is not covered, so it is an outage too.
+UNAVAILABLE: Final = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
+
+#: Either client: a single Redis (``redis://``) or a cluster (``redis+cluster://``).
+Client: TypeAlias = Redis | RedisCluster
+
+#: redis-py's major version: where a cluster client's ``retry`` applies changed in 6.
+_REDIS_MAJOR: Final = int(redis.__version__.split(".")[0])
 
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -76,6 +100,60 @@ def connect(url: str, *, timeout: float) -> Redis:
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES),
+    )
+
+
+class Cluster(RedisCluster):
+    """redis-py's asyncio RedisCluster that learns the cluster before any command.
+
+    Seen with redis-py 8.1 on a real three-node cluster: 30 concurrent GETs on
+    a new client (as after an outage, when redis-py forgets the cluster) went
+    to the startup node before the slot map was known and were answered
+    ``MOVED``; redis-py resets the client on every few ``MOVED``
+    (``reinitialize_steps``), closing connections other calls were using,
+    and those failed with ``AttributeError: 'NoneType' object has no attribute
+    'writelines'`` (not a RedisError: it would have been a 500). Discovering
+    the cluster first, once, under redis-py's own lock, avoids that; once it
+    is known, ``initialize`` only reads a flag.
+    """
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        _ = await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
+def connect_cluster(url: str, *, timeout: float) -> RedisCluster:
+    """A Redis Cluster client for ``url`` (``redis://`` or ``rediss://``, any one node).
+
+    redis-py asks that node for the others and the slot map on first use.
+    Socket connects, reads and writes are bounded by ``timeout`` as in
+    :func:`connect`; a failed call is tried :data:`RETRIES` more times. Where
+    redis-py applies the retry differs by version: from 6 on, ``retry`` is the
+    cluster client's own (it rediscovers the cluster between attempts, with
+    the same backoff as :func:`connect`; node connections never retry), while
+    in 5.x ``retry`` is each node connection's and the cluster retries on top
+    (``cluster_error_retry_attempts``), so there the connection retry is off and
+    the cluster's own count is :data:`RETRIES` (5.x pipelines take that as
+    their number of attempts, with a fixed 0.25 s pause between). Each attempt
+    may include a rediscovery, which asks the known nodes in turn (each bounded
+    by ``timeout``), so a call on a cluster with dead nodes may take a few
+    timeouts longer than on one Redis.
+
+    Raises:
+        ValueError: ``url`` is unusable (redis-py's own check, e.g. a DB other than 0).
+        RedisClusterException: likewise, raised by redis-py for cluster-only rules.
+    """
+    retry: dict[str, Any]
+    if _REDIS_MAJOR >= 6:
+        retry = {"retry": Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES)}
+    else:  # the CI floor, redis-py 5.0.1
+        retry = {"retry": Retry(NoBackoff(), 0), "cluster_error_retry_attempts": RETRIES}
+    return Cluster.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        **retry,
     )
 
 
@@ -135,12 +213,13 @@ def stream_key(prefix: str, session_id: str, stream: str) -> str:
 class RedisSessionStore:
     """Records as ``{prefix}:{<session_id>}:session`` strings; see the module docstring.
 
-    The client is shared with :class:`bridge.events.redis.RedisEventStore`
-    and belongs to whoever made it (:func:`bridge.stores.open_stores`).
+    The client (one Redis or a cluster) is shared with
+    :class:`bridge.events.redis.RedisEventStore` and belongs to whoever made
+    it (:func:`bridge.stores.open_stores`).
     """
 
     def __init__(
-        self, client: Redis, *, prefix: str, clock: Callable[[], float] = time.time
+        self, client: Client, *, prefix: str, clock: Callable[[], float] = time.time
     ) -> None:
         self._client = client
         self._clock = clock
@@ -160,6 +239,13 @@ class RedisSessionStore:
         await self.save(record, ttl)
         if max_per_principal is None:
             return []
+        # The record and its principal's index are in different slots (on a
+        # cluster, often on different nodes), so they are written by separate
+        # commands, never one transaction or script. What can interleave is
+        # harmless: another replica's create for the same principal may count
+        # this record before or after its own (each then trims to the cap, and
+        # only records unused the longest go); a record deleted or expired in
+        # between is dropped from the index by _cap, whose PTTL finds it gone.
         owner = owner_key(self._prefix, record.principal)
         with unavailable("create"):
             async with self._client.pipeline(transaction=False) as pipe:
@@ -197,8 +283,11 @@ class RedisSessionStore:
         excess = max(0, len(others) + 1 - cap)
         others.sort()  # unused the longest first; within a millisecond, by id
         evicted = [m for _, m in others if m not in keep][:excess]
-        if evicted:
-            await self._client.delete(*(session_key(self._prefix, m) for m in evicted))
+        if evicted:  # one DEL per record: on a cluster each is in a slot of its own
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member in evicted:
+                    _ = pipe.delete(session_key(self._prefix, member))
+                await pipe.execute()
         if gone or evicted:
             await self._client.zrem(owner, *gone, *evicted)
         return evicted
@@ -208,6 +297,12 @@ class RedisSessionStore:
         key = session_key(self._prefix, record.session_id)
         owner = owner_key(self._prefix, record.principal)
         with unavailable("save"):
+            # Not a transaction: the index is in another slot (on a cluster,
+            # often on another node), so the two writes may land in either
+            # order, or only one of them. Each outcome is harmless: an index
+            # score only ranks records for create's cap (a stale one makes a
+            # record look used more or less recently until its next write),
+            # and _cap drops members whose record is gone.
             async with self._client.pipeline(transaction=False) as pipe:
                 _ = pipe.set(key, record.to_json(), px=ms(ttl))
                 _ = pipe.zadd(owner, {record.session_id: ms(ttl)}, xx=True)  # if indexed
@@ -242,8 +337,11 @@ class RedisSessionStore:
         keys = await self._scan(limit)
         if not keys:
             return []
-        with unavailable("list"):
-            texts = await self._client.mget(keys)
+        with unavailable("list"):  # GETs, not MGET: on a cluster the keys span slots
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    _ = pipe.get(key)
+                texts = await pipe.execute()
         found = (SessionRecord.readable(text) for text in texts if text is not None)
         return [record for record in found if record is not None]
 
@@ -266,6 +364,8 @@ class RedisSessionStore:
         with unavailable("probe"):
             await self._client.set(self._probe_key, nonce, px=ms(PROBE_TTL))
             stored = await self._client.get(self._probe_key)
+            if isinstance(self._client, RedisCluster):  # the probe key reached one node
+                await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
         if stored is None or text(stored) != nonce:
             raise StoreUnavailable("redis probe: the value written did not read back")
 
@@ -273,14 +373,32 @@ class RedisSessionStore:
         """Nothing to release: the shared client is closed by its owner."""
 
     async def _scan(self, limit: int) -> builtins.list[str]:
+        """Up to ``limit`` record keys: SCAN on one Redis, on every primary of a cluster."""
         keys: dict[str, None] = {}  # SCAN may return a key twice
+        client = self._client
+        if isinstance(client, RedisCluster):
+            with unavailable("list"):
+                _ = await client.initialize()  # no-op once the slot map is known
+            for node in client.get_primaries():
+                await self._scan_node(keys, limit, node)
+        else:
+            await self._scan_node(keys, limit, None)
+        return list(keys)[:limit]
+
+    async def _scan_node(self, keys: dict[str, None], limit: int, node: ClusterNode | None) -> None:
+        """Add record keys to ``keys`` from one node (``None``: the only one) up to ``limit``."""
         cursor = 0
         pattern = f"{self._prefix}:*:session"
         while len(keys) < limit:
             with unavailable("list"):
-                cursor, batch = await self._client.scan(cursor, match=pattern, count=SCAN_COUNT)
+                if node is None:
+                    cursor, batch = await self._client.scan(cursor, match=pattern, count=SCAN_COUNT)
+                else:  # redis-py answers a cluster SCAN as ({node name: cursor}, keys)
+                    reply: Any = await self._client.scan(
+                        cursor, match=pattern, count=SCAN_COUNT, target_nodes=node
+                    )
+                    cursor, batch = int(reply[0][node.name]), reply[1]
             found = (text(key) for key in batch)
             keys.update(dict.fromkeys(key for key in found if self._record_key.fullmatch(key)))
             if cursor == 0:
-                break
-        return list(keys)[:limit]
+                return

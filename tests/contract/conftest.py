@@ -1,10 +1,11 @@
 """Backends for the store contract suites, each opened through ``open_stores``.
 
-``stores`` runs a test against memory, SQLite and a real ``redis-server``.
-``clocked`` runs it against the backends whose clock a test can move
-(memory, SQLite), so expiry is tested without sleeping; ``redis_stores`` is
-Redis alone, where tests check the TTL of every key instead (Redis keeps
-time itself). One ``redis-server`` serves the session; each backend gets a
+``stores`` runs a test against memory, SQLite, a real ``redis-server`` and a
+real three-node Redis Cluster (``redis+cluster://``). ``clocked`` runs it
+against the backends whose clock a test can move (memory, SQLite), so expiry
+is tested without sleeping; ``redis_stores`` is Redis and Redis Cluster,
+where tests check the TTL of every key instead (Redis keeps time itself).
+One ``redis-server`` and one cluster serve the session; each backend gets a
 key prefix of its own, and tests look only at keys under it.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from bridge.events.memory import MemoryEventStore
 from bridge.events.store import EventStore
@@ -57,7 +58,7 @@ class Backend:
     stores: Stores
     prefix: str
     clock: FakeClock | None = None  # memory and SQLite: the stores' clock
-    redis: Redis | None = None  # redis: a raw client of the test's own
+    redis: Redis | RedisCluster | None = None  # redis, redis-cluster: a raw client of its own
     sqlite_path: Path | None = None
 
     @property
@@ -111,12 +112,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 async def _opener(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[OpenBackend]:
     """Yield a function opening ``kind`` backends; close all it opened on exit."""
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    redis_url = request.getfixturevalue("redis_server").url if kind == "redis" else ""
+    redis_url = ""
+    if kind == "redis":
+        redis_url = request.getfixturevalue("redis_server").url
+    elif kind == "redis-cluster":
+        redis_url = request.getfixturevalue("redis_cluster").url
     opened: list[Backend] = []
 
     async def open_backend(*, max_events: int = MAX_EVENTS, max_age: float = MAX_AGE) -> Backend:
         prefix = f"t{uuid.uuid4().hex[:12]}"
-        clock = FakeClock() if kind != "redis" else None
+        clock = FakeClock() if not redis_url else None
         sqlite_path = tmp_path / prefix / "bridge.db" if kind == "sqlite" else None
         url = {"memory": "memory://", "sqlite": f"sqlite:///{sqlite_path}"}.get(kind, redis_url)
         stores = await open_stores(
@@ -127,7 +132,12 @@ async def _opener(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Op
             timeout=TIMEOUT,
             clock=clock or time.time,
         )
-        redis = Redis.from_url(redis_url, decode_responses=True) if kind == "redis" else None
+        redis: Redis | RedisCluster | None = None
+        if kind == "redis":
+            redis = Redis.from_url(redis_url, decode_responses=True)
+        elif kind == "redis-cluster":
+            node = redis_url.replace("redis+cluster://", "redis://")
+            redis = RedisCluster.from_url(node, decode_responses=True)
         backend = Backend(kind, stores, prefix, clock, redis, sqlite_path)
         opened.append(backend)
         return backend
@@ -139,7 +149,7 @@ async def _opener(kind: str, request: pytest.FixtureRequest) -> AsyncIterator[Op
             await backend.aclose()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-cluster"])
 async def open_backend(request: pytest.FixtureRequest) -> AsyncIterator[OpenBackend]:
     """Opens backends of each kind with chosen limits; closes them after the test."""
     async with _opener(request.param, request) as opener:
@@ -164,15 +174,15 @@ async def clocked(open_clocked: OpenBackend) -> Backend:
     return await open_clocked()
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "redis-cluster"])
 async def open_redis(request: pytest.FixtureRequest) -> AsyncIterator[OpenBackend]:
-    async with _opener("redis", request) as opener:
+    async with _opener(request.param, request) as opener:
         yield opener
 
 
 @pytest.fixture
 async def redis_stores(open_redis: OpenBackend) -> Backend:
-    """Redis alone, with a raw client (``.redis``) for looking at keys and TTLs."""
+    """Redis and Redis Cluster, with a raw client (``.redis``) for looking at keys and TTLs."""
     return await open_redis()
 
 

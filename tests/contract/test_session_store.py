@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from bridge.errors import ConfigError
 from bridge.events.memory import MemoryEventStore
@@ -508,6 +508,10 @@ async def test_sqlite_url_opens_one_file_creating_its_directory(
         "redis://user:secret@cache.internal:6380/3",
         "rediss://cache.example.com:6380/0",
         "redis://[::1]:6379/1",
+        "redis+cluster://127.0.0.1:7000",
+        "redis+cluster://user:secret@node-1.internal:7000/0",
+        "rediss+cluster://cache.example.com:6380",
+        "REDIS+CLUSTER://[::1]:7000/",
     ],
 )
 async def test_redis_urls_open_without_connecting(url: str) -> None:
@@ -515,6 +519,15 @@ async def test_redis_urls_open_without_connecting(url: str) -> None:
 
     assert isinstance(stores.sessions, RedisSessionStore)
     assert isinstance(stores.events, RedisEventStore)
+    cluster = "+cluster" in url.lower()
+    assert isinstance(stores.redis, RedisCluster if cluster else Redis)
+    await stores.aclose()
+
+
+async def test_only_redis_urls_share_their_client() -> None:
+    stores = await open_stores("memory://", prefix="mcpb", max_events=10, max_age=60, timeout=1)
+
+    assert stores.redis is None
     await stores.aclose()
 
 
@@ -538,6 +551,11 @@ async def test_redis_urls_open_without_connecting(url: str) -> None:
         ("redis://host:0/0", "expected redis://HOST:PORT/DB"),
         ("redis://host:6379/zero", "expected redis://HOST:PORT/DB"),
         ("rediss://u:secret@[::1/0", "Invalid IPv6 URL"),
+        ("redis+cluster://", "expected redis+cluster://HOST:PORT"),
+        ("redis+cluster://host:0", "expected redis+cluster://HOST:PORT"),
+        ("redis+cluster://u:secret@host:7000/1", "a cluster has only DB 0"),
+        ("rediss+cluster://u:secret@[::1/0", "Invalid IPv6 URL"),
+        ("redis+sentinel://host:26379", "redis+cluster://HOST:PORT"),
     ],
 )
 async def test_bad_urls_are_config_errors_that_hide_passwords(url: str, complaint: str) -> None:
