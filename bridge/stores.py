@@ -209,16 +209,9 @@ def _open_redis(
     timeout: float,
     clock: Callable[[], float],
 ) -> Stores:
-    scheme, _, rest = url.partition("://")
-    cluster = CLUSTER_SCHEMES.get(scheme.lower())
-    _check_redis_url(url, cluster=cluster is not None)
-    client: redis_sessions.Client
     try:
         redis_sessions.check_prefix(prefix)
-        if cluster is None:
-            client = redis_sessions.connect(url, timeout=timeout)
-        else:
-            client = redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
+        client = redis_client(url, timeout=timeout)
     except (ValueError, RedisClusterException) as exc:
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
     sessions = redis_sessions.RedisSessionStore(client, prefix=prefix, clock=clock)
@@ -226,6 +219,22 @@ def _open_redis(
         client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
     )
     return Stores(sessions, events, client.aclose, redis=client)
+
+
+def redis_client(url: str, *, timeout: float) -> redis_sessions.Client:
+    """A Redis or Redis Cluster client for a ``redis[s][+cluster]://`` URL, calls bounded by
+    ``timeout`` seconds; connects on first use.
+
+    Raises:
+        ConfigError: the URL is malformed.
+        ValueError, RedisClusterException: redis-py refuses it.
+    """
+    scheme, _, rest = url.partition("://")
+    cluster = CLUSTER_SCHEMES.get(scheme.lower())
+    _check_redis_url(url, cluster=cluster is not None)
+    if cluster is None:
+        return redis_sessions.connect(url, timeout=timeout)
+    return redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
 
 
 def _check_redis_url(url: str, *, cluster: bool) -> None:

@@ -15,8 +15,8 @@ from bridge.metrics import Metrics
 from bridge.replicas.bus import Bus
 from bridge.replicas.forward import Forwarder
 from bridge.replicas.lease import Ownership
-from bridge.sessions import redis as redis_sessions
 from bridge.sessions.store import StoreUnavailable
+from bridge.stores import redis_client
 
 log = structlog.get_logger("bridge.replicas")
 
@@ -50,8 +50,9 @@ class Replica:
         session_ttl: float,
         metrics: Metrics,
     ) -> None:
-        self._client = redis_sessions.connect(url, timeout=timeout)
-        self._reader = redis_sessions.connect(url, timeout=timeout + BUS_BLOCK)
+        # Clients of its own: the bus's blocking reads need a longer socket timeout.
+        self._client = redis_client(url, timeout=timeout)
+        self._reader = redis_client(url, timeout=timeout + BUS_BLOCK)
         self.ownership = Ownership(
             self._client,
             prefix=prefix,

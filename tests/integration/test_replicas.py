@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Iterator
@@ -37,8 +38,23 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, ...]]:
+    """The store options of a test run on one Redis and on a three-node Redis Cluster."""
+    if request.param == "redis-cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        yield ("--store-url", cluster.url, "--store-prefix", f"t{secrets.token_hex(4)}")
+        return
+    with RedisServer(tmp_path / "redis") as server:
+        yield ("--store-url", server.url)
+
+
 async def two(procs: ProcFactory, redis: RedisServer, *extra: str) -> list[tuple[Proc, str]]:
-    common = ("--stdio", FIXTURE, "--store-url", redis.url, "--replica-lease", "1", *extra)
+    return await two_on(procs, ("--store-url", redis.url), *extra)
+
+
+async def two_on(procs: ProcFactory, store: tuple[str, ...], *extra: str) -> list[tuple[Proc, str]]:
+    common = ("--stdio", FIXTURE, *store, "--replica-lease", "1", *extra)
     return [await start_gateway(procs, *common) for _ in range(2)]
 
 
@@ -61,10 +77,10 @@ async def readyz(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
 
 
 async def test_a_resume_at_another_replica_gets_the_owner_s_one_answer(
-    redis: RedisServer, procs: ProcFactory
+    store: tuple[str, ...], procs: ProcFactory
 ) -> None:
     """The issue's two-answers case: the resume lands at B while A finishes the call."""
-    (_, a), (_, b) = await two(procs, redis)
+    (_, a), (_, b) = await two_on(procs, store)
     async with aiohttp.ClientSession() as http:
         at_a = RawClient(http, f"{a}/mcp")
         await at_a.initialize()
@@ -92,10 +108,10 @@ async def test_a_resume_at_another_replica_gets_the_owner_s_one_answer(
 
 
 async def test_a_sampling_answer_posted_at_another_replica_reaches_the_call(
-    redis: RedisServer, procs: ProcFactory
+    store: tuple[str, ...], procs: ProcFactory
 ) -> None:
     """conformance's tools-call-sampling: the client's response lands at B, the call waits at A."""
-    (_, a), (_, b) = await two(procs, redis)
+    (_, a), (_, b) = await two_on(procs, store)
     async with aiohttp.ClientSession() as http:
         at_a = RawClient(http, f"{a}/mcp")
         params = {
@@ -186,9 +202,9 @@ async def test_delete_at_another_replica_ends_the_live_session_at_once(
 
 
 async def test_a_killed_replica_s_sessions_are_taken_over(
-    redis: RedisServer, procs: ProcFactory
+    store: tuple[str, ...], procs: ProcFactory
 ) -> None:
-    (proc_a, a), (_, b) = await two(procs, redis, "--forward-timeout", "0.5")
+    (proc_a, a), (_, b) = await two_on(procs, store, "--forward-timeout", "0.5")
     async with aiohttp.ClientSession() as http:
         at_a = RawClient(http, f"{a}/mcp")
         await at_a.initialize()
