@@ -408,10 +408,7 @@ async def build_app(
     stores = await stores_for(settings)
     metrics = Metrics()
     replica = replica_for(settings, metrics)
-    forwarding = [] if replica is None else [forward.middleware(replica.forwarder)]
-    app = web.Application(
-        middlewares=[*traced, observe, *forwarding], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
     # The HTTP client and hub exist before startup so that routes can bind to
     # them; cleanup_ctx owns their lifetimes (aiohttp closes in reverse order).
     client = aiohttp.ClientSession(
@@ -458,8 +455,11 @@ async def build_app(
         owners=None if replica is None else replica.ownership,
     )
     app[HUB] = hub
+    forwarding = []
     if replica is not None:
         app[REPLICA] = replica
+        forwarding = [forward.middleware(replica.forwarder, hub.forget_elsewhere)]
+    app.middlewares.extend([*traced, observe, *forwarding])
     app[HTTP_CLIENT] = client
     app[PROBE_TIMEOUT] = settings.store_probe_timeout
     app[START_AFTER] = settings.log_request_start_after

@@ -266,9 +266,10 @@ class OwnedElsewhere(ReplicaUnavailable):
     nothing forwards it.
     """
 
-    def __init__(self, owner: str | None) -> None:
+    def __init__(self, owner: str | None, session_id: str = "") -> None:
         super().__init__("this session is held by another replica", headers={"Retry-After": "1"})
         self.owner = owner
+        self.session_id = session_id
 
 
 class UpstreamError(BridgeError):

@@ -60,6 +60,8 @@ LIMIT_RETRY_AFTER: Final = 5
 MAX_TOMBSTONES: Final = 100_000
 #: Tombstoned records the reaper tries to delete from the store per pass.
 TOMBSTONE_RETRY_BATCH: Final = 100
+#: Sessions this process remembers as held by another replica (past it, it forgets them all).
+MAX_ELSEWHERE: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,11 @@ class SessionHub:
         #: Which replica holds which session (:mod:`bridge.replicas.lease`).
         self.owners: Owners = owners or Solo()
         self._draining = False
+        #: (session id, server, principal) -> (the live replica holding it, when
+        #: learnt): forwarded there without asking the store again, for a third
+        #: of a lease; forgotten when forwarding there fails (:meth:`forget_elsewhere`).
+        self._elsewhere: dict[tuple[str, str, str | None], tuple[str, float]] = {}
+        self._elsewhere_for = self.owners.lease / 3
         self.upstreams: dict[str, Upstream] = {n: p.upstream for n, p in pools.items()}
         self.metrics = metrics
         self.stores = stores
@@ -286,6 +293,9 @@ class SessionHub:
             # Unknown, ended elsewhere, or another principal's live session: the
             # same store lookup for each, so how long the 404 takes does not tell
             # a stranger that an id is live here (issue #15 "Timing").
+            held = self._elsewhere.get((session_id, server, principal))
+            if held is not None and time.monotonic() - held[1] < self._elsewhere_for:
+                raise OwnedElsewhere(held[0], session_id)
             session = await self._resume(session_id, server, principal, client_headers)
         if (session.record.server, session.record.principal) != (server, principal):
             raise SessionNotFound("session not found")
@@ -330,7 +340,14 @@ class SessionHub:
             raise SessionNotFound("session not found")  # a stranger must not start an upstream
         if record.server not in self.upstreams:  # removed from the configuration
             raise SessionNotFound("session not found")
-        await self._own(session_id)
+        try:
+            await self._own(session_id)
+        except OwnedElsewhere as held:
+            if held.owner is not None:
+                if len(self._elsewhere) >= MAX_ELSEWHERE:
+                    self._elsewhere.clear()
+                self._elsewhere[(session_id, server, principal)] = (held.owner, time.monotonic())
+            raise
         with self._making_room(record.server, principal):
             connection = await self._connect(record.server, principal, client_headers, session_id)
         try:
@@ -361,12 +378,17 @@ class SessionHub:
         try:
             if self._draining and self.owners.shared:
                 await self.owners.give_back_all([session_id])
-                raise OwnedElsewhere(None)
+                raise OwnedElsewhere(None, session_id)
             owner = await self.owners.claim(session_id, self._config.limits.ttl)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
         if owner != self.owners.me:
-            raise OwnedElsewhere(owner)
+            raise OwnedElsewhere(owner, session_id)
+
+    def forget_elsewhere(self, session_id: str) -> None:
+        """Forwarding ``session_id`` to the replica remembered for it failed: ask again."""
+        for key in [k for k in self._elsewhere if k[0] == session_id]:
+            del self._elsewhere[key]
 
     async def _connect(
         self,
@@ -537,7 +559,7 @@ class SessionHub:
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
         if holder is not None:
-            raise OwnedElsewhere(holder)
+            raise OwnedElsewhere(holder, session_id)
         try:
             await self._store.delete(session_id)
         except StoreUnavailable as exc:

@@ -15,8 +15,11 @@ Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
 ``req``  to owner     ``r`` reply-to replica, ``m`` method, ``p`` path and
                       query, ``h`` headers, ``b`` body (``e``: ``u`` UTF-8
                       text or ``b`` base64)
-``ack``  from owner   sent on receipt, before the work: the owner is there
+``ack``  from owner   the owner is there, sent if the answer has not started
+                      within ``ACK_AFTER`` (else the first of the next two is it)
 ``head`` from owner   ``s`` status, ``h`` headers
+``whole`` from owner  ``s``, ``h`` and the body at once: an answer with a
+                      ``Content-Length`` (plain JSON, 202, errors), one frame
 ``data`` from owner   ``b``/``e`` a body chunk
 ``end``  from owner   the body is complete
 ``fail`` from owner   the owner could not serve it (``why``)
@@ -73,6 +76,8 @@ TUNNEL_FRAMES: Final = 1024
 MAX_HOPS: Final = 3
 #: Seconds to connect to this replica's own loopback listener.
 LOOPBACK_CONNECT: Final = 5.0
+#: Seconds the owner waits for an answer to start before acknowledging on its own.
+ACK_AFTER: Final = 0.05
 
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -215,22 +220,37 @@ class Forwarder:
         self.served += 1
         self._metrics.forwarded.labels("in").inc()
         try:
-            await send({"k": "ack"})
             if self._http is None:
                 raise RuntimeError("not listening")
             headers = CIMultiDict(_headers(frame.get("h", ())))
             headers[HOP_HEADER] = self.hop_token
-            async with self._http.request(
+            exchange = self._http.request(
                 str(frame["m"]),
                 self._loopback + str(frame["p"]),
                 headers=headers,
                 data=_unpack(frame) or None,
                 allow_redirects=False,
-            ) as response:
+            )
+            starting = tasks.spawn(exchange.__aenter__(), name=f"forwarded-start:{token[:8]}")
+            try:
+                done, _ = await asyncio.wait({starting}, timeout=ACK_AFTER)
+                if not done:  # a long call: tell the other end we are here
+                    await send({"k": "ack"})
+                response = await starting
+            except BaseException:
+                starting.cancel()
+                raise
+            try:
                 head = _headers(response.headers.items())
+                if response.content_length is not None:  # all of it, in one frame
+                    body = await response.read()
+                    await send({"k": "whole", "s": response.status, "h": head, **_pack(body)})
+                    return
                 await send({"k": "head", "s": response.status, "h": head})
                 async for chunk in response.content.iter_any():
                     await send({"k": "data", **_pack(chunk)})
+            finally:
+                await exchange.__aexit__(None, None, None)
             await send({"k": "end"})
         except (aiohttp.ClientError, OSError, RuntimeError) as exc:
             log.warning("forwarded_request_failed", error=f"{exc.__class__.__name__}: {exc}")
@@ -271,16 +291,20 @@ class Forwarder:
                 raise StoreDown(f"replica bus unavailable: {exc}") from exc
             self.forwarded += 1
             self._metrics.forwarded.labels("out").inc()
-            ack = await self._next(tunnel, owner, within=self._forward_timeout)
-            if ack is None or ack["k"] != "ack":
+            head = await self._next(tunnel, owner, within=self._forward_timeout)
+            if head is None or head["k"] not in ("ack", "head", "whole"):
                 raise OwnerUnreachable(owner)
             self._metrics.forward_seconds.observe(time.perf_counter() - started)
-            head = await self._next(tunnel, owner)
-            if head is None or head["k"] != "head":
-                raise OwnerUnreachable(owner)
+            if head["k"] == "ack":
+                head = await self._next(tunnel, owner)
+                if head is None or head["k"] not in ("head", "whole"):
+                    raise OwnerUnreachable(owner)
             headers = CIMultiDict(_headers(head.get("h", ())))
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
+            if head["k"] == "whole":
+                finished = True
+                return web.Response(status=int(head["s"]), headers=headers, body=_unpack(head))
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
             await response.prepare(request)
             while (item := await self._next(tunnel, owner)) is not None:
@@ -349,8 +373,12 @@ def moved_response() -> web.Response:
     )
 
 
-def middleware(forwarder: Forwarder) -> Any:
-    """An aiohttp middleware that forwards what a handler finds held by another replica."""
+def middleware(forwarder: Forwarder, forget: Callable[[str], None]) -> Any:
+    """An aiohttp middleware that forwards what a handler finds held by another replica.
+
+    ``forget(session_id)`` is called when forwarding to the replica the hub
+    named failed, so that the next attempt asks the store again.
+    """
 
     @web.middleware
     async def forwarding(
@@ -366,8 +394,10 @@ def middleware(forwarder: Forwarder) -> Any:
                 try:
                     return await forwarder.forward(request, held.owner)
                 except Moved:
+                    forget(held.session_id)
                     continue
                 except OwnerUnreachable:
+                    forget(held.session_id)
                     if await forwarder.outlived(held.owner):
                         continue  # lapsed: the next round takes the session over here
                     raise ReplicaUnavailable(

@@ -79,6 +79,7 @@ class Owners(Protocol):
 
     me: str
     shared: bool
+    lease: float
 
     async def claim(self, session_id: str, ttl: float) -> str: ...
 
@@ -97,6 +98,7 @@ class Solo:
     """One replica: every session is this process's (memory and SQLite stores)."""
 
     shared = False
+    lease = 0.0
 
     def __init__(self) -> None:
         self.me = new_replica_id()
