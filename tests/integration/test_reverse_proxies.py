@@ -49,9 +49,14 @@ def replace_once(text: str, old: str, new: str, times: int = 1) -> str:
     return text.replace(old, new)
 
 
-def nginx_config(tmp: Path, port: int, gateway_ports: list[int]) -> Path:
-    """nginx.conf inside a whole configuration whose files all live in ``tmp``."""
+def nginx_config(tmp: Path, port: int, gateway_ports: list[int], affinity: bool = True) -> Path:
+    """nginx.conf inside a whole configuration whose files all live in ``tmp``.
+
+    Without ``affinity``, the snippet's ``hash`` line goes: round robin.
+    """
     snippet = (PROXY / "nginx.conf").read_text()
+    if not affinity:
+        snippet = replace_once(snippet, "    hash $mcp_bridge_affinity consistent;\n", "")
     snippet = replace_once(snippet, "listen 443 ssl http2;", f"listen 127.0.0.1:{port};")
     for directive in ("ssl_certificate ", "ssl_certificate_key "):
         line = next(ln for ln in snippet.splitlines() if ln.strip().startswith(directive))
@@ -84,9 +89,15 @@ http {{
     return conf
 
 
-def caddy_config(tmp: Path, port: int, gateway_ports: list[int]) -> Path:
-    """The Caddyfile with global options that keep Caddy's state in ``tmp``."""
+def caddy_config(tmp: Path, port: int, gateway_ports: list[int], affinity: bool = True) -> Path:
+    """The Caddyfile with global options that keep Caddy's state in ``tmp``.
+
+    Without ``affinity``, both ``lb_policy`` lines say ``round_robin``.
+    """
     snippet = (PROXY / "Caddyfile").read_text()
+    if not affinity:
+        for policy in ("lb_policy ip_hash", "lb_policy header Mcp-Session-Id"):
+            snippet = replace_once(snippet, policy, "lb_policy round_robin")
     snippet = replace_once(snippet, "mcp.example.com {", f"http://127.0.0.1:{port} {{")
     upstreams = " ".join(f"127.0.0.1:{p}" for p in gateway_ports)
     snippet = replace_once(
@@ -100,8 +111,10 @@ def caddy_config(tmp: Path, port: int, gateway_ports: list[int]) -> Path:
     return conf
 
 
-async def run_nginx(procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int) -> str:
-    conf = nginx_config(tmp, port, gateway_ports)
+async def run_nginx(
+    procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int, affinity: bool = True
+) -> str:
+    conf = nginx_config(tmp, port, gateway_ports, affinity)
     # Debian installs it in /usr/sbin, which a non-root PATH may lack.
     nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     assert nginx, "nginx is not installed (.ci/run installs it)"
@@ -110,8 +123,10 @@ async def run_nginx(procs: ProcFactory, tmp: Path, gateway_ports: list[int], por
     return f"http://127.0.0.1:{port}"
 
 
-async def run_caddy(procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int) -> str:
-    conf = caddy_config(tmp, port, gateway_ports)
+async def run_caddy(
+    procs: ProcFactory, tmp: Path, gateway_ports: list[int], port: int, affinity: bool = True
+) -> str:
+    conf = caddy_config(tmp, port, gateway_ports, affinity)
     caddy = shutil.which("caddy")
     assert caddy, "caddy is not installed (.ci/run installs it)"
     env = {
@@ -124,7 +139,7 @@ async def run_caddy(procs: ProcFactory, tmp: Path, gateway_ports: list[int], por
     return f"http://127.0.0.1:{port}"
 
 
-Runner = Callable[[ProcFactory, Path, list[int], int], Awaitable[str]]
+Runner = Callable[..., Awaitable[str]]  # (procs, tmp, gateway ports, port, affinity=True)
 
 
 @pytest.fixture
@@ -258,3 +273,31 @@ async def test_two_replicas_keep_each_client_on_its_replica(
     for _ in range(3):  # round-robin would send some POSTs to the other replica
         await run_legacy_scenario(f"{proxy}/sse", FASTMCP)
     await run_scenario(f"{proxy}/mcp", FASTMCP)
+
+
+@pytest.mark.parametrize("run", PROXIES)
+async def test_two_replicas_need_no_affinity(
+    run: Runner, procs_stopped_first: ProcFactory, tmp_path: Path, redis: RedisServer
+) -> None:
+    """The snippets with their affinity taken out (round robin): every message of a
+    session, sampling answers included, still reaches the replica holding it (issue #12)."""
+    config = tmp_path / "servers.json"
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
+    config.write_text(json.dumps({"mcpServers": {SERVER: server}}))
+    ports = []
+    for _ in range(2):
+        _, gateway = await start_gateway(
+            procs_stopped_first, "--config", str(config), "--store-url", redis.url
+        )
+        ports.append(int(gateway.rsplit(":", 1)[1]))
+    tmp = tmp_path / "proxy"
+    tmp.mkdir()
+    proxy = await run(procs_stopped_first, tmp, ports, free_port(), affinity=False)
+    await run_legacy_scenario(f"{proxy}/sse", FASTMCP)
+    await run_scenario(f"{proxy}/mcp", FASTMCP)
+    async with aiohttp.ClientSession() as http:
+        forwarded = 0
+        for port in ports:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                forwarded += (await response.json())["replica"]["forwarded"]
+    assert forwarded > 0  # round robin did split sessions over the replicas
