@@ -445,7 +445,7 @@ def test_compose_names_only_what_exists() -> None:
     compose = load_compose()
     services: dict[str, dict[str, Any]] = compose["services"]
     named_volumes = set(compose.get("volumes") or {})
-    assert set(services) == {"gateway", "redis", "example-server"}
+    assert set(services) == {"gateway", "redis", "example-server", "gateway-b", "balancer"}
     for name, service in services.items():
         assert "build" in service or "image" in service, name
         if build := service.get("build"):
@@ -476,6 +476,28 @@ def test_compose_names_only_what_exists() -> None:
     assert services["redis"]["image"].startswith("redis:7")
     assert services["redis"]["command"] == ["redis-server", "--appendonly", "yes"]
     assert "redis-data:/data" in services["redis"]["volumes"]
+
+
+def test_compose_replicas_profile_balances_without_affinity() -> None:
+    """``--profile replicas``: a second gateway like the first, behind round robin (issue #12)."""
+    services = load_compose()["services"]
+    first, second = services["gateway"], services["gateway-b"]
+    assert service_env(second) == service_env(first)
+    assert second["image"] == first["image"]
+    assert second["volumes"] == first["volumes"]
+    balancer = services["balancer"]
+    assert second["profiles"] == balancer["profiles"] == ["replicas"]
+    assert "profiles" not in first  # plain `docker compose up` is one gateway
+    ((conf, target),) = bind_mounts(balancer)
+    assert target == "/etc/nginx/conf.d/default.conf"
+    text = conf.read_text()
+    for server in ("gateway", "gateway-b"):
+        assert f"server {server}:8080;" in text
+    for affinity in ("hash", "sticky"):
+        assert affinity not in text
+    assert "proxy_buffering off;" in text
+    port = balancer["ports"][0].rsplit(":", 1)[1]
+    assert f"listen {port};" in text
 
 
 def test_compose_gateway_config_parses() -> None:

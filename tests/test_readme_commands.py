@@ -169,6 +169,11 @@ COVERAGE: Final[dict[str, Run | Static]] = {
         "tests/test_deploy.py::test_compose_stack_runs_on_the_host",
         NEEDS_DOCKER + "; the services run as host processes",
     ),
+    "docker compose --profile replicas up --build": Static(
+        "tests/test_deploy.py::test_compose_replicas_profile_balances_without_affinity",
+        NEEDS_DOCKER + "; tests/integration/test_reverse_proxies.py::"
+        "test_two_replicas_need_no_affinity runs nginx round robin over two replicas",
+    ),
     # Run here against the gateway on the host; the compose stack itself
     # answers tools/list in tests/test_deploy.py::test_compose_stack_runs_on_the_host.
     COMPOSE_INSPECTOR: Run("test_readme_run_command_answers_the_inspector"),
