@@ -152,6 +152,8 @@ class Ownership:
         self._clock = clock
         self._swap = client.register_script(_SWAP)
         self._give_back_script = client.register_script(_GIVE_BACK)
+        #: Sessions taken over from lapsed replicas.
+        self.takeovers = 0
         #: When the lease was last renewed (monotonic); None before the first renewal.
         self.renewed_at: float | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -220,6 +222,7 @@ class Ownership:
             if swapped:
                 if current is not None and current != self.me:
                     log.info("session_taken_over", session_id=session_id[:8], was=current[:8])
+                    self.takeovers += 1
                     self._on_takeover(session_id)
                 return self.me
         # Contended every round: report whoever holds it now.

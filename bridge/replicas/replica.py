@@ -119,4 +119,5 @@ class Replica:
             "forwarded": self.forwarder.forwarded,
             "served_for_others": self.forwarder.served,
             "cut": self.forwarder.failed,
+            "takeovers": self.ownership.takeovers,
         }
