@@ -234,8 +234,7 @@ class Metrics:
         )  # fmt: skip
         self.forward_seconds = Histogram(
             "mcp_bridge_bus_forward_seconds",
-            "From forwarding an exchange to the owner's first frame: its acknowledgement, "
-            "or its answer when that starts within 50 ms (the bus's own latency)",
+            "From forwarding an exchange to the owner's acknowledgement (the bus's own latency)",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.takeovers = Counter(

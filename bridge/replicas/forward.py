@@ -15,8 +15,7 @@ Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
 ``req``  to owner     ``r`` reply-to replica, ``m`` method, ``p`` path and
                       query, ``h`` headers, ``b`` body (``e``: ``u`` UTF-8
                       text or ``b`` base64)
-``ack``  from owner   the owner is there, sent if the answer has not started
-                      within ``ACK_AFTER`` (else the first of the next two is it)
+``ack``  from owner   sent on receipt, before any work: the owner took it
 ``head`` from owner   ``s`` status, ``h`` headers
 ``whole`` from owner  ``s``, ``h`` and the body at once: an answer with a
                       ``Content-Length`` (plain JSON, 202, errors), one frame
@@ -28,11 +27,15 @@ Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
 
 Bounds: the owner must acknowledge within ``forward_timeout``; while a
 tunnel waits, the owner's lease is checked every half lease, and a lapsed
-owner ends the tunnel. Before the response has started, an owner that never
-acknowledged, or lapsed, is waited out (at most its lease) and the session
-is taken over here; after it has started, the client's connection is closed
-and the client resumes (``Last-Event-ID``) wherever it lands, which takes
-the session over with the answers the single-gateway restart path gives.
+owner ends the tunnel. The owner acknowledges before it starts any work, so:
+
+- no acknowledgement: the owner never ran the request; it is waited out (at
+  most its lease) and the session is taken over and served here;
+- acknowledged, then lost before the answer started: the request may have
+  run, so it is not run again; the client gets 503 -32038, its one answer;
+- lost after the answer started: the client's connection is closed, and the
+  client resumes (``Last-Event-ID``) wherever it lands, which takes the
+  session over with the answers the single-gateway restart path gives.
 
 The owner serves a tunnelled request through its own application on a
 loopback listener of its own (:meth:`Forwarder.listen`), which outlives the
@@ -76,8 +79,6 @@ TUNNEL_FRAMES: Final = 1024
 MAX_HOPS: Final = 3
 #: Seconds to connect to this replica's own loopback listener.
 LOOPBACK_CONNECT: Final = 5.0
-#: Seconds the owner waits for an answer to start before acknowledging on its own.
-ACK_AFTER: Final = 0.05
 
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -231,15 +232,10 @@ class Forwarder:
                 data=_unpack(frame) or None,
                 allow_redirects=False,
             )
-            starting = tasks.spawn(exchange.__aenter__(), name=f"forwarded-start:{token[:8]}")
-            try:
-                done, _ = await asyncio.wait({starting}, timeout=ACK_AFTER)
-                if not done:  # a long call: tell the other end we are here
-                    await send({"k": "ack"})
-                response = await starting
-            except BaseException:
-                starting.cancel()
-                raise
+            # Acknowledged before any work starts: a request the other end
+            # never saw acknowledged was not run here, so it may run it itself.
+            await send({"k": "ack"})
+            response = await exchange.__aenter__()
             try:
                 head = _headers(response.headers.items())
                 if response.content_length is not None:  # all of it, in one frame
@@ -266,7 +262,9 @@ class Forwarder:
 
         Raises:
             OwnerUnreachable: no acknowledgement within ``forward_timeout``, or
-                the owner lapsed, before the answer started (nothing sent).
+                the owner lapsed before acknowledging: it never ran the request.
+            ReplicaUnavailable: the owner took the request and was lost before
+                answering (503 -32038).
             Moved: the owner does not hold the session any more.
             StoreDown: the bus (Redis) cannot be written.
         """
@@ -291,14 +289,20 @@ class Forwarder:
                 raise StoreDown(f"replica bus unavailable: {exc}") from exc
             self.forwarded += 1
             self._metrics.forwarded.labels("out").inc()
-            head = await self._next(tunnel, owner, within=self._forward_timeout)
-            if head is None or head["k"] not in ("ack", "head", "whole"):
+            ack = await self._next(tunnel, owner, within=self._forward_timeout)
+            if ack is None or ack["k"] != "ack":
                 raise OwnerUnreachable(owner)
             self._metrics.forward_seconds.observe(time.perf_counter() - started)
-            if head["k"] == "ack":
-                head = await self._next(tunnel, owner)
-                if head is None or head["k"] not in ("head", "whole"):
-                    raise OwnerUnreachable(owner)
+            head = await self._next(tunnel, owner)
+            if head is None or head["k"] not in ("head", "whole"):
+                # It took the request and was lost before answering: it may
+                # have run, so it is not run again here. One answer: this.
+                self.failed += 1
+                raise ReplicaUnavailable(
+                    "the replica holding this session was lost while serving this request, "
+                    "which may have run; the session goes on at another replica",
+                    headers={"Retry-After": "1"},
+                )
             headers = CIMultiDict(_headers(head.get("h", ())))
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
