@@ -200,6 +200,24 @@ async def _open_sqlite_stores(
     return Stores(sessions, events, db.aclose)
 
 
+def redis_client(url: str, *, timeout: float) -> redis_sessions.Client:
+    """A client for a Redis store URL: ``redis://`` or ``rediss://`` gives a Redis client,
+    ``redis+cluster://`` or ``rediss+cluster://`` a Redis Cluster client.
+
+    Calls are bounded by ``timeout`` seconds (see :func:`redis_sessions.connect` and
+    :func:`redis_sessions.connect_cluster`); nothing connects before the first call.
+
+    Raises:
+        ValueError: redis-py rejects the URL.
+        RedisClusterException: likewise, for cluster-only rules.
+    """
+    scheme, _, rest = url.partition("://")
+    cluster = CLUSTER_SCHEMES.get(scheme.lower())
+    if cluster is None:
+        return redis_sessions.connect(url, timeout=timeout)
+    return redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
+
+
 def _open_redis(
     url: str,
     *,
@@ -209,16 +227,10 @@ def _open_redis(
     timeout: float,
     clock: Callable[[], float],
 ) -> Stores:
-    scheme, _, rest = url.partition("://")
-    cluster = CLUSTER_SCHEMES.get(scheme.lower())
-    _check_redis_url(url, cluster=cluster is not None)
-    client: redis_sessions.Client
+    _check_redis_url(url, cluster=url.partition("://")[0].lower() in CLUSTER_SCHEMES)
     try:
         redis_sessions.check_prefix(prefix)
-        if cluster is None:
-            client = redis_sessions.connect(url, timeout=timeout)
-        else:
-            client = redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
+        client = redis_client(url, timeout=timeout)
     except (ValueError, RedisClusterException) as exc:
         raise ConfigError(f"store URL {redact(url)!r}: {exc}") from exc
     sessions = redis_sessions.RedisSessionStore(client, prefix=prefix, clock=clock)

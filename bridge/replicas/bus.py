@@ -23,10 +23,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
-from redis.asyncio import Redis
 
 from bridge import jsonrpc
-from bridge.sessions.redis import ms, unavailable
+from bridge.sessions.redis import Client, ms, unavailable
 from bridge.sessions.store import StoreUnavailable
 
 log = structlog.get_logger("bridge.replicas")
@@ -56,7 +55,9 @@ class Bus:
         block: seconds one ``XREAD BLOCK`` waits for a frame.
     """
 
-    def __init__(self, client: Redis, reader: Redis, *, prefix: str, me: str, block: float) -> None:
+    def __init__(
+        self, client: Client, reader: Client, *, prefix: str, me: str, block: float
+    ) -> None:
         self._client = client
         self._reader = reader
         self._prefix = prefix

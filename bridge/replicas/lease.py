@@ -42,10 +42,9 @@ from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 import structlog
-from redis.asyncio import Redis
 
 from bridge import jsonrpc, tasks
-from bridge.sessions.redis import ms, unavailable, valid_session_id
+from bridge.sessions.redis import Client, ms, unavailable, valid_session_id
 from bridge.sessions.store import StoreUnavailable
 
 log = structlog.get_logger("bridge.replicas")
@@ -136,7 +135,7 @@ class Ownership:
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         *,
         prefix: str,
         lease: float,

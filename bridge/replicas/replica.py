@@ -15,8 +15,8 @@ from bridge.metrics import Metrics
 from bridge.replicas.bus import Bus
 from bridge.replicas.forward import Forwarder
 from bridge.replicas.lease import Ownership
-from bridge.sessions import redis as redis_sessions
 from bridge.sessions.store import StoreUnavailable
+from bridge.stores import redis_client
 
 log = structlog.get_logger("bridge.replicas")
 
@@ -30,7 +30,7 @@ class Replica:
     """This process as one of several replicas on a Redis store.
 
     Args:
-        url: the Redis store URL.
+        url: the Redis or Redis Cluster store URL (:func:`bridge.stores.redis_client`).
         prefix: the store's key prefix.
         timeout: seconds one Redis call may take (the store's).
         lease: seconds this replica counts as alive after a renewal (renewed every third).
@@ -50,8 +50,8 @@ class Replica:
         session_ttl: float,
         metrics: Metrics,
     ) -> None:
-        self._client = redis_sessions.connect(url, timeout=timeout)
-        self._reader = redis_sessions.connect(url, timeout=timeout + BUS_BLOCK)
+        self._client = redis_client(url, timeout=timeout)
+        self._reader = redis_client(url, timeout=timeout + BUS_BLOCK)
         self.ownership = Ownership(
             self._client,
             prefix=prefix,
