@@ -91,6 +91,16 @@ _HOP_BY_HOP: Final = frozenset(
 )
 
 
+#: Response headers the replica a request landed at sets itself (aiohttp-cors,
+#: for the request's Origin, with the same options as the owner): relayed, they
+#: would be set twice, which aiohttp-cors refuses (an AssertionError, a 500).
+_SET_HERE: Final = _HOP_BY_HOP | {
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+}
+
+
 class OwnerUnreachable(Exception):
     """The owner did not acknowledge in time, or lapsed, before any answer started."""
 
@@ -278,7 +288,7 @@ class Forwarder:
             head = await self._next(tunnel, owner)
             if head is None or head["k"] != "head":
                 raise OwnerUnreachable(owner)
-            headers = CIMultiDict(_headers(head.get("h", ())))
+            headers = CIMultiDict(_headers(head.get("h", ()), _SET_HERE))
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
