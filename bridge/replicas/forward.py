@@ -292,16 +292,13 @@ class Forwarder:
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
-            await response.prepare(request)
-            while (item := await self._next(tunnel, owner)) is not None:
-                if item["k"] == "data":
-                    await response.write(_unpack(item))
-                elif item["k"] == "end":
-                    await response.write_eof()
-                    finished = True
-                    return response
-                else:
-                    break
+            try:
+                finished = await self._relay(request, response, tunnel, owner)
+            except ConnectionResetError as exc:  # the owner's exchange is cancelled below
+                log.info("forwarded_client_gone", error=exc.__class__.__name__)
+                return response
+            if finished:
+                return response
             # The owner failed or lapsed mid-answer: cut the client off, as a
             # replica dying would; it resumes wherever it lands next.
             self.failed += 1
@@ -313,6 +310,25 @@ class Forwarder:
             del self._tunnels[token]
             if not finished:
                 _ = tasks.spawn(self._cancel(owner, token), name=f"forward-cancel:{token[:8]}")
+
+    async def _relay(
+        self, request: web.Request, response: web.StreamResponse, tunnel: _Tunnel, owner: str
+    ) -> bool:
+        """Send the owner's answer on: whether it came whole (``end``), not cut short.
+
+        Raises:
+            ConnectionResetError: the client went away.
+        """
+        await response.prepare(request)
+        while (item := await self._next(tunnel, owner)) is not None:
+            if item["k"] == "data":
+                await response.write(_unpack(item))
+            elif item["k"] == "end":
+                await response.write_eof()
+                return True
+            else:
+                return False
+        return False
 
     async def _cancel(self, owner: str, token: str) -> None:
         # If the bus is down the owner's exchange runs to its own end, unread.
