@@ -200,6 +200,24 @@ async def _open_sqlite_stores(
     return Stores(sessions, events, db.aclose)
 
 
+def redis_client(url: str, *, timeout: float) -> redis_sessions.Client:
+    """A client for a Redis store URL: ``redis://`` or ``rediss://`` gives a Redis client,
+    ``redis+cluster://`` or ``rediss+cluster://`` a Redis Cluster client.
+
+    Calls are bounded by ``timeout`` seconds (see :func:`redis_sessions.connect` and
+    :func:`redis_sessions.connect_cluster`); nothing connects before the first call.
+
+    Raises:
+        ValueError: redis-py rejects the URL.
+        RedisClusterException: likewise, for cluster-only rules.
+    """
+    scheme, _, rest = url.partition("://")
+    cluster = CLUSTER_SCHEMES.get(scheme.lower())
+    if cluster is None:
+        return redis_sessions.connect(url, timeout=timeout)
+    return redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
+
+
 def _open_redis(
     url: str,
     *,
@@ -209,6 +227,7 @@ def _open_redis(
     timeout: float,
     clock: Callable[[], float],
 ) -> Stores:
+    _check_redis_url(url, cluster=url.partition("://")[0].lower() in CLUSTER_SCHEMES)
     try:
         redis_sessions.check_prefix(prefix)
         client = redis_client(url, timeout=timeout)
@@ -219,22 +238,6 @@ def _open_redis(
         client, prefix=prefix, max_events=max_events, max_age=max_age, clock=clock
     )
     return Stores(sessions, events, client.aclose, redis=client)
-
-
-def redis_client(url: str, *, timeout: float) -> redis_sessions.Client:
-    """A Redis or Redis Cluster client for a ``redis[s][+cluster]://`` URL, calls bounded by
-    ``timeout`` seconds; connects on first use.
-
-    Raises:
-        ConfigError: the URL is malformed.
-        ValueError, RedisClusterException: redis-py refuses it.
-    """
-    scheme, _, rest = url.partition("://")
-    cluster = CLUSTER_SCHEMES.get(scheme.lower())
-    _check_redis_url(url, cluster=cluster is not None)
-    if cluster is None:
-        return redis_sessions.connect(url, timeout=timeout)
-    return redis_sessions.connect_cluster(f"{cluster}://{rest}", timeout=timeout)
 
 
 def _check_redis_url(url: str, *, cluster: bool) -> None:

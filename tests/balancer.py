@@ -254,17 +254,22 @@ class Balancer:
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=response_headers(upstream)
         )
-        await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)  # one write per chunk: SSE events go out at once
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
-            # The backend died mid-body: end the client's response the way a real
-            # balancer does, by closing its connection without a last chunk.
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        await response.write_eof()
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)  # one write per chunk: SSE events go out at once
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+                # The backend died mid-body: end the client's response the way a real
+                # balancer does, by closing its connection without a last chunk.
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client went away (often right after its last chunk, before the
+            # handler is cancelled): the backend sees its connection close too.
+            upstream.close()
         return response
 
     def _own_502(self, request: web.BaseRequest, why: str) -> web.Response:

@@ -57,6 +57,8 @@ class Proc:
             for stream in (process.stdout, process.stderr)
             if stream is not None
         ]
+        # Output can end before the exit is seen: wake wait_for at the exit too.
+        self._exit = asyncio.ensure_future(self._watch_exit())
 
     @classmethod
     async def start(
@@ -76,6 +78,10 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    async def _watch_exit(self) -> None:
+        await self.process.wait()
+        self._changed.set()
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
@@ -144,7 +150,7 @@ class Proc:
         code = await self.process.wait()
         for reader in self._readers:
             reader.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        await asyncio.gather(*self._readers, self._exit, return_exceptions=True)
         return code
 
 

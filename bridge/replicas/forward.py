@@ -97,6 +97,16 @@ _HOP_BY_HOP: Final = frozenset(
 )
 
 
+#: Response headers the replica a request landed at sets itself (aiohttp-cors,
+#: for the request's Origin, with the same options as the owner): relayed, they
+#: would be set twice, which aiohttp-cors refuses (an AssertionError, a 500).
+_SET_HERE: Final = _HOP_BY_HOP | {
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-expose-headers",
+}
+
+
 class OwnerUnreachable(Exception):
     """The owner did not acknowledge in time, or lapsed, before any answer started."""
 
@@ -303,23 +313,20 @@ class Forwarder:
                     "which may have run; the session goes on at another replica",
                     headers={"Retry-After": "1"},
                 )
-            headers = CIMultiDict(_headers(head.get("h", ())))
+            headers = CIMultiDict(_headers(head.get("h", ()), _SET_HERE))
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
             if head["k"] == "whole":
                 finished = True
                 return web.Response(status=int(head["s"]), headers=headers, body=_unpack(head))
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
-            await response.prepare(request)
-            while (item := await self._next(tunnel, owner)) is not None:
-                if item["k"] == "data":
-                    await response.write(_unpack(item))
-                elif item["k"] == "end":
-                    await response.write_eof()
-                    finished = True
-                    return response
-                else:
-                    break
+            try:
+                finished = await self._relay(request, response, tunnel, owner)
+            except ConnectionResetError as exc:  # the owner's exchange is cancelled below
+                log.info("forwarded_client_gone", error=exc.__class__.__name__)
+                return response
+            if finished:
+                return response
             # The owner failed or lapsed mid-answer: cut the client off, as a
             # replica dying would; it resumes wherever it lands next.
             self.failed += 1
@@ -331,6 +338,25 @@ class Forwarder:
             del self._tunnels[token]
             if not finished:
                 _ = tasks.spawn(self._cancel(owner, token), name=f"forward-cancel:{token[:8]}")
+
+    async def _relay(
+        self, request: web.Request, response: web.StreamResponse, tunnel: _Tunnel, owner: str
+    ) -> bool:
+        """Send the owner's answer on: whether it came whole (``end``), not cut short.
+
+        Raises:
+            ConnectionResetError: the client went away.
+        """
+        await response.prepare(request)
+        while (item := await self._next(tunnel, owner)) is not None:
+            if item["k"] == "data":
+                await response.write(_unpack(item))
+            elif item["k"] == "end":
+                await response.write_eof()
+                return True
+            else:
+                return False
+        return False
 
     async def _cancel(self, owner: str, token: str) -> None:
         # If the bus is down the owner's exchange runs to its own end, unread.

@@ -30,7 +30,7 @@ class Replica:
     """This process as one of several replicas on a Redis store.
 
     Args:
-        url: the Redis store URL.
+        url: the Redis or Redis Cluster store URL (:func:`bridge.stores.redis_client`).
         prefix: the store's key prefix.
         timeout: seconds one Redis call may take (the store's).
         lease: seconds this replica counts as alive after a renewal (renewed every third).

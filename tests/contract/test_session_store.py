@@ -18,16 +18,19 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
+from bridge.app import replica_for
 from bridge.errors import ConfigError
 from bridge.events.memory import MemoryEventStore
 from bridge.events.redis import RedisEventStore
 from bridge.events.sqlite import SqliteEventStore
+from bridge.metrics import Metrics
 from bridge.sessions import redis as redis_sessions
 from bridge.sessions.memory import MemorySessionStore
 from bridge.sessions.redis import RedisSessionStore
 from bridge.sessions.sqlite import SqliteSessionStore
 from bridge.sessions.store import SessionRecord, StoreUnavailable
-from bridge.stores import open_stores
+from bridge.settings import Settings
+from bridge.stores import open_stores, redis_client
 from tests.contract.conftest import Backend
 from tests.redis_server import RedisServer
 
@@ -500,20 +503,20 @@ async def test_sqlite_url_opens_one_file_creating_its_directory(
         await reopened.aclose()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis://127.0.0.1:6379/0",
-        "redis://localhost",
-        "redis://user:secret@cache.internal:6380/3",
-        "rediss://cache.example.com:6380/0",
-        "redis://[::1]:6379/1",
-        "redis+cluster://127.0.0.1:7000",
-        "redis+cluster://user:secret@node-1.internal:7000/0",
-        "rediss+cluster://cache.example.com:6380",
-        "REDIS+CLUSTER://[::1]:7000/",
-    ],
-)
+REDIS_URLS = [
+    "redis://127.0.0.1:6379/0",
+    "redis://localhost",
+    "redis://user:secret@cache.internal:6380/3",
+    "rediss://cache.example.com:6380/0",
+    "redis://[::1]:6379/1",
+    "redis+cluster://127.0.0.1:7000",
+    "redis+cluster://user:secret@node-1.internal:7000/0",
+    "rediss+cluster://cache.example.com:6380",
+    "REDIS+CLUSTER://[::1]:7000/",
+]
+
+
+@pytest.mark.parametrize("url", REDIS_URLS)
 async def test_redis_urls_open_without_connecting(url: str) -> None:
     stores = await open_stores(url, prefix="mcpb", max_events=10, max_age=60, timeout=1)
 
@@ -522,6 +525,21 @@ async def test_redis_urls_open_without_connecting(url: str) -> None:
     cluster = "+cluster" in url.lower()
     assert isinstance(stores.redis, RedisCluster if cluster else Redis)
     await stores.aclose()
+
+
+@pytest.mark.parametrize("url", REDIS_URLS)
+async def test_every_redis_url_that_opens_stores_gives_a_replica_the_same_client(
+    url: str,
+) -> None:
+    """The replica's lease and bus (bridge/replicas/) use their own clients of the store's
+    kind: a gateway on ``redis+cluster://`` once failed to start there (issue #12)."""
+    client = redis_client(url, timeout=1)
+    try:
+        assert isinstance(client, RedisCluster if "+cluster" in url.lower() else Redis)
+    finally:
+        await client.aclose()
+    replica = replica_for(Settings(store_url=url), Metrics())
+    assert replica is not None
 
 
 async def test_only_redis_urls_share_their_client() -> None:

@@ -234,24 +234,38 @@ async def run_suite(
     return code, results
 
 
+async def fixture_args(upstream: str, procs: ProcFactory, tmp_path: Path) -> list[str]:
+    """Start the fixture (unless stdio); the gateway arguments that put it behind a gateway.
+
+    ``upstream``: ``stdio``, ``legacy-sse``, or a Streamable HTTP server type
+    (``streamable-http``), which goes in a config file in ``tmp_path``.
+    """
+    if upstream == "stdio":
+        return ["--stdio", f"{sys.executable} {FIXTURE_SERVER}"]
+    if upstream == "legacy-sse":
+        return ["--sse", await start_fixture_sse(procs)]
+    # No flag for it: a config file, beside (not among) the suite's results.
+    _, url = await start_fixture_http(procs)
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"mcpServers": {"fixture": {"url": url, "type": upstream}}}))
+    return ["--config", str(config)]
+
+
+def suite_url(base: str) -> str:
+    """The /mcp URL the suite is given for a base URL on 127.0.0.1: dns-rebinding-protection
+    needs a localhost URL."""
+    return base.replace("127.0.0.1", "localhost") + "/mcp"
+
+
 async def gateway_url(
     upstream: str, share: str, procs: ProcFactory, tmp_path: Path, *options: str
 ) -> str:
     """Start the fixture (unless stdio) and a gateway in front of it; the gateway's /mcp."""
-    if upstream == "stdio":
-        args = ["--stdio", f"{sys.executable} {FIXTURE_SERVER}"]
-    elif upstream == "legacy-sse":
-        args = ["--sse", await start_fixture_sse(procs)]
-    else:  # no flag for it: a config file, beside (not among) the suite's results
-        _, url = await start_fixture_http(procs)
-        config = tmp_path / "servers.json"
-        config.write_text(json.dumps({"mcpServers": {"fixture": {"url": url, "type": upstream}}}))
-        args = ["--config", str(config)]
+    args = await fixture_args(upstream, procs, tmp_path)
     gateway, base = await start_gateway(procs, *args, "--share", share, *options)
     if "--pool-min" in options:  # the suite starts at once: let the warm sessions be up first
         await gateway.wait_for(r'"event": "pool_warm"')
-    # dns-rebinding-protection needs a localhost URL.
-    return base.replace("127.0.0.1", "localhost") + "/mcp"
+    return suite_url(base)
 
 
 UPSTREAMS = pytest.mark.parametrize("upstream", ["stdio", "legacy-sse", "streamable-http"])

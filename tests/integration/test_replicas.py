@@ -201,6 +201,26 @@ async def test_delete_at_another_replica_ends_the_live_session_at_once(
         assert (await readyz(http, a))["sessions"] == 0
 
 
+async def test_a_browser_s_request_at_another_replica_gets_its_cors_headers_once(
+    redis: RedisServer, procs: ProcFactory
+) -> None:
+    """conformance's dns-rebinding-protection sends an Origin: B's aiohttp-cors sets the CORS
+    headers of the answer it relays from A (it once found A's there, and failed with 500)."""
+    (_, a), (_, b) = await two(procs, redis)
+    async with aiohttp.ClientSession() as http:
+        at_a = RawClient(http, f"{a}/mcp")
+        await at_a.initialize()
+        at_b = RawClient(http, f"{b}/mcp")
+        at_b.session_id = at_a.session_id
+        async with asyncio.timeout(BOUND):
+            reply = await at_b.post(at_b.request("ping"), Origin=b)
+            forwarded = (await readyz(http, b))["replica"]["forwarded"]
+        assert (reply.status, reply.messages[-1].get("result")) == (200, {})
+        assert reply.headers.getall("Access-Control-Allow-Origin") == [b]
+        assert len(reply.headers.getall("Access-Control-Expose-Headers")) == 1
+        assert forwarded == 1
+
+
 async def test_a_killed_replica_s_sessions_are_taken_over(
     store: tuple[str, ...], procs: ProcFactory
 ) -> None:

@@ -5,13 +5,15 @@ HTTP front door. Upstreams: a FastMCP server over legacy SSE and over stdio,
 and ``@modelcontextprotocol/server-everything`` from npm over stdio and over
 legacy SSE. Each runs the same scenario: initialize, tools/list, tools/call,
 a progress-reporting tool (progress before the result), a sampling round
-trip (server -> client request), resources/read, prompts/get, ping, DELETE.
+trip (server -> client request), resources/read, prompts/get, ping, DELETE;
+a profile that names an elicitation tool adds an elicitation round trip.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,9 @@ class Profile:
     sampling_tool: tuple[str, dict[str, Any]]
     resource: tuple[str, str]
     prompt: tuple[str, dict[str, str], str]
+    #: (tool, arguments, text its result holds); "" for none: the client then
+    #: declares no elicitation capability.
+    elicitation_tool: tuple[str, dict[str, Any], str] = ("", {}, "")
 
 
 FASTMCP = Profile(
@@ -57,6 +62,17 @@ EVERYTHING = Profile(
     prompt=("args-prompt", {"city": "Lisbon"}, "Lisbon"),
 )
 SAMPLED = "sampled through the gateway"
+#: What the elicitation callback accepts with (the fixture's test_elicitation asks for these).
+ELICITED = {"username": "through-the-gateway", "email": "gateway@example.test"}
+#: FASTMCP plus an elicitation round trip; the fixture echoes the accepted content.
+FASTMCP_ELICITING = replace(
+    FASTMCP,
+    elicitation_tool=(
+        "test_elicitation",
+        {"message": "Who are you?"},
+        f"action=accept, content={json.dumps(ELICITED)}",
+    ),
+)
 
 
 async def _sampling(
@@ -67,18 +83,32 @@ async def _sampling(
     )
 
 
+async def _elicitation(
+    context: RequestContext[ClientSession, Any], params: types.ElicitRequestParams
+) -> types.ElicitResult:
+    assert isinstance(params, types.ElicitRequestFormParams), params
+    return types.ElicitResult(action="accept", content=dict(ELICITED))
+
+
 def _text(result: types.CallToolResult) -> str:
     assert not result.isError, result
     return "".join(c.text for c in result.content if isinstance(c, types.TextContent))
 
 
 async def exercise(session: ClientSession, profile: Profile) -> None:
-    """After initialize: tools, progress before the result, sampling, resources, prompts, ping.
+    """After initialize: tools, progress before the result, sampling, elicitation, resources,
+    prompts, ping.
 
-    Shared by both front doors' SDK tests; a profile with no sampling tool skips sampling.
+    Shared by both front doors' SDK tests; a profile with no sampling (elicitation) tool
+    skips sampling (elicitation).
     """
     tools = {t.name for t in (await session.list_tools()).tools}
-    expected_tools = {profile.tool[0], profile.progress_tool[0], profile.sampling_tool[0]} - {""}
+    expected_tools = {
+        profile.tool[0],
+        profile.progress_tool[0],
+        profile.sampling_tool[0],
+        profile.elicitation_tool[0],
+    } - {""}
     assert expected_tools <= tools
 
     name, args, expected = profile.tool
@@ -102,6 +132,10 @@ async def exercise(session: ClientSession, profile: Profile) -> None:
     if name:
         assert SAMPLED in _text(await session.call_tool(name, args))
 
+    name, args, expected = profile.elicitation_tool
+    if name:
+        assert expected in _text(await session.call_tool(name, args))
+
     uri, needle = profile.resource
     contents = (await session.read_resource(uri)).contents  # type: ignore[arg-type]
     assert any(needle in getattr(c, "text", "") for c in contents)
@@ -117,7 +151,12 @@ async def exercise(session: ClientSession, profile: Profile) -> None:
 async def run_scenario(url: str, profile: Profile) -> None:
     async with (
         streamable_http_client(url) as (read, write, get_session_id),
-        ClientSession(read, write, sampling_callback=_sampling) as session,
+        ClientSession(
+            read,
+            write,
+            sampling_callback=_sampling,
+            elicitation_callback=_elicitation if profile.elicitation_tool[0] else None,
+        ) as session,
     ):
         init = await session.initialize()
         assert init.protocolVersion == types.LATEST_PROTOCOL_VERSION
@@ -165,8 +204,8 @@ async def _everything_sse(procs: ProcFactory) -> Any:
 @pytest.mark.parametrize(
     ("setup", "profile"),
     [
-        pytest.param(_fastmcp_sse, FASTMCP, id="fastmcp-legacy-sse"),
-        pytest.param(_fastmcp_stdio, FASTMCP, id="fastmcp-stdio"),
+        pytest.param(_fastmcp_sse, FASTMCP_ELICITING, id="fastmcp-legacy-sse"),
+        pytest.param(_fastmcp_stdio, FASTMCP_ELICITING, id="fastmcp-stdio"),
         pytest.param(_everything_stdio, EVERYTHING, id="everything-stdio"),
         pytest.param(_everything_sse, EVERYTHING, id="everything-legacy-sse"),
     ],
