@@ -10,7 +10,16 @@ reads its own inbox with ``XREAD BLOCK`` and writes to another's with
                                           ``MAX_FRAMES`` kept (older trimmed)
 
 A frame is a JSON object with ``k`` (its kind) and ``t`` (the tunnel token
-it belongs to); :mod:`bridge.replicas.forward` gives the kinds meaning. The
+it belongs to); :mod:`bridge.replicas.forward` gives the kinds meaning.
+
+A request frame comes with a *claim* key beside the inbox (same hash tag)::
+
+    {prefix}:bus:{<replica id>}:t:<token>   string  pending, taken or dropped
+
+The receiver may start on it only by turning ``pending`` into ``taken``; the
+sender, giving up, turns ``pending`` into ``dropped``. Whichever comes first
+wins (a compare-and-set), so a request is run at most once even when the
+receiver reads it late (paused, slow) after the sender gave up on it. The
 reader deletes what it has read (``XTRIM MINID``), so an inbox holds only
 frames not yet read: a replica that lags more than ``MAX_FRAMES`` behind
 loses the oldest, and the tunnels they belonged to end by their own bounds.
@@ -41,6 +50,15 @@ READ_RETRY: Final = 0.5
 
 Frame = dict[str, Any]
 
+# KEYS[1] a request's claim; ARGV[1] what it becomes if still pending.
+_SETTLE: Final = """
+if redis.call('GET', KEYS[1]) == 'pending' then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
 
 class Bus:
     """Send frames to replicas and read this one's inbox.
@@ -59,6 +77,7 @@ class Bus:
         self, client: Client, reader: Client, *, prefix: str, me: str, block: float
     ) -> None:
         self._client = client
+        self._settle = client.register_script(_SETTLE)
         self._reader = reader
         self._prefix = prefix
         self.me = me
@@ -70,11 +89,28 @@ class Bus:
     def inbox(self, replica: str) -> str:
         return f"{self._prefix}:bus:{{{replica}}}"
 
-    async def send(self, replica: str, frame: Frame) -> None:
+    def claim_key(self, replica: str, token: str) -> str:
+        return f"{self._prefix}:bus:{{{replica}}}:t:{token}"
+
+    async def send_request(self, replica: str, token: str, frame: Frame) -> None:
+        """Append a request ``frame`` with its claim, ``pending``. Raises StoreUnavailable."""
+        await self.send(replica, frame, claim=self.claim_key(replica, token))
+
+    async def settle(self, replica: str, token: str, outcome: str) -> bool:
+        """Turn the claim of ``token`` from ``pending`` into ``outcome`` (``taken`` by
+        the receiver, ``dropped`` by the sender); whether this call did. Raises
+        StoreUnavailable."""
+        with unavailable("bus claim"):
+            done = await self._settle(keys=[self.claim_key(replica, token)], args=[outcome])
+        return bool(done)
+
+    async def send(self, replica: str, frame: Frame, *, claim: str | None = None) -> None:
         """Append ``frame`` to ``replica``'s inbox. Raises StoreUnavailable."""
         key = self.inbox(replica)
         with unavailable("bus send"):
             async with self._client.pipeline(transaction=False) as pipe:
+                if claim is not None:  # before the frame, in the same slot
+                    _ = pipe.set(claim, "pending", px=ms(INBOX_TTL))
                 entry: dict[Any, Any] = {"f": jsonrpc.encode(frame)}
                 _ = pipe.xadd(key, entry, maxlen=MAX_FRAMES, approximate=True)
                 _ = pipe.pexpire(key, ms(INBOX_TTL))

@@ -29,8 +29,11 @@ Bounds: the owner must acknowledge within ``forward_timeout``; while a
 tunnel waits, the owner's lease is checked every half lease, and a lapsed
 owner ends the tunnel. The owner acknowledges before it starts any work, so:
 
-- no acknowledgement: the owner never ran the request; it is waited out (at
-  most its lease) and the session is taken over and served here;
+- no acknowledgement within ``forward_timeout``: the sender drops the
+  request's claim (:mod:`bridge.replicas.bus`); if that wins, the owner never
+  runs it, and once the owner is waited out (at most its lease) the session
+  is taken over and served here; if the owner took it just then, its answer
+  is awaited as usual;
 - acknowledged, then lost before the answer started: the request may have
   run, so it is not run again; the client gets 503 -32038, its one answer;
 - lost after the answer started: the client's connection is closed, and the
@@ -242,8 +245,12 @@ class Forwarder:
                 data=_unpack(frame) or None,
                 allow_redirects=False,
             )
-            # Acknowledged before any work starts: a request the other end
-            # never saw acknowledged was not run here, so it may run it itself.
+            # Taken, then acknowledged, before any work starts: a request the
+            # other end gave up on first (this replica paused, or slow to
+            # read) is never run here; it runs it itself (bridge.replicas.bus).
+            if not await self._bus.settle(self._bus.me, token, "taken"):
+                log.info("forwarded_request_dropped", reason="the other end gave up on it")
+                return
             await send({"k": "ack"})
             response = await exchange.__aenter__()
             try:
@@ -294,25 +301,22 @@ class Forwarder:
         started = time.perf_counter()
         try:
             try:
-                await self._bus.send(owner, frame)
+                await self._bus.send_request(owner, token, frame)
             except StoreUnavailable as exc:
                 raise StoreDown(f"replica bus unavailable: {exc}") from exc
             self.forwarded += 1
             self._metrics.forwarded.labels("out").inc()
             ack = await self._next(tunnel, owner, within=self._forward_timeout)
+            if ack is None:
+                if await self._drop(owner, token):
+                    raise OwnerUnreachable(owner)  # never taken: it may run here
+                ack = await self._next(tunnel, owner)  # taken just now: the owner's
             if ack is None or ack["k"] != "ack":
-                raise OwnerUnreachable(owner)
+                raise self._lost()
             self._metrics.forward_seconds.observe(time.perf_counter() - started)
             head = await self._next(tunnel, owner)
             if head is None or head["k"] not in ("head", "whole"):
-                # It took the request and was lost before answering: it may
-                # have run, so it is not run again here. One answer: this.
-                self.failed += 1
-                raise ReplicaUnavailable(
-                    "the replica holding this session was lost while serving this request, "
-                    "which may have run; the session goes on at another replica",
-                    headers={"Retry-After": "1"},
-                )
+                raise self._lost()
             headers = CIMultiDict(_headers(head.get("h", ()), _SET_HERE))
             if head["s"] == 503 and MOVED_HEADER in CIMultiDict(head.get("h", ())):
                 raise Moved(owner)
@@ -357,6 +361,23 @@ class Forwarder:
             else:
                 return False
         return False
+
+    def _lost(self) -> ReplicaUnavailable:
+        """The owner took the request and was lost before answering: it may have
+        run, so it is not run again here. One answer: this (503 -32038)."""
+        self.failed += 1
+        return ReplicaUnavailable(
+            "the replica holding this session was lost while serving this request, "
+            "which may have run; the session goes on at another replica",
+            headers={"Retry-After": "1"},
+        )
+
+    async def _drop(self, owner: str, token: str) -> bool:
+        """Give up on an unacknowledged request: whether the owner can no longer take it."""
+        try:
+            return await self._bus.settle(owner, token, "dropped")
+        except StoreUnavailable:
+            return False  # cannot tell: treat it as taken (never run it twice)
 
     async def _cancel(self, owner: str, token: str) -> None:
         # If the bus is down the owner's exchange runs to its own end, unread.

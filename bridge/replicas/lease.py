@@ -171,9 +171,12 @@ class Ownership:
     async def renew(self) -> None:
         """Write this replica's lease (PX ``lease``). Raises StoreUnavailable."""
         facts = jsonrpc.encode({"host": socket.gethostname(), "pid": os.getpid()})
+        # Stamped when asked, not when answered: a process paused while the
+        # write was in flight must not count the pause as leased time.
+        started = self._clock()
         with unavailable("lease"):
             await self._client.set(self.alive_key(self.me), facts, px=ms(self.lease))
-        self.renewed_at = self._clock()
+        self.renewed_at = started
 
     def lapsed(self) -> bool:
         """Whether this replica's lease may have run out: its sessions may be another's."""

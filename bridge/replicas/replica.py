@@ -84,11 +84,10 @@ class Replica:
         next_refresh = time.monotonic() + self._refresh_every
         while True:
             await asyncio.sleep(self.ownership.lease / 3)
-            # Checked before renewing: a process paused (or cut off) past its
-            # lease may find its sessions taken, even if Redis now answers.
-            if self.ownership.lapsed() and hub.live():
-                log.error("replica_lease_lapsed", sessions=len(hub.live()))
-                await hub.let_go("replica lease lapsed")
+            # Checked before renewing (a process paused or cut off past its
+            # lease may find its sessions taken, even if Redis now answers) and
+            # after (paused while the renewal was in flight).
+            await self._let_go_if_lapsed(hub)
             try:
                 await self.ownership.renew()
                 if time.monotonic() >= next_refresh:
@@ -96,6 +95,13 @@ class Replica:
                     next_refresh = time.monotonic() + self._refresh_every
             except StoreUnavailable as exc:
                 log.warning("replica_lease_renew_failed", error=str(exc))
+            await self._let_go_if_lapsed(hub)
+
+    async def _let_go_if_lapsed(self, hub: SessionHub) -> None:
+        if self.ownership.lapsed() and hub.live():
+            # Another replica may have taken these sessions over: let them go.
+            log.error("replica_lease_lapsed", sessions=len(hub.live()))
+            await hub.let_go("replica lease lapsed")
 
     async def aclose(self, grace: float) -> None:
         """Stop: forwarded exchanges get ``grace`` seconds; then the lease goes."""
