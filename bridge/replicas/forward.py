@@ -227,7 +227,9 @@ class Forwarder:
                 data=_unpack(frame) or None,
                 allow_redirects=False,
             ) as response:
-                head = _headers(response.headers.items())
+                # The Moved mark goes in the frame (the forwarding end reads it there);
+                # the forwarding end strips it from what its client gets.
+                head = _headers(response.headers.items(), _HOP_BY_HOP - {MOVED_HEADER.lower()})
                 await send({"k": "head", "s": response.status, "h": head})
                 async for chunk in response.content.iter_any():
                     await send({"k": "data", **_pack(chunk)})
