@@ -643,9 +643,23 @@ class SessionHub:
         log.info("draining", sessions=len(live), busy=len(busy), grace_s=grace)
         try:
             async with asyncio.timeout(grace):
-                await asyncio.gather(*(s.wait_quiet() for s in busy))
+                await asyncio.gather(*(self._hand_over_when_quiet(s) for s in live))
         except TimeoutError:
             log.warning("drain_grace_over", still_busy=sum(bool(s.in_flight()) for s in busy))
+
+    async def _hand_over_when_quiet(self, session: Session) -> None:
+        """Wait until no request of ``session`` waits upstream; then, with replicas, release it.
+
+        Released the moment it is quiet (nothing awaited between the check and
+        the release) and its owner key given back, its next request is served
+        by another replica (forwarded here, it is answered "moved"), instead
+        of starting here and being cut by :meth:`aclose` (-32035).
+        """
+        while session.in_flight():
+            await session.wait_quiet()
+        if self.owners.shared:
+            self._forget(session)
+            await session.close("gateway draining: handed over", hand_over=True)
 
     async def aclose(self) -> None:
         """Release every session (records kept), bounded by ``shutdown_timeout``.
