@@ -648,15 +648,15 @@ class SessionHub:
             log.warning("drain_grace_over", still_busy=sum(bool(s.in_flight()) for s in busy))
 
     async def _hand_over_when_quiet(self, session: Session) -> None:
-        """Wait until no request of ``session`` waits upstream; then, with replicas, release it.
+        """Wait until no request of ``session`` is on its way upstream or waits there; then,
+        with replicas, release it.
 
         Released the moment it is quiet (nothing awaited between the check and
         the release) and its owner key given back, its next request is served
         by another replica (forwarded here, it is answered "moved"), instead
         of starting here and being cut by :meth:`aclose` (-32035).
         """
-        while session.in_flight():
-            await session.wait_quiet()
+        await session.wait_quiet()
         if self.owners.shared:
             self._forget(session)
             await session.close("gateway draining: handed over", hand_over=True)
