@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -315,6 +316,12 @@ def report(name: str, load: Load, replicas: Replicas) -> None:
     odd = [o for o in load.outcomes if o.hung or not o.result_ok]
     for o in odd[:20]:  # what a failure is about: cut calls, refusals, errors
         print("  not a plain result:", o)
+    if odd:  # and what the replicas said meanwhile
+        for replica in replicas.replicas:
+            for run, proc in enumerate(replica.runs):
+                for line in proc.lines:
+                    if re.search(r'"level": "(warning|error)"|"status": 5|"draining"', line):
+                        print(f"  replica {replica.index} run {run}: {line[:300]}")
 
 
 async def test_kill_9_of_one_replica_under_load(procs: ProcFactory, redis: RedisServer) -> None:
