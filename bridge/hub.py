@@ -355,13 +355,16 @@ class SessionHub:
 
         Raises:
             OwnedElsewhere: another live replica holds it (forward there), or
-                this one is draining (serve it where the request landed).
+                this one is draining and none does (``owner`` None: serve it
+                where the request landed).
             StoreDown: the store cannot say who holds it.
         """
         try:
             if self._draining and self.owners.shared:
                 await self.owners.give_back_all([session_id])
-                raise OwnedElsewhere(None)
+                # Another live replica holding it serves it (a request that reached
+                # this one directly is forwarded there); else whoever forwarded it.
+                raise OwnedElsewhere(await self.owners.holder(session_id))
             owner = await self.owners.claim(session_id, self._config.limits.ttl)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
