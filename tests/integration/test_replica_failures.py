@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -86,6 +87,7 @@ class Outcome:
     cut: int = 0  # streams that ended without the answer
     latency: float = 0.0
     hung: bool = False  # past REQUEST_BOUND
+    sent_at: str = ""  # UTC wall clock, to match the replicas' log lines
 
     @property
     def accepted(self) -> bool:
@@ -156,6 +158,7 @@ class Load:
         self, client: RawClient, request: dict[str, Any], outcome: Outcome, *, sleeping: bool
     ) -> None:
         started = time.monotonic()
+        outcome.sent_at = datetime.now(UTC).strftime("%H:%M:%S.%f")
         try:
             async with asyncio.timeout(REQUEST_BOUND):
                 await self._post(client, request, outcome, sleeping=sleeping)
