@@ -16,7 +16,9 @@ Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
                       query, ``h`` headers, ``b`` body (``e``: ``u`` UTF-8
                       text or ``b`` base64)
 ``ack``  from owner   sent on receipt, before the work: the owner is there
-``head`` from owner   ``s`` status, ``h`` headers
+``head`` from owner   ``s`` status, ``h`` headers, ``b``/``e`` the body's
+                      first bytes (sent with the status, so a client never
+                      holds a 200 without its stream's priming event)
 ``data`` from owner   ``b``/``e`` a body chunk
 ``end``  from owner   the body is complete
 ``fail`` from owner   the owner could not serve it (``why``)
@@ -73,6 +75,10 @@ TUNNEL_FRAMES: Final = 1024
 MAX_HOPS: Final = 3
 #: Seconds to connect to this replica's own loopback listener.
 LOOPBACK_CONNECT: Final = 5.0
+#: Most seconds the owner holds a forwarded answer's status back for its first bytes
+#: (a 2025-11-25 stream's priming event comes at once; an older GET stream's first
+#: event may not).
+FIRST_CHUNK_WAIT: Final = 0.5
 
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -230,7 +236,8 @@ class Forwarder:
                 # The Moved mark goes in the frame (the forwarding end reads it there);
                 # the forwarding end strips it from what its client gets.
                 head = _headers(response.headers.items(), _HOP_BY_HOP - {MOVED_HEADER.lower()})
-                await send({"k": "head", "s": response.status, "h": head})
+                first = await self._first_chunk(response)
+                await send({"k": "head", "s": response.status, "h": head, **_pack(first)})
                 async for chunk in response.content.iter_any():
                     await send({"k": "data", **_pack(chunk)})
             await send({"k": "end"})
@@ -240,6 +247,20 @@ class Forwarder:
                 await send({"k": "fail", "why": exc.__class__.__name__})
         except StoreUnavailable as exc:  # the bus is down: the other end times out
             log.warning("bus_send_failed", error=str(exc))
+
+    @staticmethod
+    async def _first_chunk(response: aiohttp.ClientResponse) -> bytes:
+        """The body's first bytes, if they come within :data:`FIRST_CHUNK_WAIT` (else b"").
+
+        They travel in the ``head`` frame, so the client gets the status and a
+        stream's priming event (the id it resumes from) together: an owner
+        that dies between the two would leave it a 200 with nothing to resume.
+        """
+        try:
+            async with asyncio.timeout(FIRST_CHUNK_WAIT):
+                return await response.content.readany()
+        except TimeoutError:
+            return b""
 
     # -- the receiving end --------------------------------------------------
 
@@ -285,6 +306,8 @@ class Forwarder:
                 raise Moved(owner)
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
             await response.prepare(request)
+            if first := _unpack(head):
+                await response.write(first)
             while (item := await self._next(tunnel, owner)) is not None:
                 if item["k"] == "data":
                     await response.write(_unpack(item))
