@@ -372,13 +372,16 @@ class SessionHub:
 
         Raises:
             OwnedElsewhere: another live replica holds it (forward there), or
-                this one is draining (serve it where the request landed).
+                this one is draining and none does (``owner`` None: serve it
+                where the request landed).
             StoreDown: the store cannot say who holds it.
         """
         try:
             if self._draining and self.owners.shared:
                 await self.owners.give_back_all([session_id])
-                raise OwnedElsewhere(None, session_id)
+                # Another live replica holding it serves it (a request that reached
+                # this one directly is forwarded there); else whoever forwarded it.
+                raise OwnedElsewhere(await self.owners.holder(session_id), session_id)
             owner = await self.owners.claim(session_id, self._config.limits.ttl)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
@@ -665,9 +668,23 @@ class SessionHub:
         log.info("draining", sessions=len(live), busy=len(busy), grace_s=grace)
         try:
             async with asyncio.timeout(grace):
-                await asyncio.gather(*(s.wait_quiet() for s in busy))
+                await asyncio.gather(*(self._hand_over_when_quiet(s) for s in live))
         except TimeoutError:
             log.warning("drain_grace_over", still_busy=sum(bool(s.in_flight()) for s in busy))
+
+    async def _hand_over_when_quiet(self, session: Session) -> None:
+        """Wait until no request of ``session`` is on its way upstream or waits there; then,
+        with replicas, release it.
+
+        Released the moment it is quiet (nothing awaited between the check and
+        the release) and its owner key given back, its next request is served
+        by another replica (forwarded here, it is answered "moved"), instead
+        of starting here and being cut by :meth:`aclose` (-32035).
+        """
+        await session.wait_quiet()
+        if self.owners.shared:
+            self._forget(session)
+            await session.close("gateway draining: handed over", hand_over=True)
 
     async def aclose(self) -> None:
         """Release every session (records kept), bounded by ``shutdown_timeout``.

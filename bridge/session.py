@@ -131,6 +131,7 @@ class Session(StreamResumption):
         self._initialize_timer: asyncio.TimerHandle | None = None
         self._internal: dict[int, asyncio.Future[Message]] = {}
         self._quiet = asyncio.Event()  # set whenever nothing is in flight upstream
+        self._admitting = 0  # post_requests past their checks, not yet sent upstream
         self._on_closed: list[Callable[[], None]] = []
         self.closed = False  # True once close() has finished
         self.last_active = time.monotonic()
@@ -233,8 +234,9 @@ class Session(StreamResumption):
         return self._close_task
 
     async def wait_quiet(self) -> None:
-        """Until no request of this session waits for the upstream (drain)."""
-        while self._router.in_flight():
+        """Until no request of this session waits for the upstream, nor is on its way there
+        (a POST that passed its checks and is storing its stream's first event): drain."""
+        while self._router.in_flight() or self._admitting:
             self._quiet.clear()
             await self._quiet.wait()
 
@@ -334,6 +336,15 @@ class Session(StreamResumption):
                 headers={"Retry-After": str(REQUEST_RETRY_AFTER)},
             )
         self.last_active = time.monotonic()
+        self._admitting += 1
+        try:
+            return await self._admit(requests, resumable, size)
+        finally:
+            self._admitting -= 1
+            if not self._router.in_flight() and not self._admitting:
+                self._quiet.set()
+
+    async def _admit(self, requests: list[Message], resumable: bool, size: int) -> Stream:
         if any(r.get("method") != "initialize" for r in requests):
             await self.mark_used()
         key = self._router.open_stream(unrelated=resumable)

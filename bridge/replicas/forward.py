@@ -16,7 +16,9 @@ Frames (:mod:`bridge.replicas.bus`), ``t`` the tunnel's token:
                       query, ``h`` headers, ``b`` body (``e``: ``u`` UTF-8
                       text or ``b`` base64)
 ``ack``  from owner   sent on receipt, before any work: the owner took it
-``head`` from owner   ``s`` status, ``h`` headers
+``head`` from owner   ``s`` status, ``h`` headers, ``b``/``e`` the body's
+                      first bytes (sent with the status, so a client never
+                      holds a 200 without its stream's priming event)
 ``whole`` from owner  ``s``, ``h`` and the body at once: an answer with a
                       ``Content-Length`` (plain JSON, 202, errors), one frame
 ``data`` from owner   ``b``/``e`` a body chunk
@@ -82,6 +84,10 @@ TUNNEL_FRAMES: Final = 1024
 MAX_HOPS: Final = 3
 #: Seconds to connect to this replica's own loopback listener.
 LOOPBACK_CONNECT: Final = 5.0
+#: Most seconds the owner holds a forwarded answer's status back for its first bytes
+#: (a 2025-11-25 stream's priming event comes at once; an older GET stream's first
+#: event may not).
+FIRST_CHUNK_WAIT: Final = 0.5
 
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -254,12 +260,15 @@ class Forwarder:
             await send({"k": "ack"})
             response = await exchange.__aenter__()
             try:
-                head = _headers(response.headers.items())
+                # The Moved mark goes in the frame (the forwarding end reads it there);
+                # the forwarding end strips it from what its client gets.
+                head = _headers(response.headers.items(), _HOP_BY_HOP - {MOVED_HEADER.lower()})
                 if response.content_length is not None:  # all of it, in one frame
                     body = await response.read()
                     await send({"k": "whole", "s": response.status, "h": head, **_pack(body)})
                     return
-                await send({"k": "head", "s": response.status, "h": head})
+                first = await self._first_chunk(response)
+                await send({"k": "head", "s": response.status, "h": head, **_pack(first)})
                 async for chunk in response.content.iter_any():
                     await send({"k": "data", **_pack(chunk)})
             finally:
@@ -271,6 +280,20 @@ class Forwarder:
                 await send({"k": "fail", "why": exc.__class__.__name__})
         except StoreUnavailable as exc:  # the bus is down: the other end times out
             log.warning("bus_send_failed", error=str(exc))
+
+    @staticmethod
+    async def _first_chunk(response: aiohttp.ClientResponse) -> bytes:
+        """The body's first bytes, if they come within :data:`FIRST_CHUNK_WAIT` (else b"").
+
+        They travel in the ``head`` frame, so the client gets the status and a
+        stream's priming event (the id it resumes from) together: an owner
+        that dies between the two would leave it a 200 with nothing to resume.
+        """
+        try:
+            async with asyncio.timeout(FIRST_CHUNK_WAIT):
+                return await response.content.readany()
+        except TimeoutError:
+            return b""
 
     # -- the receiving end --------------------------------------------------
 
@@ -325,7 +348,7 @@ class Forwarder:
                 return web.Response(status=int(head["s"]), headers=headers, body=_unpack(head))
             response = web.StreamResponse(status=int(head["s"]), headers=headers)
             try:
-                finished = await self._relay(request, response, tunnel, owner)
+                finished = await self._relay(request, response, tunnel, owner, _unpack(head))
             except ConnectionResetError as exc:  # the owner's exchange is cancelled below
                 log.info("forwarded_client_gone", error=exc.__class__.__name__)
                 return response
@@ -344,14 +367,22 @@ class Forwarder:
                 _ = tasks.spawn(self._cancel(owner, token), name=f"forward-cancel:{token[:8]}")
 
     async def _relay(
-        self, request: web.Request, response: web.StreamResponse, tunnel: _Tunnel, owner: str
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        tunnel: _Tunnel,
+        owner: str,
+        first: bytes,
     ) -> bool:
-        """Send the owner's answer on: whether it came whole (``end``), not cut short.
+        """Send the owner's answer on, ``first`` its first bytes: whether it came
+        whole (``end``), not cut short.
 
         Raises:
             ConnectionResetError: the client went away.
         """
         await response.prepare(request)
+        if first:
+            await response.write(first)
         while (item := await self._next(tunnel, owner)) is not None:
             if item["k"] == "data":
                 await response.write(_unpack(item))
