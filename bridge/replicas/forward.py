@@ -88,6 +88,8 @@ LOOPBACK_CONNECT: Final = 5.0
 #: (a 2025-11-25 stream's priming event comes at once; an older GET stream's first
 #: event may not).
 FIRST_CHUNK_WAIT: Final = 0.5
+#: Seconds past a lease's expiry to look again (timer and PTTL rounding).
+EXPIRY_MARGIN: Final = 0.05
 
 _HOP_BY_HOP: Final = frozenset(
     {
@@ -440,7 +442,9 @@ class Forwarder:
         try:
             left = await self._ownership.lease_left(owner)
             if left > 0:
-                await asyncio.sleep(left)  # a wait for a remote expiry: bounded by the lease
+                # A wait for a remote expiry, bounded by the lease; a little past
+                # it, as timers and PTTL's milliseconds round.
+                await asyncio.sleep(left + EXPIRY_MARGIN)
             return not await self._ownership.alive(owner)
         except StoreUnavailable:
             return False
