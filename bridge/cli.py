@@ -10,6 +10,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 import structlog
 from aiohttp import web
@@ -28,6 +29,9 @@ from bridge.upstreams import descendants
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("bridge")
+
+#: Most seconds a shutdown waits for accepted connections to send their request.
+SETTLE_CAP: Final = 2.0
 
 
 def _config_error(exc: ConfigError) -> int:
@@ -140,6 +144,10 @@ async def serve(
         )
         await stop.wait()
         log.info("shutting_down")
+        # No new connections (a load balancer moves on); what was accepted
+        # gets its request in before aiohttp closes idle connections.
+        await site.stop()
+        await app[GATE].settle(min(settings.header_timeout, SETTLE_CAP))
     finally:
         await reloader.aclose()
         await runner.cleanup()

@@ -137,6 +137,13 @@ class AcceptServer(asyncio.AbstractServer):
             conn.close()
 
     def close(self) -> None:
+        # Connections the kernel has queued are taken first: closing the socket
+        # would reset them, requests their clients believe sent (a rolling
+        # restart behind a load balancer). What they carry is then served.
+        if self._serving:
+            for sock in self._sockets:
+                if sock.fileno() != -1 and sock.fileno() not in self._paused:
+                    self._accept(sock)
         self._serving = False
         for timer in self._paused.values():
             timer.cancel()

@@ -82,6 +82,7 @@ class ConnectionGate:
         self.refused = 0
         self.evicted = 0
         self.timed_out = 0
+        self._changed = asyncio.Event()  # a request began or a connection closed
 
     def __len__(self) -> int:
         return len(self._open)
@@ -128,6 +129,21 @@ class ConnectionGate:
 
     def closed(self, conn: _Guarded) -> None:
         self._drop(conn)
+        self._changed.set()
+
+    async def settle(self, within: float) -> None:
+        """Shutdown, once the listener is closed: wait at most ``within`` seconds until
+        no connection is waiting for its request to begin (accepted, or its next
+        request's bytes arriving), so that aiohttp's shutdown, which closes every
+        connection not serving a request, drops no request a client has sent."""
+        try:
+            async with asyncio.timeout(within):
+                while any(c.armed and not c.busy for c in self._open):
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            waiting = sum(c.armed and not c.busy for c in self._open)
+            log.info("shutdown_requests_unsent", connections=waiting, waited_s=within)
 
     def timed_out_headers(self) -> None:
         self.timed_out += 1
@@ -138,6 +154,7 @@ class ConnectionGate:
         if (conn := self._by_handler.get(handler)) is not None:
             conn.busy += 1
             conn.disarm()
+            self._changed.set()
 
     def end(self, handler: object) -> None:
         if (conn := self._by_handler.get(handler)) is not None:

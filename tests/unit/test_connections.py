@@ -6,8 +6,10 @@ Seams only: a stand-in for aiohttp's request handler and for the transport.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
+from bridge.frontends.acceptor import AcceptServer, listening_sockets
 from bridge.frontends.connections import ConnectionGate, _Guarded
 
 
@@ -91,3 +93,54 @@ async def test_a_connection_serving_a_request_is_never_closed() -> None:
     assert refused.aborted
     assert not transport.closed
     assert gate.refused == 1
+
+
+async def test_settle_waits_for_an_accepted_connection_to_begin_its_request() -> None:
+    """Shutdown: aiohttp closes connections not serving a request; one just accepted
+    must first get its request in (a rolling restart's 502s)."""
+    gate = ConnectionGate(cap=10, header_timeout=60)
+    _, idle_handler, _ = connect(gate)
+    gate.begin(idle_handler)
+    gate.end(idle_handler)  # keep-alive, between requests: nothing to wait for
+    _, arriving_handler, _ = connect(gate)  # accepted, its request not begun
+    settling = asyncio.ensure_future(gate.settle(within=30))
+    await asyncio.sleep(0)
+    assert not settling.done()
+    gate.begin(arriving_handler)
+    async with asyncio.timeout(5):
+        await settling
+
+
+async def test_settle_gives_up_on_a_silent_connection_within_its_bound() -> None:
+    gate = ConnectionGate(cap=10, header_timeout=60)
+    connect(gate)  # accepted, never sends a byte
+    async with asyncio.timeout(5):
+        await gate.settle(within=0.05)
+
+
+async def test_closing_the_listener_serves_what_the_kernel_had_queued() -> None:
+    """Connections queued in the backlog are accepted, not reset, when the server closes."""
+    made: list[asyncio.Transport] = []
+    all_made = asyncio.Event()
+
+    class Recorder(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)  # type: ignore[arg-type]
+            if len(made) == 3:
+                all_made.set()
+
+    sockets = await listening_sockets("127.0.0.1", 0, 16)
+    server = AcceptServer(sockets, Recorder, 16)
+    await server.start_serving()
+    port = sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:  # connected in the kernel; the loop has not run the accept yet
+        server.close()
+        async with asyncio.timeout(5):
+            await all_made.wait()
+        assert len(made) == 3
+    finally:
+        for client in clients:
+            client.close()
+        for transport in made:
+            transport.close()
