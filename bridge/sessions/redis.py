@@ -54,7 +54,7 @@ from typing import Any, Final, TypeAlias
 
 import redis
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -91,16 +91,27 @@ _REDIS_MAJOR: Final = int(redis.__version__.split(".")[0])
 
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
+#: Most connections one client opens to Redis (to each node of a cluster).
+POOL_SIZE: Final = 1000
+
 
 def connect(url: str, *, timeout: float) -> Redis:
-    """A client for ``url`` with bounded calls and retries; connects on first use."""
-    return Redis.from_url(
+    """A client for ``url`` with bounded calls and retries; connects on first use.
+
+    At most :data:`POOL_SIZE` connections; a call that finds them all busy
+    waits up to ``timeout`` seconds for one, then fails (redis-py's default
+    pool, 100 connections in 8.x, fails at once: 503s for a burst of clients).
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(ExponentialBackoff(cap=RETRY_CAP, base=RETRY_BASE), RETRIES),
     )
+    return Redis.from_pool(pool)
 
 
 class Cluster(RedisCluster):
@@ -150,6 +161,7 @@ def connect_cluster(url: str, *, timeout: float) -> RedisCluster:
         retry = {"retry": Retry(NoBackoff(), 0), "cluster_error_retry_attempts": RETRIES}
     return Cluster.from_url(
         url,
+        max_connections=POOL_SIZE,  # per node; past it a call fails (redis-py has no wait)
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,

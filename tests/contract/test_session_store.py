@@ -9,6 +9,7 @@ healing without a restart; and the URLs :func:`open_stores` accepts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import sqlite3
@@ -642,3 +643,13 @@ async def test_an_unreadable_record_is_none_not_an_error(stores: Backend, text: 
 
     assert await stores.sessions.get("bad") is None
     assert [r.session_id for r in await stores.sessions.list(10)] == ["good"]
+
+
+async def test_a_burst_of_calls_past_redis_py_s_default_pool_waits_instead_of_failing(
+    stores: Backend,
+) -> None:
+    """300 calls at once (a burst of clients): redis-py 8's default pool fails the 101st
+    at once ("Too many connections", a 503); the store's pool lets it wait its turn."""
+    await stores.sessions.create(record(), TTL)
+    found = await asyncio.gather(*(stores.sessions.get("s-1") for _ in range(300)))
+    assert found == [record()] * 300
