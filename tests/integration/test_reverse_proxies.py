@@ -252,24 +252,30 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.close()
 
 
+async def two_replicas_behind(
+    run: Runner, procs: ProcFactory, tmp_path: Path, redis: RedisServer, affinity: bool = True
+) -> tuple[list[int], str]:
+    """Two gateways on ``redis`` in front of the fixture (stdio), and ``run``'s proxy
+    in front of them: their ports and the proxy's URL."""
+    config = tmp_path / "servers.json"
+    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
+    config.write_text(json.dumps({"mcpServers": {SERVER: server}}))
+    ports = []
+    for _ in range(2):
+        _, gateway = await start_gateway(procs, "--config", str(config), "--store-url", redis.url)
+        ports.append(int(gateway.rsplit(":", 1)[1]))
+    tmp = tmp_path / "proxy"
+    tmp.mkdir()
+    return ports, await run(procs, tmp, ports, free_port(), affinity=affinity)
+
+
 @pytest.mark.parametrize("run", PROXIES)
 async def test_two_replicas_keep_each_client_on_its_replica(
     run: Runner, procs_stopped_first: ProcFactory, tmp_path: Path, redis: RedisServer
 ) -> None:
     """Two gateways on one Redis: a legacy connection (process-local) must get its
     POSTs on the replica holding its GET stream; Streamable HTTP sessions work too."""
-    config = tmp_path / "servers.json"
-    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
-    config.write_text(json.dumps({"mcpServers": {SERVER: server}}))
-    ports = []
-    for _ in range(2):
-        _, gateway = await start_gateway(
-            procs_stopped_first, "--config", str(config), "--store-url", redis.url
-        )
-        ports.append(int(gateway.rsplit(":", 1)[1]))
-    tmp = tmp_path / "proxy"
-    tmp.mkdir()
-    proxy = await run(procs_stopped_first, tmp, ports, free_port())
+    _, proxy = await two_replicas_behind(run, procs_stopped_first, tmp_path, redis)
     for _ in range(3):  # round-robin would send some POSTs to the other replica
         await run_legacy_scenario(f"{proxy}/sse", FASTMCP)
     await run_scenario(f"{proxy}/mcp", FASTMCP)
@@ -281,18 +287,9 @@ async def test_two_replicas_need_no_affinity(
 ) -> None:
     """The snippets with their affinity taken out (round robin): every message of a
     session, sampling answers included, still reaches the replica holding it (issue #12)."""
-    config = tmp_path / "servers.json"
-    server = {"command": sys.executable, "args": [str(FIXTURE_SERVER)]}
-    config.write_text(json.dumps({"mcpServers": {SERVER: server}}))
-    ports = []
-    for _ in range(2):
-        _, gateway = await start_gateway(
-            procs_stopped_first, "--config", str(config), "--store-url", redis.url
-        )
-        ports.append(int(gateway.rsplit(":", 1)[1]))
-    tmp = tmp_path / "proxy"
-    tmp.mkdir()
-    proxy = await run(procs_stopped_first, tmp, ports, free_port(), affinity=False)
+    ports, proxy = await two_replicas_behind(
+        run, procs_stopped_first, tmp_path, redis, affinity=False
+    )
     await run_legacy_scenario(f"{proxy}/sse", FASTMCP)
     await run_scenario(f"{proxy}/mcp", FASTMCP)
     async with aiohttp.ClientSession() as http:
