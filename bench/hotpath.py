@@ -143,7 +143,7 @@ async def start_gateway(
     if pythonpath is not None:  # the child inherits the environment as it is at its start
         os.environ["PYTHONPATH"] = str(pythonpath)
     try:
-        port = await child.start(load.gateway_ready)
+        port = await load.start_gateway_child(child)  # probed: warning level prints no port
     finally:
         if pythonpath is not None:
             os.environ.pop("PYTHONPATH") if saved is None else os.environ.update(PYTHONPATH=saved)
