@@ -252,6 +252,25 @@ async def test_a_deleted_session_can_append_again(stores: Backend) -> None:
     assert await replay(stores, "s-1", "get", first) == [msg(1)]
 
 
+async def test_appends_made_together_each_land_in_their_own_stream_in_order(
+    stores: Backend,
+) -> None:
+    """Many sessions' events at once (SQLite commits them as a group, Redis
+    pipelines them, issue #13): every caller gets its own position, and each
+    stream replays exactly its own events, in order."""
+    sessions, per_stream = 20, 3
+    for round_ in range(per_stream):
+        positions = await asyncio.gather(*(
+            stores.events.append(f"s-{i}", f"req:{i % 2}", msg(round_ * 100 + i), TTL)
+            for i in range(sessions)
+        ))  # fmt: skip
+        assert all(SAFE_POSITION.fullmatch(p) for p in positions)  # unique per stream only
+    for i in range(sessions):
+        expected = [msg(round_ * 100 + i) for round_ in range(per_stream)]
+        assert await replay(stores, f"s-{i}", f"req:{i % 2}", "") == expected
+        assert await replay(stores, f"s-{i}", f"req:{(i + 1) % 2}", "") == []
+
+
 # --- expiry and bounds, by moving the clock (memory, SQLite) ---------------------
 
 
@@ -429,6 +448,36 @@ async def test_redis_outage_fails_appends_and_replays_then_heals(own_redis: Redi
         again = await stores.events.append("s-1", "get", msg(2), TTL)
         await stores.events.append("s-1", "get", msg(3), TTL)
         assert await replay_of(stores.events, again) == [msg(3)]
+    finally:
+        await stores.aclose()
+
+
+async def test_redis_appends_made_together_survive_a_flushed_script_cache(
+    redis_stores: Backend,
+) -> None:
+    """A restarted Redis has forgotten the append script: appends sent together
+    as EVALSHA get NOSCRIPT, load it, and are stored all the same."""
+    assert redis_stores.redis is not None
+    await redis_stores.redis.script_flush()
+    await asyncio.gather(
+        *(redis_stores.events.append(f"s-{i}", "get", msg(i), TTL) for i in range(10))
+    )
+    for i in range(10):
+        assert await replay(redis_stores, f"s-{i}", "get", "") == [msg(i)]
+
+
+async def test_redis_outage_fails_every_append_made_together(own_redis: RedisServer) -> None:
+    stores = await open_stores(own_redis.url, prefix="t", max_events=10, max_age=60, timeout=0.3)
+    try:
+        await stores.events.append("s-0", "get", msg(0), TTL)
+        own_redis.kill()
+        results = await asyncio.gather(
+            *(stores.events.append(f"s-{i}", "get", msg(i), TTL) for i in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        own_redis.start()
+        assert await stores.events.append("s-1", "get", msg(1), TTL)
     finally:
         await stores.aclose()
 
