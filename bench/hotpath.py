@@ -8,6 +8,10 @@ back to back, the order alternating):
   stdlib json, no MCP library) answering Streamable HTTP with JSON, direct and
   as the gateway's Streamable HTTP upstream. Target: gateway CPU per
   ``tools/list`` <= 2.5x the bare endpoint's own CPU per request, at every N.
+  Also, for reference, ``floor`` (``--serve-floor``): the least reverse proxy
+  aiohttp makes (its server and its client on uvloop, bytes and the session
+  header passed through; no session, pool, log or metric), in front of the
+  same endpoint: what the stack alone costs.
 - ``sse``: the FastMCP legacy SSE example server, direct and through the
   gateway (bench/load.py's two paths). Targets: req/s >= 0.9x at N >= 50,
   added p50 <= 1 ms at N = 1.
@@ -37,7 +41,7 @@ import secrets
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,51 @@ async def bare_post(request: web.Request) -> web.Response:
         result = {}
     body = {"jsonrpc": "2.0", "id": rid, "result": result}
     return web.json_response(body, headers=headers)
+
+
+FLOOR_READY = "floor proxy listening on port "
+#: Request headers the floor proxy passes on (the rest are hop-by-hop or aiohttp's own).
+FLOOR_HEADERS = ("Accept", "Content-Type", "Mcp-Session-Id", "MCP-Protocol-Version")
+
+
+def serve_floor(port: int, upstream: str) -> None:
+    """The least aiohttp reverse proxy: each request's body and MCP headers to ``upstream``,
+    its answer back; uvloop where it installs, as the gateway; nothing else."""
+    state: dict[str, aiohttp.ClientSession] = {}
+
+    async def proxy(request: web.Request) -> web.Response:
+        headers = {h: v for h in FLOOR_HEADERS if (v := request.headers.get(h)) is not None}
+        async with state["http"].request(
+            request.method, upstream, data=await request.read(), headers=headers
+        ) as answer:
+            body = await answer.read()
+            back = {h: v for h in ("Content-Type", "Mcp-Session-Id")
+                    if (v := answer.headers.get(h)) is not None}  # fmt: skip
+            return web.Response(status=answer.status, body=body, headers=back)
+
+    async def lifetime(_: web.Application) -> AsyncIterator[None]:
+        state["http"] = aiohttp.ClientSession()
+        print(f"{FLOOR_READY}{port}", file=sys.stderr, flush=True)
+        yield
+        await state["http"].close()
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", proxy)
+    app.cleanup_ctx.append(lifetime)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    web.run_app(app, host=HOST, port=port, print=None, access_log=None)
+
+
+async def start_floor(upstream: str, children: list[Child]) -> tuple[Child, str]:
+    port = load.free_port()
+    argv = [sys.executable, __file__, "--serve-floor", upstream, "--port", str(port)]
+    child = Child("floor", argv)
+    children.append(child)
+    await child.start(lambda _: None, probe_port=port)
+    return child, f"http://{HOST}:{port}/mcp"
 
 
 def serve_bare(port: int) -> None:
@@ -225,14 +274,17 @@ async def part_http(args: argparse.Namespace, tmp: Path, children: list[Child], 
         gws["baseline"] = await start_gateway(
             url, "memory", args, tmp / "baseline", children, pythonpath=args.baseline_src
         )
+    floor, floor_url = await start_floor(url, children)
     pids = {name: {"gateway": gw.child.pid, "upstream": bare.pid, "bench": os.getpid()}
             for name, gw in gws.items()}  # fmt: skip
     pids["bare"] = {"upstream": bare.pid, "bench": os.getpid()}
+    pids["floor"] = {"gateway": floor.pid, "upstream": bare.pid, "bench": os.getpid()}
 
     def maker(target: str) -> Callable[[aiohttp.ClientSession], GatewaySession]:
         return lambda http: GatewaySession(http, target, args.timeout)
 
-    makers = {"bare": maker(url), **{name: maker(gw.mcp_url) for name, gw in gws.items()}}
+    makers = {"bare": maker(url), "floor": maker(floor_url),
+              **{name: maker(gw.mcp_url) for name, gw in gws.items()}}  # fmt: skip
     for name, make in makers.items():
         await load.run_load(name, make, 2, 5, pids[name])  # warm-up
     for rnd in range(args.rounds):
@@ -247,6 +299,15 @@ async def part_http(args: argparse.Namespace, tmp: Path, children: list[Child], 
                 t.add("http", run, rss_mib(gw.child.pid) if gw else float("nan"))
     for n in args.sessions:
         b = t.get("http", "bare", n)
+        f = t.get("http", "floor", n)
+        t.verdicts.append(
+            f"http N={n}: floor (aiohttp alone) CPU / bare endpoint's own, per round: "
+            + ", ".join(f"{ratio(x.cpu_ms_per_req('gateway'), y.cpu_ms_per_req('upstream')):.2f}"
+                        for x, y in zip(f, b, strict=False))
+            + "; gateway / floor: "
+            + ", ".join(f"{ratio(x.cpu_ms_per_req('gateway'), y.cpu_ms_per_req('gateway')):.2f}"
+                        for x, y in zip(t.get("http", "gateway", n), f, strict=False))
+        )  # fmt: skip
         for name in gws:
             g = t.get("http", name, n)
             own = [ratio(x.cpu_ms_per_req("gateway"), y.cpu_ms_per_req("upstream"))
@@ -265,7 +326,7 @@ async def part_http(args: argparse.Namespace, tmp: Path, children: list[Child], 
                                     strict=False)
                 )
             )  # fmt: skip
-    await stop(children, *[gw.child for gw in gws.values()], bare)
+    await stop(children, *[gw.child for gw in gws.values()], floor, bare)
 
 
 async def part_sse(args: argparse.Namespace, tmp: Path, children: list[Child], t: Table) -> None:
@@ -455,7 +516,9 @@ def ints(text: str) -> list[int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--serve-bare", action="store_true", help="run the bare endpoint only")
-    p.add_argument("--port", type=int, default=0, help="--serve-bare: port")
+    p.add_argument("--serve-floor", metavar="URL", default=None,
+                   help="run the floor proxy only, in front of URL")  # fmt: skip
+    p.add_argument("--port", type=int, default=0, help="--serve-bare, --serve-floor: port")
     p.add_argument("--parts", default=",".join(PARTS), type=lambda s: s.split(","),
                    help=f"which parts, in order (default {','.join(PARTS)})")  # fmt: skip
     p.add_argument("--sessions", type=ints, default=[1, 50, 200], help="N for http, sse, stdio")
@@ -488,6 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_bare:
         serve_bare(args.port)
+        return 0
+    if args.serve_floor is not None:
+        serve_floor(args.port, args.serve_floor)
         return 0
     return load.run_main(amain, args, "hotpath.py")
 
