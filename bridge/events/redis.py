@@ -53,7 +53,6 @@ from redis.exceptions import NoScriptError
 
 from bridge import jsonrpc, tasks
 from bridge.events.store import StoredEvent
-from bridge.sessions.store import StoreUnavailable
 from bridge.jsonrpc import Message
 from bridge.sessions.redis import (
     Client,
@@ -67,6 +66,7 @@ from bridge.sessions.redis import (
     unavailable,
     valid_session_id,
 )
+from bridge.sessions.store import StoreUnavailable
 
 #: Entries read per XRANGE step of a replay.
 REPLAY_BATCH: Final = 100
@@ -178,23 +178,29 @@ class RedisEventStore:
     async def _send_group(self, group: list[_Append]) -> None:
         try:
             if len(group) == 1:
-                replies: list[Any] = [await self._append_script(keys=group[0].keys,
-                                                                args=group[0].args)]
+                replies: list[Any] = [
+                    await self._append_script(keys=group[0].keys, args=group[0].args)
+                ]
             else:
                 pipe = self._client.pipeline(transaction=False)
-                for append in group:
-                    pipe.evalsha(self._append_script.sha, len(append.keys),
-                                 *append.keys, *append.args)
+                _queued(*(
+                    pipe.evalsha(self._append_script.sha, len(a.keys), *a.keys, *a.args)
+                    for a in group
+                ))  # fmt: skip
                 replies = await pipe.execute(raise_on_error=False)
                 for i, reply in enumerate(replies):
                     if isinstance(reply, NoScriptError):  # a restarted Redis: load it, once
-                        replies[i] = await self._append_script(keys=group[i].keys,
-                                                               args=group[i].args)
+                        replies[i] = await self._append_script(
+                            keys=group[i].keys, args=group[i].args
+                        )
         except BaseException as exc:  # the connection, or this task cancelled: all of them fail
             for append in group:
                 if not append.reply.done():
-                    append.reply.set_exception(exc if isinstance(exc, Exception)
-                                               else StoreUnavailable("redis append cancelled"))
+                    append.reply.set_exception(
+                        exc
+                        if isinstance(exc, Exception)
+                        else StoreUnavailable("redis append cancelled")
+                    )
             if not isinstance(exc, Exception):
                 raise
             return

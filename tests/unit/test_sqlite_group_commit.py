@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
     await database.aclose()
 
 
-def insert(key: int) -> object:
+def insert(key: int) -> Callable[[sqlite3.Connection], int]:
     def work(conn: sqlite3.Connection) -> int:
         conn.execute("INSERT INTO t (k) VALUES (?)", (key,))
         return key
@@ -68,7 +68,8 @@ async def test_a_failing_write_is_undone_alone(db: SqliteDatabase, tmp_path: Pat
         return_exceptions=True,
     )  # fmt: skip
     assert first == 1
-    assert results[0] == 2 and results[2] == 3
+    assert results[0] == 2
+    assert results[2] == 3
     assert isinstance(results[1], StoreUnavailable)
     assert "UNIQUE" in str(results[1])
     assert committed(tmp_path / "db.sqlite") == [1, 2, 3]  # not 1000
