@@ -119,7 +119,8 @@ _SET_HERE: Final = _HOP_BY_HOP | {
 
 
 class OwnerUnreachable(Exception):
-    """The owner did not acknowledge in time, or lapsed, before any answer started."""
+    """The owner did not acknowledge in time (or lapsed), and the request's claim was
+    moved to ``dropped`` first: the owner never ran it, so it may run here."""
 
 
 class Moved(Exception):
