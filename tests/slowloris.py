@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import resource
+import threading
 
 from bridge import tasks
 
@@ -66,3 +67,54 @@ class Slowloris:
                     writer.close()
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
+
+
+class SlowlorisThread:
+    """A :class:`Slowloris` on an event loop of its own, in a thread of its own.
+
+    In life the attacker and the client it tries to starve are different
+    machines. On one loop, 512 attacking tasks that reconnect the moment they
+    are closed delay the test's own client between its connect and its first
+    write, long enough for the gateway's cap to cycle past it: the client is
+    then starved by its own process, not by the gateway.
+    """
+
+    def __init__(self, host: str, port: int, slots: int, pace: float) -> None:
+        self.attack = Slowloris(host, port, slots, pace)
+        self._saturated = threading.Event()
+        self._running = threading.Event()  # its loop exists: stop() can reach it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),),
+                                        name="slowloris", daemon=True)  # fmt: skip
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def saturated(self, within: float) -> None:
+        """Wait until ``slots`` connects were made; TimeoutError after ``within`` seconds."""
+        if not await asyncio.to_thread(self._saturated.wait, within):
+            raise TimeoutError(f"slowloris: {self.attack.connects} connects in {within}s")
+
+    async def stop(self, within: float = 30.0) -> None:
+        """Cancel the attack and wait (at most ``within`` seconds) for its thread to end."""
+        if await asyncio.to_thread(self._running.wait, within):
+            assert self._loop is not None
+            assert self._stop is not None
+            self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, within)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._running.set()
+        self.attack.start()
+        watch = tasks.spawn(self._watch(), name="slowloris-watch")
+        try:
+            await self._stop.wait()
+        finally:
+            watch.cancel()
+            await self.attack.stop()
+
+    async def _watch(self) -> None:
+        await self.attack.saturated.wait()
+        self._saturated.set()

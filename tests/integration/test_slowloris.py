@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from bridge import errors
 from tests.conftest import REPO, GatewayFactory, Proc, ProcFactory, fixture_stdio
 from tests.rawclient import RawClient, keyed
-from tests.slowloris import Slowloris
+from tests.slowloris import Slowloris, SlowlorisThread
 
 STDIO_SERVER = REPO / "tests" / "fixtures" / "stdio_server.py"
 CONTROL_BOUND = 5.0  # seconds the control client's initialize or /healthz may take
@@ -62,11 +62,12 @@ async def test_slowloris_of_twice_the_fd_limit_starves_nobody(procs: ProcFactory
     gateway, base, port = await start_limited_gateway(
         procs, 256, "--header-timeout", "2", "--share", "none"
     )
-    attack = Slowloris("127.0.0.1", port, slots=512, pace=0.5)
+    # On a loop of its own: on the test's, the attack would delay the control
+    # client between its connect and its request (seen on a loaded machine).
+    attack = SlowlorisThread("127.0.0.1", port, slots=512, pace=0.5)
     attack.start()
     try:
-        async with asyncio.timeout(BOUND):
-            await attack.saturated.wait()
+        await attack.saturated(BOUND)
         # A connection per request: at the cap the gate may close an idle
         # keep-alive connection (as HTTP allows at any time), and a client that
         # reuses one just then sees it closed under its request (seen on a
