@@ -77,7 +77,11 @@ async def age(stores: Backend, seconds: float, *session_ids: str) -> None:
     assert stores.redis is not None
     for session_id in session_ids:
         key = f"{stores.prefix}:{{{session_id}}}:session"
-        await stores.redis.pexpire(key, await stores.redis.pttl(key) - int(seconds * 1000))
+        # Absolute expiry times (Redis >= 7), not PTTL then PEXPIRE: the time
+        # between those two would make a record look younger by as much, and
+        # records made a millisecond apart could swap places (a flake under load).
+        expires_at = int(await stores.redis.execute_command("PEXPIRETIME", key))
+        await stores.redis.pexpireat(key, expires_at - int(seconds * 1000))
 
 
 # --- every backend --------------------------------------------------------------
