@@ -178,7 +178,10 @@ class SqliteDatabase:
         """
         with self._lock:
             group, self._pending = self._pending, []
-        outcomes = _commit_group(self._conn, group) if group else []
+        try:
+            outcomes = _commit_group(self._conn, group) if group else []
+        except BaseException as exc:  # not an Exception: still answer, and flush again
+            outcomes = [(write, None, StoreUnavailable(f"sqlite: {exc!r}")) for write in group]
         with self._lock:
             again = self._flushing = bool(self._pending)
         if again:
