@@ -37,7 +37,8 @@ from bridge.events.store import EventStore
 from bridge.sessions import redis as redis_sessions
 from bridge.sessions import sqlite_lock
 from bridge.sessions.memory import MemorySessionStore
-from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore
+from bridge.sessions.sqlite import SqliteSessionStore
+from bridge.sessions.sqlite_db import SqliteDatabase
 from bridge.sessions.store import SessionStore, StoreUnavailable
 
 #: Schemes of a Redis Cluster URL, and the plain scheme redis-py is given for each.

@@ -29,7 +29,8 @@ from typing import Final
 from bridge import jsonrpc
 from bridge.events.store import StoredEvent
 from bridge.jsonrpc import Message
-from bridge.sessions.sqlite import SqliteDatabase, SqliteSessionStore, placeholders
+from bridge.sessions.sqlite import SqliteSessionStore
+from bridge.sessions.sqlite_db import SqliteDatabase, placeholders
 from bridge.sessions.store import SessionStore
 
 #: Most expired streams deleted per write (bounded work per call).

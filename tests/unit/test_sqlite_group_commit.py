@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sessions.sqlite import SqliteDatabase
+from bridge.sessions.sqlite_db import SqliteDatabase
 from bridge.sessions.store import StoreUnavailable
 
 WRITES = 50
