@@ -136,6 +136,7 @@ class RedisEventStore:
         self._max_age_ms = ms(max_age)
         self._clock = clock
         self._queued: list[_Append] | None = None  # appends of this loop turn, not yet sent
+        self._grouped = not isinstance(client, RedisCluster)  # see the module docstring
 
     async def append(
         self, session_id: str, stream: str, message: Message | None, ttl: float
@@ -155,10 +156,10 @@ class RedisEventStore:
             now_ms - ttl_ms,
         ]
         with unavailable("append"):
-            if isinstance(self._client, RedisCluster):
-                position = await self._append_script(keys=keys, args=args)
-            else:
+            if self._grouped:
                 position = await self._queue_append(keys, args)
+            else:
+                position = await self._append_script(keys=keys, args=args)
         return position.decode() if isinstance(position, bytes) else str(position)
 
     def _queue_append(self, keys: list[str], args: list[str | int]) -> asyncio.Future[Any]:
