@@ -15,7 +15,7 @@ import pytest
 
 from bridge import jsonrpc
 from bridge.errors import ConfigError, ParseError
-from bridge.log import FLUSH_CHARS, BatchedWriter
+from bridge.log import FIELD_MAX, FLUSH_CHARS, BatchedWriter, _json_line, bound_fields
 from bridge.loop import loop_factory
 
 BIG = 2**64  # one past what orjson reads as an integer
@@ -153,3 +153,39 @@ def test_outside_a_loop_lines_are_written_at_once() -> None:
     out = io.StringIO()
     BatchedWriter(out).info("now")
     assert out.getvalue() == "now\n"
+
+
+class _NotJson:
+    def __repr__(self) -> str:
+        return "<not json>"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event": "request", "status": 200, "duration_ms": 1.23, "path": "/mcp", "tool": None},
+        {"event": "x", "text": 'h\u00e9llo \u2713 "quoted"\n', "flag": True, "items": [1, "a"]},
+        {"event": "x", "big": 2**70, 1: "a key that is not a string", "nan": math.nan},
+        {"event": "x", "what": _NotJson(), "nested": {"more": [_NotJson()]}},
+    ],
+)
+def test_a_json_line_is_what_json_dumps_wrote(fields: dict[Any, Any]) -> None:
+    """The reused encoder changes nothing a log reader sees (issue #13: only its cost)."""
+    assert _json_line(dict(fields)) == json.dumps(fields, default=repr)
+
+
+def test_only_long_fields_are_cut() -> None:
+    short_text, long_text = "a" * FIELD_MAX, "b" * (FIELD_MAX + 5)
+    fields = {
+        "n": 1,
+        "f": 0.5,
+        "none": None,
+        "ok": short_text,
+        "long": long_text,
+        "list": [long_text],
+    }
+    out = bound_fields(None, "info", dict(fields))
+    assert out["ok"] is short_text
+    assert (out["n"], out["f"], out["none"]) == (1, 0.5, None)
+    assert out["long"] == "b" * FIELD_MAX + "...(+5 chars)"
+    assert out["list"] == ["b" * FIELD_MAX + "...(+5 chars)"]
