@@ -205,13 +205,17 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             gate.end(request.protocol)
         if start_line is not None:
             start_line.cancel()
-        _observe(request, status, time.perf_counter() - started)
-        log.info(
-            "request",
-            status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            **_facts(request),
+        # The metrics and the line wait for the next loop turn: aiohttp sends
+        # a returned response in this one, so they add nothing to its latency.
+        asyncio.get_running_loop().call_soon(
+            _finish, request, status, time.perf_counter() - started
         )
+
+
+def _finish(request: web.Request, status: int, seconds: float) -> None:
+    """A request's metrics and its one ``request`` line, once its answer is sent."""
+    _observe(request, status, seconds)
+    log.info("request", status=status, duration_ms=round(seconds * 1000, 2), **_facts(request))
 
 
 def _clip_method(method: str | None) -> str | None:
