@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -48,6 +48,7 @@ from bridge.pool import Pool
 from bridge.replicas.lease import Owners, Solo
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
+from bridge.sessions.tombstones import Tombstones
 from bridge.streams import ByteLedger, Stream
 from bridge.upstreams.base import Upstream, UpstreamConnection
 
@@ -55,22 +56,8 @@ log = structlog.get_logger("bridge.hub")
 
 #: Seconds a client turned away by a session limit is told to wait (Retry-After).
 LIMIT_RETRY_AFTER: Final = 5
-#: Most sessions this process remembers as ended although the store kept their
-#: record (a DELETE it could not record); past it the oldest is forgotten.
-MAX_TOMBSTONES: Final = 100_000
-#: Tombstoned records the reaper tries to delete from the store per pass.
-TOMBSTONE_RETRY_BATCH: Final = 100
 #: Sessions this process remembers as held by another replica (past it, it forgets them all).
 MAX_ELSEWHERE: Final = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Tombstone:
-    """A session ended here (DELETE) whose record the store could not delete."""
-
-    server: str
-    principal: str | None
-    expires_at: float  # monotonic: when the record expires in the store at the latest
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +111,7 @@ class SessionHub:
         self._closing: set[Session] = set()
         #: Ended sessions whose record the store kept (a failed DELETE), oldest first:
         #: never resumed here, however the store answers, until the record's TTL.
-        self._tombstones: OrderedDict[str, Tombstone] = OrderedDict()
+        self._tombstones = Tombstones(config.limits.ttl)
         #: principal -> sessions being started or resumed (not yet in _sessions).
         self._starting: Counter[str | None] = Counter()
         # Sliding expiry without a store write per request (issue #3 "Cost").
@@ -334,7 +321,7 @@ class SessionHub:
             record = await self._store.get(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
-        if record is None or not record.init_result or self._buried(session_id):
+        if record is None or not record.init_result or self._tombstones.get(session_id):
             raise SessionNotFound("session not found")
         if (record.server, record.principal) != (server, principal):
             raise SessionNotFound("session not found")  # a stranger must not start an upstream
@@ -544,16 +531,16 @@ class SessionHub:
             self._sessions.pop(session_id, None)
             self.owners.give_back(session_id)
             if session.forget_error is not None:
-                self._bury(session_id, server, principal)
+                self._tombstones.bury(session_id, server, principal)
                 raise StoreDown(f"session store could not delete it: {session.forget_error}")
             return
         try:  # another principal's live session too: the same lookup as an unknown id
             record = await self._store.get(session_id)
         except StoreUnavailable as exc:
             raise StoreDown(f"session store unavailable: {exc}") from exc
-        tombstone = self._buried(session_id)
+        tombstone = self._tombstones.get(session_id)
         if record is None and tombstone is not None and tombstone.principal == principal:
-            del self._tombstones[session_id]  # deleted since (the reaper, the TTL, a replica)
+            self._tombstones.discard(session_id)  # deleted since (the reaper, the TTL, a replica)
             return
         if record is None or (record.server, record.principal) != (server, principal):
             raise SessionNotFound("session not found")
@@ -566,45 +553,13 @@ class SessionHub:
         try:
             await self._store.delete(session_id)
         except StoreUnavailable as exc:
-            self._bury(session_id, server, principal)
+            self._tombstones.bury(session_id, server, principal)
             raise StoreDown(f"session store could not delete it: {exc}") from exc
-        self._tombstones.pop(session_id, None)
+        self._tombstones.discard(session_id)
         try:
             await self.stores.events.delete_session(session_id)
         except StoreUnavailable as exc:  # without a record nobody replays them; TTL removes them
             log.warning("event_delete_failed", session_id=short(session_id), error=str(exc))
-
-    def _bury(self, session_id: str, server: str, principal: str | None) -> None:
-        """Remember ``session_id`` as ended here until its record's TTL (bounded)."""
-        expires_at = time.monotonic() + self._config.limits.ttl
-        self._tombstones[session_id] = Tombstone(server, principal, expires_at)
-        self._tombstones.move_to_end(session_id)
-        while len(self._tombstones) > MAX_TOMBSTONES:
-            self._tombstones.popitem(last=False)
-        log.warning("session_tombstoned", session_id=short(session_id))
-
-    def _buried(self, session_id: str) -> Tombstone | None:
-        """The live tombstone of ``session_id``, if any (an expired one is dropped)."""
-        tombstone = self._tombstones.get(session_id)
-        if tombstone is not None and tombstone.expires_at <= time.monotonic():
-            del self._tombstones[session_id]
-            return None
-        return tombstone
-
-    async def retry_tombstones(self) -> int:
-        """Try again to delete the oldest tombstoned records; return how many went."""
-        now, deleted = time.monotonic(), 0
-        for session_id, tombstone in list(self._tombstones.items())[:TOMBSTONE_RETRY_BATCH]:
-            if tombstone.expires_at <= now:
-                self._tombstones.pop(session_id, None)
-                continue
-            try:
-                await self._store.delete(session_id)
-            except StoreUnavailable:
-                break  # still failing: the next pass tries again
-            self._tombstones.pop(session_id, None)
-            deleted += 1
-        return deleted
 
     def _forget(self, session: Session) -> None:
         """Drop a released session from the live map; keep waiting for its close."""
@@ -650,7 +605,7 @@ class SessionHub:
             await asyncio.sleep(min(min(self._config.idle_timeout, *pools) / 2, 30.0))
             await self.reap()
             if self._tombstones:
-                await self.retry_tombstones()
+                await self._tombstones.retry(self._store)
             for pool in self.pools.values():
                 await pool.reap()
 
