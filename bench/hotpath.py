@@ -259,6 +259,37 @@ class Table:
         self.verdicts.append(line)
 
 
+def capacity(run: RunResult, *names: str) -> float:
+    """Requests per second the CPU allows the processes ``names`` serving ``run``.
+
+    Each of them works on one thread, so at most one core's worth (1 / its CPU
+    seconds per request), and all together at most the machine's cores.
+    """
+    costs = [run.cpu_ms_per_req(n) / 1000 for n in names if n in run.cpu]
+    costs = [c for c in costs if c > 0]
+    if not costs:
+        return float("nan")
+    return min(min(1 / c for c in costs), (os.cpu_count() or 1) / sum(costs))
+
+
+def cpu_bound(pairs: list[tuple[RunResult, RunResult]]) -> str:
+    """What gateway / direct req/s could be, per round, were CPU the only limit.
+
+    The direct path is the upstream and the load generator; the gateway path
+    adds the gateway, which on a machine of few cores takes CPU from both. A
+    ratio measured near this one says the run was bound by the machine's
+    cores (or the upstream's one), not that the gateway held requests back.
+    """
+    bounds = [
+        ratio(capacity(g, "gateway", "upstream", "bench"), capacity(d, "upstream", "bench"))
+        for g, d in pairs
+    ]
+    return (
+        f"were CPU the only limit ({os.cpu_count()} cores, one per process), the ratio "
+        "could be " + ", ".join(f"{b:.2f}" for b in bounds)
+    )
+
+
 def per_req(run: RunResult, *names: str) -> float:
     """CPU ms per request of those of ``names`` the run measured, summed."""
     return sum(run.cpu_ms_per_req(n) for n in names if n in run.cpu)
@@ -350,6 +381,7 @@ async def part_sse(args: argparse.Namespace, tmp: Path, children: list[Child], t
         else:
             t.verdict(f"sse N={n}: gateway / direct req/s", [ratio(g.rps, d.rps) for g, d in ps],
                       ">=", 0.9)  # fmt: skip
+            t.verdicts.append(f"sse N={n}: {cpu_bound(ps)}")
     await stop(children, *[c for c in children if c.name.startswith("gateway")], upstream)
 
 
