@@ -114,7 +114,7 @@ def bound_fields(
 
 
 #: One encoder for every line: ``json.dumps`` given a ``default`` (as structlog's
-#: renderer gives it) builds a new encoder per call, two thirds of a line's cost.
+#: renderer gives it) builds a new encoder per call.
 _ENCODER: Final = json.JSONEncoder(default=repr)
 
 
