@@ -11,17 +11,15 @@ URL layout (README "URLs"):
   legacy HTTP+SSE front door (spec 2024-11-05); ``/sse`` and ``/messages/``
   when exactly one server is configured.
 
-Errors never reach a client as a traceback: :func:`observe` turns every
-:class:`BridgeError` into its HTTP status with a JSON-RPC error body, anything
-unexpected into a logged 500 with a generic body, and writes one log line per
-request.
+Errors never reach a client as a traceback: every request passes
+:func:`bridge.frontends.observe.observe`, which maps errors to JSON-RPC error
+bodies and writes one log line per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -29,27 +27,19 @@ import aiohttp_cors
 import structlog
 from aiohttp import web
 
-from bridge import auth, errors, jsonrpc, tasks
+from bridge import auth, tasks
 from bridge.frontends.admin_http import AdminApi
 from bridge.frontends.common import StreamCap
 from bridge.frontends.connections import ConnectionGate, connection_cap
-from bridge.frontends.context import (
-    DOOR,
-    MODERN,
-    RPC_ID,
-    RPC_METHOD,
-    RPC_TARGET,
-    SERVER,
-    SESSION_ID,
-)
 from bridge.frontends.guard import Guard, is_loopback
 from bridge.frontends.index import ServerIndex
 from bridge.frontends.legacy_sse import LegacyConfig, LegacySseFrontDoor
 from bridge.frontends.modern_http import ModernConfig, ModernFrontDoor
-from bridge.frontends.streamable_http import FrontDoorConfig, StreamableHttpFrontDoor
+from bridge.frontends.observe import GATE, METRICS, START_AFTER, observe
+from bridge.frontends.streamable_http import FRONT_DOOR, FrontDoorConfig, StreamableHttpFrontDoor
 from bridge.hub import HubConfig, SessionHub
-from bridge.log import clip, redact, short
-from bridge.metrics import CONTENT_TYPE, Metrics, method_label
+from bridge.log import redact
+from bridge.metrics import CONTENT_TYPE, Metrics
 from bridge.modern.exchange import Timing
 from bridge.pool import Pool
 from bridge.replicas import forward
@@ -69,15 +59,11 @@ log = structlog.get_logger("bridge.access")
 
 HUB: Final = web.AppKey("hub", SessionHub)
 ADMIN: Final = web.AppKey("admin", AdminApi)
-FRONT_DOOR: Final = "streamable_http"
 #: Share of BRIDGE_SHUTDOWN_TIMEOUT given to in-flight requests; the rest
 #: releases sessions and reaps children.
 DRAIN_SHARE: Final = 0.6
 HTTP_CLIENT: Final = web.AppKey("http_client", aiohttp.ClientSession)
 PROBE_TIMEOUT: Final = web.AppKey("store_probe_timeout", float)
-#: Seconds after which a request still running is logged (request_start).
-START_AFTER: Final = web.AppKey("log_request_start_after", float)
-GATE: Final = web.AppKey("gate", ConnectionGate)
 SERVERS: Final = web.AppKey("servers", ServerSet)
 REPLICA: Final = web.AppKey("replica", Replica)
 #: CORS for browser clients (spec-notes §1.17): what they may send and read.
@@ -96,130 +82,6 @@ CORS_EXPOSE_HEADERS: Final = (
     "WWW-Authenticate",
     "Retry-After",
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error_response(
-    request: web.Request, status: int, code: int, text: str, data: object = None
-) -> web.Response:
-    if request.get(MODERN):
-        code = errors.for_modern(code)
-    body = jsonrpc.error_response(request.get(RPC_ID), code, text)
-    if data is not None:
-        body["error"]["data"] = data
-    return web.json_response(body, status=status)
-
-
-#: Characters of a client's JSON-RPC method on the ``request`` log line.
-LOGGED_METHOD_MAX: Final = 100
-
-
-def logged_path(request: web.Request) -> str:
-    """The request path for the log: a session id in it (``/admin/sessions/ID``) cut short."""
-    session_id = request.match_info.get("session_id")
-    if not session_id:
-        return request.path
-    return request.path.replace(session_id, f"{short(session_id)}...")
-
-
-def _observe(request: web.Request, status: int, seconds: float) -> None:
-    hub = request.app.get(HUB)
-    server = request.get(SERVER)
-    if hub is None or server is None:  # not an MCP endpoint (health, metrics, 404s)
-        return
-    metrics = hub.metrics
-    door = request.get(DOOR, FRONT_DOOR)
-    metrics.observe_http(door, request.method, status, seconds)
-    if request.method == "POST":
-        outcome = "ok" if status < 400 else ("client_error" if status < 500 else "error")
-        method = request.get(RPC_METHOD)
-        metrics.count_request(server, door, method_label(method), outcome)
-        target = request.get(RPC_TARGET)
-        if method is not None and target is not None:
-            metrics.count_target(server, method, target, outcome)
-
-
-def _facts(request: web.Request) -> dict[str, object]:
-    """The fields of a request's log lines, bounded: what the client asked, of which session."""
-    method = request.get(RPC_METHOD)
-    facts: dict[str, object] = {
-        "method": request.method,
-        "path": logged_path(request),
-        "session_id": short(request.get(SESSION_ID)),
-        "rpc_method": _clip_method(method),
-        "front_door": request.get(DOOR, FRONT_DOOR),
-    }
-    target = request.get(RPC_TARGET)
-    if target is not None:
-        facts["tool" if method == "tools/call" else "uri_scheme"] = clip(target, LOGGED_METHOD_MAX)
-    return facts
-
-
-def _log_start(request: web.Request, started: float) -> None:
-    """The start line of a request that has run past ``BRIDGE_LOG_REQUEST_START_AFTER``."""
-    running = time.perf_counter() - started
-    log.info("request_start", running_ms=round(running * 1000, 2), **_facts(request))
-
-
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map errors to responses and log one canonical line per request."""
-    started = time.perf_counter()
-    status = 500
-    gate = request.app.get(GATE)
-    after = request.app.get(START_AFTER)
-    start_line = (
-        None
-        if after is None
-        else asyncio.get_running_loop().call_later(after, _log_start, request, started)
-    )
-    if gate is not None:  # this connection is serving a request: not one to close for room
-        gate.begin(request.protocol)
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except errors.BridgeError as exc:
-        status = exc.http_status
-        response = _error_response(request, status, exc.jsonrpc_code, exc.message, exc.data)
-        response.headers.update(exc.headers)
-        return response
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        status = exc.status
-        response = _error_response(request, status, errors.INVALID_REQUEST, exc.reason)
-        for name, value in exc.headers.items():  # Allow, WWW-Authenticate, ...
-            if name.lower() not in ("content-type", "content-length"):
-                response.headers[name] = value
-        return response
-    except asyncio.CancelledError:
-        status = 499  # client closed the connection (nginx's convention)
-        raise
-    except Exception:
-        log.exception("request_failed", method=request.method, path=logged_path(request))
-        return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
-    finally:
-        if gate is not None:
-            gate.end(request.protocol)
-        if start_line is not None:
-            start_line.cancel()
-        # The metrics and the line wait for the next loop turn: aiohttp sends
-        # a returned response in this one, so they add nothing to its latency.
-        asyncio.get_running_loop().call_soon(
-            _finish, request, status, time.perf_counter() - started
-        )
-
-
-def _finish(request: web.Request, status: int, seconds: float) -> None:
-    """A request's metrics and its one ``request`` line, once its answer is sent."""
-    _observe(request, status, seconds)
-    log.info("request", status=status, duration_ms=round(seconds * 1000, 2), **_facts(request))
-
-
-def _clip_method(method: str | None) -> str | None:
-    return None if method is None else clip(method, LOGGED_METHOD_MAX)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -459,6 +321,7 @@ async def build_app(
         owners=None if replica is None else replica.ownership,
     )
     app[HUB] = hub
+    app[METRICS] = metrics
     forwarding = []
     if replica is not None:
         app[REPLICA] = replica

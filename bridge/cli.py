@@ -18,9 +18,10 @@ from aiohttp import web
 from bridge import log as bridge_log
 from bridge import memory, options, tasks
 from bridge import tracing as bridge_tracing
-from bridge.app import GATE, HUB, build_app, reload_servers
+from bridge.app import HUB, build_app, reload_servers
 from bridge.errors import ConfigError
 from bridge.frontends.connections import AcceptErrors, GuardedSite
+from bridge.frontends.observe import GATE
 from bridge.loop import loop_factory
 from bridge.reload import Reloader
 from bridge.settings import ServerSpec, Settings, load_servers
