@@ -31,7 +31,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from pytest_aiohttp import AiohttpServer
 
 from bridge import tracing
-from bridge.app import build_app, observe
+from bridge.app import build_app
+from bridge.frontends.observe import observe
 from bridge.otel import Tracing, url_filter
 from bridge.settings import ServerSpec, Settings, StreamableHttpServer
 from tests.conftest import (
