@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -65,12 +66,31 @@ def test_decode_accepts_the_deepest_nesting_allowed() -> None:
     assert jsonrpc.decode(body) is not None
 
 
+@pytest.mark.parametrize("as_bytes", [False, True])
 @pytest.mark.parametrize("number", [BIG, -(2**63) - 1, 10**40])
-def test_big_integers_keep_every_digit_both_ways(number: int) -> None:
-    text = f'{{"jsonrpc":"2.0","id":1,"result":{{"n":{number}}}}}'
-    message = jsonrpc.loads_frame(text)
+def test_big_integers_keep_every_digit_both_ways(number: int, as_bytes: bool) -> None:
+    text = f'{{"jsonrpc":"2.0","id":1,"result":{{"\u00e9":"\u00e9t\u00e9","n":{number}}}}}'
+    message = jsonrpc.loads_frame(text.encode() if as_bytes else text)
     assert message["result"]["n"] == number
+    assert type(message["result"]["n"]) is int
     assert jsonrpc.encode_bytes(message) == text.encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "long"),
+    [
+        (b"1" * 18, False),
+        (b"1" * 19, True),
+        (b'{"n":' + b"9" * 18 + b"}", False),
+        (b'{"n":-' + b"9" * 19 + b"}", True),
+        (b"123456789\xc3\xa90123456789", False),  # a non-ASCII byte breaks the run
+        (b'"' + b"0" * 30 + b'"', True),  # in a string too: a harmless detour
+        (b"", False),
+    ],
+)
+def test_long_digit_runs_are_found_as_the_regex_found_them(data: bytes, long: bool) -> None:
+    assert jsonrpc._long_digits(data) is long
+    assert (re.search(rb"[0-9]{19}", data) is not None) is long
 
 
 def test_nan_from_an_upstream_goes_on_as_it_came() -> None:
