@@ -57,7 +57,6 @@ SESSION_HEADER: Final = "Mcp-Session-Id"
 VERSION_HEADER: Final = "MCP-Protocol-Version"
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
-_VISIBLE_ASCII = frozenset(range(0x21, 0x7F))
 FRONT_DOOR: Final = "streamable_http"
 
 
@@ -115,6 +114,12 @@ def plain_json_suffices(request: Message) -> bool:
         request.get("method") in handshake.SAFE_TO_REPEAT
         and jsonrpc.progress_token(request) is None
     )
+
+
+def visible_ascii(value: str) -> bool:
+    """Whether ``value`` is visible ASCII, 0x21-0x7E only: what a session id may hold
+    (spec-notes §1). Printable ASCII is 0x20-0x7E; the space is the one left out."""
+    return value.isascii() and value.isprintable() and " " not in value
 
 
 class StreamableHttpFrontDoor:
@@ -238,7 +243,7 @@ class StreamableHttpFrontDoor:
                 )
             raise MissingSession(f"missing {SESSION_HEADER} header (send initialize first)")
         request[SESSION_ID] = session_id
-        if not set(session_id.encode("ascii", "replace")) <= _VISIBLE_ASCII:
+        if not visible_ascii(session_id):
             raise SessionNotFound("session not found")
         return session_id
 

@@ -19,7 +19,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from bridge.errors import ForbiddenOrigin, MisdirectedHost
 from bridge.frontends.guard import LOOPBACK_NAMES, Guard
-from bridge.frontends.streamable_http import accepts
+from bridge.frontends.streamable_http import accepts, visible_ascii
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -195,3 +195,20 @@ def test_malformed_host_is_misdirected_not_a_crash() -> None:
 def test_malformed_origin_is_forbidden_not_a_crash() -> None:
     with pytest.raises(ForbiddenOrigin):
         check(LOOPBACK, "localhost", "http://[::1")
+
+
+@pytest.mark.parametrize(
+    ("value", "visible"),
+    [
+        ("0f3c-ABC_~!", True),
+        ("".join(map(chr, range(0x21, 0x7F))), True),
+        ("a b", False),
+        ("a\tb", False),
+        ("a\x7f", False),
+        ("\x00", False),
+        ("caf\u00e9", False),  # encode("ascii", "replace") once let this through as "caf?"
+        ("\x80", False),
+    ],
+)
+def test_session_ids_are_visible_ascii_only(value: str, visible: bool) -> None:
+    assert visible_ascii(value) is visible
