@@ -28,7 +28,7 @@ from pytest_aiohttp import AiohttpServer
 from bridge.app import HUB, build_app
 from bridge.hub import SessionHub
 from bridge.settings import ServerSpec, Settings, SseServer, StdioServer
-from tests.redis_server import RedisCluster
+from tests.redis_server import RedisCluster, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 NPM_BIN = REPO / "tests" / "npm" / "node_modules" / ".bin"
@@ -155,6 +155,15 @@ class Proc:
 
 
 ProcFactory = Callable[..., Awaitable[Proc]]
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own on a free port (``.url``), which a test
+    may stop, kill and start again; the session-wide one for the store contract
+    tests is ``redis_server`` in tests/contract/conftest.py."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

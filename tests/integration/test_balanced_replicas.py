@@ -8,11 +8,8 @@ that are not server-to-client round trips are exercised here.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Final
 
-import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -21,12 +18,6 @@ from tests.redis_server import RedisServer
 from tests.replicas import replica_set
 
 EXAMPLE: Final = f"{sys.executable} -m bridge.examples.server"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 async def test_sdk_client_through_the_balancer_reaches_both_replicas(

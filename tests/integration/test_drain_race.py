@@ -11,21 +11,12 @@ this one is now served where it landed. Reached here without a race: the hub's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.conftest import GatewayFactory, example_stdio
 from tests.rawclient import RawClient
 from tests.redis_server import RedisServer
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 async def test_a_request_reaching_a_draining_replica_for_a_session_none_holds_is_served(

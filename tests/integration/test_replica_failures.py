@@ -26,10 +26,9 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
@@ -62,12 +61,6 @@ BOUND: Final = 120.0
 #: Seconds for the sessions to have calls in flight once all are initialized.
 WARM_BOUND: Final = 30.0
 MAX_EVENT_BYTES: Final = 1 << 20
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 @dataclass

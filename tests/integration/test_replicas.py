@@ -30,14 +30,6 @@ BOUND = 30.0  # seconds for anything here
 FIXTURE = f"{sys.executable} {FIXTURE_SERVER}"
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
-
-
 @pytest.fixture(params=["redis", "redis-cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, ...]]:
     """The store options of a test run on one Redis and on a three-node Redis Cluster."""

@@ -20,7 +20,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -242,14 +242,6 @@ async def test_oauth_discovery_through_the_proxy(
                 body = await response.json()
             assert body["resource"] == public + path
             assert body["authorization_servers"] == [ISSUER]
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
 
 
 async def two_replicas_behind(

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -27,12 +26,6 @@ from tests.redis_server import RedisServer
 BOUND = 30.0  # seconds
 #: Commands the test itself sends to read and reset the counters.
 OWN_COMMANDS = frozenset({"info", "config|resetstat"})
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path / "redis") as server:
-        yield server
 
 
 @pytest.fixture

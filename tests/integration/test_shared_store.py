@@ -13,7 +13,6 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -33,14 +32,6 @@ from tests.redis_server import RedisServer
 
 BOUND = 30.0  # seconds
 EXAMPLE = f"{sys.executable} -m bridge.examples.server"
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.close()
 
 
 def add(client: RawClient, a: int, b: int) -> dict[str, object]:
