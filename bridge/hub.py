@@ -45,7 +45,7 @@ from bridge.jsonrpc import Message
 from bridge.log import short
 from bridge.metrics import Metrics
 from bridge.pool import Pool
-from bridge.replicas.lease import SERVE_HERE, Owners, Solo
+from bridge.replicas.lease import Owners, Solo
 from bridge.session import Session, SessionLimits, Stores
 from bridge.sessions.store import SessionRecord, StoreUnavailable
 from bridge.sessions.tombstones import Tombstones
@@ -114,7 +114,6 @@ class SessionHub:
         self._tombstones = Tombstones(config.limits.ttl)
         #: principal -> sessions being started or resumed (not yet in _sessions).
         self._starting: Counter[str | None] = Counter()
-        self._closed = False  # aclose() has begun: nothing is served here any more
         # Sliding expiry without a store write per request (issue #3 "Cost").
         self._touch_every = min(config.limits.ttl / 10, 60.0)
 
@@ -361,14 +360,11 @@ class SessionHub:
         Raises:
             OwnedElsewhere: another live replica holds it (forward there), or
                 this one is draining and none does (``owner`` None: serve it
-                where the request landed; where that is here, the forwarding
-                middleware sets :data:`~bridge.replicas.lease.SERVE_HERE` and
-                the claim below goes ahead).
+                where the request landed).
             StoreDown: the store cannot say who holds it.
         """
         try:
-            serve_here = SERVE_HERE.get() and not self._closed  # pools close with the hub
-            if self._draining and self.owners.shared and not serve_here:
+            if self._draining and self.owners.shared:
                 await self.owners.give_back_all([session_id])
                 # Another live replica holding it serves it (a request that reached
                 # this one directly is forwarded there); else whoever forwarded it.
@@ -654,7 +650,6 @@ class SessionHub:
         sessions = [*self._sessions.values(), *self._closing]
         self._sessions = {}
         self._draining = True
-        self._closed = True
         if not sessions:
             await self.owners.give_back_all([])
             await self.close_pools()

@@ -68,7 +68,7 @@ from bridge import tasks
 from bridge.errors import OwnedElsewhere, ReplicaUnavailable, StoreDown
 from bridge.metrics import Metrics
 from bridge.replicas.bus import Bus, Frame
-from bridge.replicas.lease import SERVE_HERE, Ownership
+from bridge.replicas.lease import Ownership
 from bridge.sessions.store import StoreUnavailable
 
 log = structlog.get_logger("bridge.replicas")
@@ -476,13 +476,6 @@ def middleware(forwarder: Forwarder, forget: Callable[[str], None]) -> Any:
             try:
                 return await handler(request)
             except OwnedElsewhere as held:
-                if held.owner is None and not hop and not SERVE_HERE.get():
-                    # This replica is draining, and the request reached it directly
-                    # (in flight as the drain began) for a session it has handed
-                    # over and no live replica holds: nowhere to forward it, so it
-                    # is served here, where "moved" would reach the client as a 503.
-                    SERVE_HERE.set(True)  # this request's task only
-                    continue
                 if hop or held.owner is None:
                     return moved_response()  # the replica that forwarded it serves it
                 try:

@@ -34,7 +34,6 @@ process, memory is in-process): :class:`Solo` owns everything.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import secrets
 import socket
@@ -50,11 +49,6 @@ from bridge.sessions.store import StoreUnavailable
 
 log = structlog.get_logger("bridge.replicas")
 
-#: Set for a request that reached a draining replica directly (not forwarded), for
-#: a session no live replica holds: there is nowhere to forward it, so the drain
-#: serves it here, as it lets a request in flight finish. Set by
-#: :mod:`bridge.replicas.forward`'s middleware, read by the hub's claim.
-SERVE_HERE: Final = contextvars.ContextVar[bool]("bridge_serve_here", default=False)
 #: Rounds of read-then-compare-and-set before a claim gives up on a contended key.
 CLAIM_ROUNDS: Final = 3
 #: Live sessions whose owner keys one pipelined refresh covers.
