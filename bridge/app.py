@@ -464,7 +464,9 @@ async def build_app(
         # handlers: GET streams close (clients reconnect elsewhere), requests
         # in flight get up to the drain grace to finish, then what is left is
         # handed over and every stream closes, so handlers return at once.
-        await hub.drain(settings.shutdown_timeout * DRAIN_SHARE)
+        gate = app.get(GATE)
+        settle = None if gate is None else gate.requests_served
+        await hub.drain(settings.shutdown_timeout * DRAIN_SHARE, settle)
         await hub.aclose()
 
     app.cleanup_ctx.append(lifetime)

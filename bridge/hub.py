@@ -25,7 +25,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -609,20 +609,34 @@ class SessionHub:
             for pool in self.pools.values():
                 await pool.reap()
 
-    async def drain(self, grace: float) -> None:
+    async def drain(
+        self, grace: float, settle: Callable[[float], Awaitable[None]] | None = None
+    ) -> None:
         """Shutdown, first part: close GET streams, let in-flight requests finish.
 
         Waits at most ``grace`` seconds for every request to be answered;
         what is still pending then is handed over by :meth:`aclose`.
+
+        ``settle(seconds)``, if given, runs first, while this replica still
+        claims sessions: the front doors' wait for the requests they took to
+        be served (:meth:`~bridge.frontends.connections.ConnectionGate.requests_served`).
+        Only then are sessions left to other replicas: a request that was on
+        its way as the drain began, for a session handed over meanwhile, would
+        find no replica holding it and nowhere to be forwarded (503 -32038).
         """
+        deadline = asyncio.get_running_loop().time() + grace
+        for session in self.live():
+            session.close_standalone()
+        if settle is not None:
+            await settle(grace)
         self._draining = True  # sessions not live here are left to other replicas
         live = self.live()
-        for session in live:
+        for session in live:  # those resumed meanwhile too
             session.close_standalone()
         busy = [s for s in live if s.in_flight()]
         log.info("draining", sessions=len(live), busy=len(busy), grace_s=grace)
         try:
-            async with asyncio.timeout(grace):
+            async with asyncio.timeout_at(deadline):
                 await asyncio.gather(*(self._hand_over_when_quiet(s) for s in live))
         except TimeoutError:
             log.warning("drain_grace_over", still_busy=sum(bool(s.in_flight()) for s in busy))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -19,7 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from aiohttp import web
@@ -42,6 +43,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+#: Ports for a server that is restarted on the same port: below Linux's default
+#: ephemeral range (32768-60999), from which an outgoing connection's source
+#: port could take the port while the server is down ("address already in use").
+RESTART_PORTS: Final = range(20000, 32768)
+
+
+def restartable_port() -> int:
+    """A free port on 127.0.0.1 outside the ephemeral range (:data:`RESTART_PORTS`)."""
+    for _ in range(100):
+        port = random.choice(RESTART_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 class Proc:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from tests.balancer import Balancer
-from tests.conftest import Proc, ProcFactory, free_port, start_gateway
+from tests.conftest import Proc, ProcFactory, restartable_port, start_gateway
 
 #: Seconds a replica has to exit after SIGTERM (its sessions close within
 #: ``--shutdown-timeout``, 10 s by default, plus process exit).
@@ -65,7 +65,7 @@ class Replicas:
         self._procs = procs
         self._args = tuple(args)
         self._env = env
-        self.replicas = [Replica(i, free_port()) for i in range(count)]
+        self.replicas = [Replica(i, restartable_port()) for i in range(count)]
         self.balancer = Balancer([r.url for r in self.replicas])
 
     @property

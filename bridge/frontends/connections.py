@@ -82,7 +82,7 @@ class ConnectionGate:
         self.refused = 0
         self.evicted = 0
         self.timed_out = 0
-        self._changed = asyncio.Event()  # a request began or a connection closed
+        self._changed = asyncio.Event()  # a request began or ended, or a connection closed
 
     def __len__(self) -> int:
         return len(self._open)
@@ -149,17 +149,39 @@ class ConnectionGate:
         self.timed_out += 1
         self._count("header_timeout")
 
-    def begin(self, handler: object) -> None:
-        """A request on ``handler``'s connection is being served (from the middleware)."""
+    def begin(self, handler: object, method: str = "POST") -> None:
+        """A ``method`` request on ``handler``'s connection is being served (the middleware)."""
         if (conn := self._by_handler.get(handler)) is not None:
             conn.busy += 1
+            conn.requests += method != "GET"
             conn.disarm()
             self._changed.set()
 
-    def end(self, handler: object) -> None:
+    def end(self, handler: object, method: str = "POST") -> None:
         if (conn := self._by_handler.get(handler)) is not None:
             conn.busy = max(0, conn.busy - 1)
+            conn.requests = max(0, conn.requests - (method != "GET"))
             conn.since = time.monotonic()  # idle from now
+            self._changed.set()
+
+    @property
+    def requests(self) -> int:
+        """Requests other than GET (a GET may be a stream of hours) being served on the
+        connections this gate admitted (a forwarded request comes another way)."""
+        return sum(conn.requests for conn in self._open)
+
+    async def requests_served(self, within: float) -> None:
+        """Drain, before sessions are handed over: wait at most ``within`` seconds until
+        no request other than a GET is being served, so that each request this
+        process took reaches its session while this replica still claims sessions.
+        Seconds; what is still running then goes on (the drain waits for it)."""
+        try:
+            async with asyncio.timeout(within):
+                while self.requests:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            log.info("drain_requests_running", requests=self.requests, waited_s=within)
 
 
 class _Guarded(asyncio.Protocol):
@@ -169,6 +191,7 @@ class _Guarded(asyncio.Protocol):
         self.handler = handler
         self.gate = gate
         self.busy = 0  # requests in progress
+        self.requests = 0  # of them, those other than GET
         #: monotonic seconds since when it has waited for headers (armed) or idled
         self.since = time.monotonic()
         self._transport: asyncio.Transport | None = None

@@ -137,7 +137,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     after = request.app.get(START_AFTER)
     start_line = None if after is None else _StartLine(request, started, after)
     if gate is not None:  # this connection is serving a request: not one to close for room
-        gate.begin(request.protocol)
+        gate.begin(request.protocol, request.method)
     try:
         response = await handler(request)
         status = response.status
@@ -164,7 +164,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_response(request, 500, errors.INTERNAL_ERROR, "internal gateway error")
     finally:
         if gate is not None:
-            gate.end(request.protocol)
+            gate.end(request.protocol, request.method)
         if start_line is not None:
             start_line.cancel()
         # The metrics and the line wait for the next loop turn: aiohttp sends

@@ -144,3 +144,29 @@ async def test_closing_the_listener_serves_what_the_kernel_had_queued() -> None:
             client.close()
         for transport in made:
             transport.close()
+
+
+async def test_a_drain_waits_for_requests_begun_but_not_for_streams() -> None:
+    """Drain: sessions are left to other replicas only once the requests this process
+    took are served (one on its way to a session just handed over had nowhere to go:
+    503 -32038 in a rolling restart); a GET (a stream) is not waited for."""
+    gate = ConnectionGate(cap=4, header_timeout=60)
+    _, post_handler, _ = connect(gate)
+    _, get_handler, _ = connect(gate)
+    gate.begin(get_handler, "GET")
+    gate.begin(post_handler, "POST")
+    assert gate.requests == 1
+    waiting = asyncio.ensure_future(gate.requests_served(30.0))
+    await asyncio.sleep(0)  # let it look once: one request is being served
+    assert not waiting.done()
+    gate.end(post_handler, "POST")
+    await asyncio.wait_for(waiting, 5.0)
+    assert gate.requests == 0
+
+
+async def test_a_closed_connection_leaves_no_request_to_wait_for() -> None:
+    gate = ConnectionGate(cap=2, header_timeout=60)
+    conn, handler, _ = connect(gate)
+    gate.begin(handler, "POST")
+    conn.connection_lost(None)  # the client went away; end() will find no connection
+    await asyncio.wait_for(gate.requests_served(30.0), 5.0)
