@@ -56,6 +56,11 @@ log = structlog.get_logger("bridge.hub")
 
 #: Seconds a client turned away by a session limit is told to wait (Retry-After).
 LIMIT_RETRY_AFTER: Final = 5
+#: Seconds at most a drain waits for the requests taken before it to be served,
+#: before it leaves quiet sessions to other replicas (:meth:`SessionHub.drain`):
+#: long enough for each to reach its session, short enough that the quiet
+#: sessions move on while a long call runs.
+DRAIN_SETTLE_MAX: Final = 2.0
 #: Sessions this process remembers as held by another replica (past it, it forgets them all).
 MAX_ELSEWHERE: Final = 10_000
 
@@ -619,16 +624,18 @@ class SessionHub:
 
         ``settle(seconds)``, if given, runs first, while this replica still
         claims sessions: the front doors' wait for the requests they took to
-        be served (:meth:`~bridge.frontends.connections.ConnectionGate.requests_served`).
-        Only then are sessions left to other replicas: a request that was on
-        its way as the drain began, for a session handed over meanwhile, would
-        find no replica holding it and nowhere to be forwarded (503 -32038).
+        be served (:meth:`~bridge.frontends.connections.ConnectionGate.requests_served`),
+        at most :data:`DRAIN_SETTLE_MAX`. Only then are sessions left to other
+        replicas: a request that was on its way as the drain began, for a
+        session handed over meanwhile, would find no replica holding it and
+        nowhere to be forwarded (503 -32038). A request still running after
+        the wait has reached its session, which stays busy until it is answered.
         """
         deadline = asyncio.get_running_loop().time() + grace
         for session in self.live():
             session.close_standalone()
         if settle is not None:
-            await settle(grace)
+            await settle(min(grace, DRAIN_SETTLE_MAX))
         self._draining = True  # sessions not live here are left to other replicas
         live = self.live()
         for session in live:  # those resumed meanwhile too
