@@ -9,6 +9,8 @@ import asyncio
 import socket
 from typing import Any
 
+import pytest
+
 from bridge.frontends.acceptor import AcceptServer, listening_sockets
 from bridge.frontends.connections import ConnectionGate, _Guarded
 
@@ -157,8 +159,8 @@ async def test_a_drain_waits_for_requests_begun_but_not_for_streams() -> None:
     gate.begin(post_handler, "POST")
     assert gate.requests == 1
     waiting = asyncio.ensure_future(gate.requests_served(30.0))
-    await asyncio.sleep(0)  # let it look once: one request is being served
-    assert not waiting.done()
+    with pytest.raises(TimeoutError):  # one request is being served: it waits
+        await asyncio.wait_for(asyncio.shield(waiting), 0.05)
     gate.end(post_handler, "POST")
     await asyncio.wait_for(waiting, 5.0)
     assert gate.requests == 0
